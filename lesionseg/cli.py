@@ -1,0 +1,141 @@
+"""Command line: argument parsing only; each command calls a function of the module that owns it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lesionseg import __version__
+from lesionseg.errors import LesionsegError
+
+
+def _demo_data(args: argparse.Namespace) -> None:
+    from lesionseg.phantom import write_demo_dataset
+
+    path = write_demo_dataset(args.out_dir, cases=args.cases, size=args.size, seed=args.seed, spacing=args.spacing)
+    print(f"wrote {args.cases} phantom cases and {path}")
+
+
+def _check(args: argparse.Namespace) -> None:
+    from lesionseg.config import load_config
+    from lesionseg.data import load_datalist
+
+    cfg = load_config(args.config, args.overrides)
+    lists = load_datalist(cfg)
+    print(f"config {args.config}: valid; datalist {cfg.data.datalist}: "
+          f"{len(lists['training'])} training and {len(lists['test'])} test cases, every file present")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from lesionseg.config import load_config
+    from lesionseg.data import load_datalist
+    from lesionseg.runs import mark_done, start_run_dir
+    from lesionseg.train import train_run
+
+    cfg = load_config(args.config, args.overrides)
+    load_datalist(cfg)  # bad data fails here, before a run folder exists
+    run_dir = start_run_dir(cfg.output_dir / cfg.name, cfg)
+    summary = train_run(cfg, run_dir, progress=not args.quiet)
+    mark_done(run_dir, {"best_iteration": summary["best"]["iteration"]})
+    print(f"finished {run_dir}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from lesionseg.predict import predict_run
+
+    paths = predict_run(args.run_dir, images=args.images, out_dir=args.out, progress=not args.quiet)
+    print(f"wrote {len(paths)} prediction(s) to {paths[0].parent}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from lesionseg.evaluate import evaluate_dirs
+
+    out = args.out or args.pred.parent / "metrics"
+    summary = evaluate_dirs(args.pred, args.ref, out, threshold=args.threshold, device=args.device)
+    pc = summary["per_case"]
+    print(f"{summary['n_cases']} cases: " + ", ".join(f"{m} {pc[m]['mean']:.4f}" for m in
+          ("dsc", "f2", "sensitivity", "precision", "apr")) + f" (per-case means); wrote {out}")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from lesionseg.config import load_config
+    from lesionseg.sweep import run_sweep
+
+    report = run_sweep(load_config(args.config, args.overrides), progress=not args.quiet)
+    print((report / "summary.md").read_text(encoding="utf-8"))
+    print(f"report: {report}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from lesionseg.report import write_report
+
+    report = write_report(args.sweep_dir)
+    print((report / "summary.md").read_text(encoding="utf-8"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lesionseg",
+        description="3D lesion segmentation in MRI: Tversky-loss β sweeps, evaluation, reports.")
+    parser.add_argument("--version", action="version", version=f"lesionseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name: str, help_text: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("config", type=Path, help="YAML config file")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. loss.beta=0.7")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
+        return p
+
+    p = sub.add_parser("demo-data", help="write synthetic multi-modal MS-like phantoms and a datalist")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--cases", type=int, default=24, help="number of cases; the last quarter are test cases")
+    p.add_argument("--size", type=int, default=64, help="voxels along the first axis (shape S × 1.2S × S)")
+    p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo_data)
+
+    with_config("check", "validate the config and check that every data file exists", _check)
+    with_config("train", "train one run into <output_dir>/<name>/", _train)
+    with_config("sweep", "train, predict and evaluate every configuration of the sweep: block, then report", _sweep)
+
+    p = sub.add_parser("predict", help="lesion probability maps for a run's test cases (or --images)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--images", nargs="+", help="one case: one file per modality, in the run's modality order")
+    p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/predictions)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("evaluate", help="metrics of <case>.nii.gz predictions against <case>.nii.gz references")
+    p.add_argument("--pred", type=Path, required=True, help="folder of predictions (probabilities or masks)")
+    p.add_argument("--ref", type=Path, required=True, help="folder of reference lesion masks")
+    p.add_argument("--out", type=Path, help="output folder (default: metrics/ beside PRED)")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("report", help="rebuild a sweep's report from its finished runs")
+    p.add_argument("sweep_dir", type=Path)
+    p.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides may come before or after options (`sweep c.yaml -q seed=1`), which argparse alone refuses.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
+    try:
+        args.func(args)
+    except LesionsegError as err:
+        print(f"lesionseg {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"lesionseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,283 @@
+"""Typed, validated configuration: YAML files with `extends:`, dotted `key=value` overrides, sweeps.
+
+A config is a tree of pydantic models with `extra="forbid"`, so an unknown key or a bad value is an error
+that names the full dotted path, the value and what is allowed (`loss.beta: 1.3 is not in (0, 1)`).
+Relative paths (`data.datalist`, `output_dir`) are taken relative to the current working directory and
+stored absolute in the resolved config that every run saves.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lesionseg.errors import LesionsegError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    datalist: Path | None = Field(None, description="Decathlon-style datalist JSON")
+    modalities: list[str] = Field(default_factory=lambda: ["flair", "t1", "t2"], min_length=1)
+    spacing: list[float] | None = Field(None, description="resample to this spacing (mm); null keeps the input grid")
+    orientation: str = "RAS"
+    patch_size: list[int] = Field(default_factory=lambda: [64, 64, 64], min_length=3, max_length=3)
+    pos_fraction: float = Field(0.67, ge=0.0, le=1.0, description="share of patches centred on a lesion voxel")
+    samples_per_volume: int = Field(2, ge=1)
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    val_cases: int | None = Field(None, ge=1, description="number of validation cases; overrides val_fraction")
+    cache: bool = True
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patch_positive(cls, v: list[int]) -> list[int]:
+        if any(p < 8 for p in v):
+            raise ValueError(f"{v} has a side below 8 voxels")
+        return v
+
+    @field_validator("spacing")
+    @classmethod
+    def _spacing_positive(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) != 3 or any(s <= 0 for s in v)):
+            raise ValueError(f"{v} must be three positive numbers (mm) or null")
+        return v
+
+
+class ModelConfig(_Section):
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128], min_length=2)
+    strides: list[int] = Field(default_factory=lambda: [2, 2, 2])
+    res_units: int = Field(2, ge=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    norm: Literal["instance", "batch"] = "instance"
+    prior: float = Field(0.01, gt=0.0, lt=1.0, description="initial lesion probability of the output")
+
+    @model_validator(mode="after")
+    def _strides_match(self) -> ModelConfig:
+        if len(self.strides) != len(self.channels) - 1:
+            raise ValueError(
+                f"model.strides has {len(self.strides)} entries; it needs len(model.channels) - 1 = "
+                f"{len(self.channels) - 1}"
+            )
+        return self
+
+
+class LossConfig(_Section):
+    name: Literal["tversky", "dice"] = "tversky"
+    beta: float = Field(0.7, gt=0.0, lt=1.0, description="weight of false negatives")
+    alpha: float | None = Field(None, gt=0.0, description="weight of false positives; null means 1 - beta")
+    batch: bool = Field(True, description="sum TP/FP/FN over the whole batch rather than per sample")
+    smooth: float = Field(1e-5, ge=0.0)
+
+    @property
+    def resolved_alpha(self) -> float:
+        return 1.0 - self.beta if self.alpha is None else self.alpha
+
+
+class TrainConfig(_Section):
+    iterations: int = Field(2000, ge=1)
+    batch_size: int = Field(2, ge=1, description="volumes per step; each gives data.samples_per_volume patches")
+    lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    device: str = "auto"
+    amp: Literal["auto", "on", "off"] = "auto"
+    val_every: int = Field(200, ge=1)
+    log_every: int = Field(50, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not v.startswith("cuda:"):
+            raise ValueError(f"{v!r} is not one of auto, cpu, cuda, cuda:N")
+        return v
+
+
+class EvalConfig(_Section):
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
+    sw_batch_size: int = Field(4, ge=1)
+
+
+class Config(_Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._=+-]+$")
+    seed: int = 0
+    deterministic: bool = False
+    output_dir: Path = Path("experiments")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    sweep: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key → values; cartesian product")
+
+    @model_validator(mode="after")
+    def _patch_fits_model(self) -> Config:
+        divisor = 1
+        for s in self.model.strides:
+            divisor *= s
+        if any(p % divisor for p in self.data.patch_size):
+            raise ValueError(
+                f"data.patch_size {self.data.patch_size} must be divisible by {divisor}, the product of "
+                f"model.strides {self.model.strides}"
+            )
+        return self
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_lists(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if key == "sweep" or key.startswith("sweep."):
+                raise ValueError(f"sweep key {key!r} cannot sweep the sweep")
+            if not values:
+                raise ValueError(f"sweep.{key} is an empty list")
+        return v
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see configs/base.yaml for every key)")
+        else:
+            value = e.get("input")
+            shown = "" if isinstance(value, dict) else f" = {value!r}"
+            lines.append(f"  {key}{shown}: {e['msg']}")
+    return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def deep_merge(base: dict, child: dict) -> dict:
+    """Merge `child` into a copy of `base`; mappings merge recursively, anything else the child wins."""
+    merged = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LesionsegError(f"config file not found: {path}") from None
+    except OSError as err:
+        raise LesionsegError(f"cannot read config file {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise LesionsegError(f"config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LesionsegError(f"config file {path} must hold a mapping of keys, not a {type(data).__name__}")
+    return data
+
+
+def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML config and everything it `extends:` (relative to the file), merged, child winning."""
+    path = Path(path).resolve()
+    if path in _seen:
+        chain = " → ".join(str(p) for p in (*_seen, path))
+        raise LesionsegError(f"config files extend each other in a loop: {chain}")
+    data = _read_yaml(path)
+    parents = data.pop("extends", None)
+    if parents is None:
+        return data
+    merged: dict = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        merged = deep_merge(merged, load_raw(path.parent / parent, (*_seen, path)))
+    return deep_merge(merged, data)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`["loss.beta=0.7", "model.channels=[8,16]"]` → nested dict; values are parsed as YAML."""
+    tree: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise LesionsegError(f"override {item!r} must look like dotted.key=value (e.g. loss.beta=0.7)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise LesionsegError(f"override {item!r}: the value is not valid YAML: {err}") from None
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise LesionsegError(f"override {item!r} conflicts with another override of {part}")
+        node[leaf] = value
+    return tree
+
+
+def validate(raw: dict, source: str = "") -> Config:
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as err:
+        raise LesionsegError(_format_errors(err, source)) from None
+    # Resolve paths now so that the saved config works from any directory.
+    cfg.output_dir = cfg.output_dir.expanduser().resolve()
+    if cfg.data.datalist is not None:
+        cfg.data.datalist = cfg.data.datalist.expanduser().resolve()
+    for key in cfg.sweep:
+        try:
+            _set_dotted(cfg.model_dump(mode="json"), key, None)
+        except KeyError:
+            raise LesionsegError(f"invalid config {source}: sweep key {key!r} is not a config key") from None
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """The whole path from a YAML file (plus `key=value` overrides) to a validated `Config`."""
+    raw = deep_merge(load_raw(path), parse_overrides(overrides or []))
+    return validate(raw, source=str(path))
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = key.split(".")
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            raise KeyError(key)
+        node = node[part]
+    if leaf not in node:
+        raise KeyError(key)
+    node[leaf] = value
+
+
+def run_id(assignment: dict[str, Any]) -> str:
+    """`{"loss.beta": 0.7, "seed": 0}` → `beta=0.7_seed=0` (the last part of each key)."""
+    return "_".join(f"{key.split('.')[-1]}={value}" for key, value in assignment.items()) or "run"
+
+
+def expand_sweep(cfg: Config) -> list[tuple[str, Config]]:
+    """Every configuration of the `sweep:` block (cartesian product, in the order written) as (run id, config)."""
+    keys = list(cfg.sweep)
+    base = cfg.model_dump(mode="json")
+    base["sweep"] = {}
+    runs = []
+    for values in itertools.product(*(cfg.sweep[k] for k in keys)):
+        assignment = dict(zip(keys, values))
+        tree = copy.deepcopy(base)
+        for key, value in assignment.items():
+            _set_dotted(tree, key, value)
+        rid = run_id(assignment)
+        runs.append((rid, validate(tree, source=f"(sweep run {rid})")))
+    ids = [rid for rid, _ in runs]
+    if len(set(ids)) != len(ids):
+        raise LesionsegError(f"sweep keys give duplicate run ids {ids}; make the last parts of the keys distinct")
+    return runs
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,315 @@
+"""Synthetic multi-modal brain MRI phantoms with MS-like white-matter lesions (the embedded demo data).
+
+What is modelled, and why it is enough for a β sweep to mean something:
+- Anatomy: a skull-stripped, egg-shaped brain (flatter base) with per-case size, shape, rotation and shift;
+  an outer CSF rim; a cortical grey-matter ribbon folded by sulci (CSF sheets along the zero set of a smooth
+  random field, lined by GM) and an interhemispheric fissure; deep grey matter (basal ganglia/thalamus);
+  two curved lateral ventricles of per-case size near the centre; white matter everywhere else.
+- Lesions: only inside white matter, centres drawn with a strong periventricular preference, a heavy-tailed
+  (Pareto) size distribution (many small, few large), irregular shapes (a union of overlapping ellipsoids
+  deformed by smooth noise), some placed touching a previous one (confluent), and ~25 % of them of low
+  contrast (a fraction of the full contrast): those small, faint lesions are what a higher Tversky β finds.
+  The lesion load is drawn per case (median ~1 % of brain voxels, a few low-load cases) and is never zero.
+- Image formation: tissue fractions with one-voxel soft edges (partial volume), per-tissue FLAIR/T1/T2
+  intensities in scanner-like units, mild tissue texture, a Gaussian point-spread blur, a smooth
+  multiplicative bias field per modality, Rician noise of a few % of white matter, and zero outside the brain.
+  The label is the voxel-grid lesion fraction ≥ 0.5.
+
+Case i depends only on (seed, i): each case has its own `np.random.default_rng([seed, i])`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from lesionseg.errors import LesionsegError
+from lesionseg.files import write_atomic, write_json
+
+MODALITIES = ("flair", "t1", "t2")
+
+# Intensity of each tissue relative to white matter, per modality (before per-case jitter and scale).
+# FLAIR: CSF suppressed, GM a little brighter than WM, lesions bright. T1: WM > GM > CSF, lesions iso- to
+# hypointense (the T1 lesion value is the "black hole" end; each lesion gets a random share of it).
+# T2: CSF brightest, GM > WM, lesions bright.
+_CONTRAST = {
+    "flair": {"csf": 0.15, "gm": 1.25, "wm": 1.0, "lesion": 1.9},
+    "t1": {"csf": 0.25, "gm": 0.70, "wm": 1.0, "lesion": 0.50},
+    "t2": {"csf": 2.60, "gm": 1.40, "wm": 1.0, "lesion": 2.0},
+}
+_WM_LEVEL = {"flair": (400.0, 900.0), "t1": (500.0, 1000.0), "t2": (300.0, 700.0)}  # scanner units
+
+
+class Phantom(NamedTuple):
+    images: dict[str, np.ndarray]  # {modality: float32}, 0 outside the brain
+    label: np.ndarray  # uint8 {0, 1}: lesion fraction >= 0.5
+    mask: np.ndarray  # uint8 {0, 1}: brain fraction >= 0.5
+    tissues: dict[str, np.ndarray]  # float32 fractions: csf, gm, wm, lesion; ventricles (part of csf)
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], cell: float) -> np.ndarray:
+    """Zero-mean, unit-variance random field that varies over about `cell` voxels (float32).
+
+    Gaussian bumps on a coarse knot lattice, expanded one axis at a time with matrix products: smooth,
+    and ~10x faster than `ndimage.zoom` or filtering full-size white noise at size 160.
+    """
+    width = cell / 2
+    mats = []
+    for n in shape:
+        knots = np.arange(-3 * width, n + 3 * width, width)
+        mats.append(np.exp(-0.5 * ((np.arange(n)[:, None] - knots[None]) / width) ** 2).astype(np.float32))
+    field = rng.standard_normal([m.shape[1] for m in mats]).astype(np.float32)
+    for m in mats:  # contract the leading (coarse) axis; the new fine axis goes last, so order is kept
+        field = np.tensordot(field, m, axes=([0], [1]))
+    return field / field.std()
+
+
+def _ramp(distance: np.ndarray) -> np.ndarray:
+    """Signed distance in voxels (positive inside) → fraction, linear over one voxel (partial volume)."""
+    return np.clip(0.5 + distance, 0.0, 1.0).astype(np.float32)
+
+
+def _rotation(rng: np.random.Generator, max_degrees: float) -> np.ndarray:
+    a, b, c = np.deg2rad(rng.uniform(-max_degrees, max_degrees, 3))
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+def _anatomy(shape: tuple[int, int, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Tissue fractions (float32) and helper maps. Axes are (L-R, P→A, I→S), as in the LAS affine."""
+    # Brain semi-axes in voxels: ~80 % of the field of view, varied per case.
+    semi = (np.array([0.40, 0.40, 0.37]) * np.array(shape) * rng.uniform(0.9, 1.05, 3)).astype(np.float32)
+    radius = float(np.prod(semi, dtype=float) ** (1 / 3))  # voxels per normalised unit (edges, thicknesses)
+    centre = (np.array(shape) - 1) / 2 + rng.uniform(-0.03, 0.03, 3) * np.array(shape)
+    rot = _rotation(rng, 5.0)
+    grid = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    offsets = [(g - c).astype(np.float32) for g, c in zip(grid, centre)]
+    rot = rot.astype(np.float32)
+    ux, uy, uz = (sum(rot[i, j] * offsets[j] for j in range(3)) / semi[i] for i in range(3))
+
+    # Brain outline: an ellipsoid with a flatter base and a lumpy surface; depth is in normalised units.
+    uz_base = np.where(uz < 0, uz * 1.2, uz)
+    rho = np.sqrt(ux**2 + uy**2 + uz_base**2) * (1 + 0.03 * _smooth_field(rng, shape, 0.5 * radius))
+    depth = 1 - rho
+    brain = _ramp(depth * radius)
+
+    # Cortex: sulci are CSF sheets along the zero set of a smooth field, up to ~0.2 brain radii deep;
+    # subtracting that indent from the depth makes CSF and the GM ribbon follow each fold.
+    t_csf, t_gm = rng.uniform(0.025, 0.04), rng.uniform(0.09, 0.11)
+    folds = _smooth_field(rng, shape, 0.22 * radius)
+    indent = rng.uniform(0.15, 0.22) * np.exp(-((folds / 0.3) ** 2))
+    fissure = 0.5 * np.exp(-((ux * semi[0] / 1.2) ** 2)) * np.clip((uz + 0.4) / 0.5, 0, 1)
+    cortical = depth - np.maximum(indent, fissure)
+    inner = _ramp((cortical - t_csf) * radius)
+    wm = _ramp((cortical - t_csf - t_gm) * radius)
+    csf, gm = brain - inner, inner - wm
+
+    def paint(alpha: np.ndarray, tissue: str) -> None:  # alpha of `tissue` replaces what was there
+        for frac in fracs.values():
+            frac *= 1 - alpha
+        fracs[tissue] += alpha
+
+    fracs = {"csf": csf, "gm": gm, "wm": wm}
+    # Deep grey matter (basal ganglia, thalamus): an ellipsoid per hemisphere, below and lateral to the
+    # ventricles.
+    for side in (-1, 1):
+        q = ((ux - side * 0.17) / 0.09) ** 2 + ((uy + 0.02) / 0.22) ** 2 + ((uz + 0.1) / 0.14) ** 2
+        paint(_ramp((1 - q) * 0.045 * radius) * brain, "gm")
+    # Lateral ventricles: curved tubes arching over the centre, horns diverging; width varies per case.
+    scale, length = rng.uniform(0.7, 1.6), rng.uniform(0.42, 0.5)
+    t = uy / length
+    wx, wz = 0.065 * scale, 0.11 * scale * (1 - 0.3 * t**2)
+    wobble = 1 + 0.15 * _smooth_field(rng, shape, 0.3 * radius)
+    ventricles = np.zeros(shape, np.float32)
+    for side in (-1, 1):
+        xc = side * (wx + 0.025 + 0.08 * t**2)
+        q = (((ux - xc) / wx) ** 2 + ((uz - 0.1 + 0.2 * t**2) / wz) ** 2 + t**4) * wobble
+        ventricles = np.maximum(ventricles, _ramp((1 - q) * 0.5 * wx * radius))
+    w3 = max(0.02 * scale, 0.6 / radius)  # third ventricle: a midline slit between the thalami
+    q = (ux / w3) ** 2 + (uy / 0.16) ** 2 + ((uz + 0.1) / 0.11) ** 2
+    ventricles = np.maximum(ventricles, _ramp((1 - q) * 0.5 * w3 * radius)) * brain
+    paint(ventricles, "csf")
+    # The septum between the ventricles and the midline below them are drawn as WM but are a membrane
+    # and the diencephalon: no lesion may grow there (the corpus callosum above them stays lesionable).
+    septum = (np.abs(ux) < wx + 0.03) & (np.abs(t) < 1.05) & (uz - 0.1 + 0.2 * t**2 < wz) & (uz > -0.45)
+    return {**fracs, "ventricles": ventricles, "brain": brain, "deep": cortical - t_csf - t_gm,
+            "lesionable": np.where(septum, 0, fracs["wm"]).astype(np.float32), "radius": np.float32(radius)}
+
+
+def _lesions(
+    anat: dict[str, np.ndarray], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lesion fraction (clipped to WM), and per-voxel FLAIR/T2 and T1 contrast shares, all float32."""
+    wm, radius = anat["lesionable"], float(anat["radius"])
+    shape = wm.shape
+    # Distance to the ventricles on a coarse grid (EDT is the slow step at size 160; weights need no more).
+    step = max(1, round(min(shape) / 48))
+    dist = ndimage.distance_transform_edt(anat["ventricles"][::step, ::step, ::step] < 0.5) * step / radius
+    dist = np.repeat(np.repeat(np.repeat(dist, step, 0), step, 1), step, 2)
+    dist = dist[: shape[0], : shape[1], : shape[2]]
+    candidates = np.flatnonzero((wm > 0.95) & (anat["deep"] > 0.06))
+    if candidates.size == 0:  # only at toy sizes, where the cortex leaves no deep white matter
+        candidates = np.flatnonzero(wm > 0.5)
+    near = np.exp(-dist.ravel()[candidates] / 0.1)
+    weight = (near + 0.02) / (near + 0.02).sum()  # mostly periventricular, some deep WM
+
+    lesion, contrast, t1_share = (np.zeros(shape, np.float32) for _ in range(3))
+    bumps = _smooth_field(rng, shape, max(2.0, 0.06 * radius))  # deforms lesion outlines
+    target = np.clip(np.exp(rng.normal(np.log(0.009), 0.7)), 0.002, 0.035) * float(anat["brain"].sum())
+    load, previous = 0, None
+    for _ in range(400):
+        if load >= max(target, 1):
+            break
+        r = float(min(0.045 * radius * (1 + rng.pareto(1.8)), 0.15 * radius))  # voxels; heavy tail
+        if previous is not None and rng.random() < 0.3:  # confluent: touching the previous lesion
+            direction = rng.normal(size=3)
+            c0 = previous[0] + direction / np.linalg.norm(direction) * 0.8 * (previous[1] + r)
+        else:
+            pick = rng.choice(candidates.size, p=weight)
+            c0 = np.array(np.unravel_index(candidates[pick], shape), float)
+            r *= 0.7 + 0.5 * near[pick]  # deep WM lesions are small; the large ones cap the ventricles
+        n_lobes = min(1 + rng.poisson(1.0 if r > 0.06 * radius else 0.2), 4)  # large ones are lumpier
+        lobes = [(c0 + rng.normal(0, 0.4 * r, 3) * (k > 0), r * rng.uniform(0.6, 1.3, 3), _rotation(rng, 90))
+                 for k in range(n_lobes)]
+        ext = 2 * r + 3
+        lo = np.maximum(np.floor(c0 - ext), 0).astype(int)
+        hi = np.minimum(np.ceil(c0 + ext) + 1, shape).astype(int)
+        if np.any(hi <= lo):
+            continue
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        grid = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(lo, hi)), indexing="ij"), -1)
+        inside = np.full(grid.shape[:3], -np.inf, np.float32)
+        for centre, axes, rot in lobes:  # union of ellipsoids: max of their (1 - quadratic form)
+            local = (grid - centre) @ rot / axes
+            inside = np.maximum(inside, 1 - (local**2).sum(-1))
+        frac = np.minimum(_ramp((inside + 0.3 * bumps[box]) * 0.5 * r), wm[box])
+        before = int((lesion[box] >= 0.5).sum())
+        newer = frac > lesion[box]
+        lesion[box] = np.maximum(lesion[box], frac)
+        share = rng.uniform(0.25, 0.5) if rng.random() < 0.25 else rng.uniform(0.75, 1.0)
+        contrast[box] = np.where(newer, share, contrast[box])
+        t1_share[box] = np.where(newer, share * rng.uniform(0.0, 1.0), t1_share[box])
+        load += int((lesion[box] >= 0.5).sum()) - before
+        previous = (c0, r)
+    if load == 0:  # a bug, not a user error: every phantom must hold a lesion
+        raise RuntimeError(f"phantom {shape}: no lesion could be placed in white matter")
+    return lesion, contrast, t1_share
+
+
+def render_phantom(shape: tuple[int, int, int], rng: np.random.Generator) -> Phantom:
+    """One phantom with its tissue fractions (for tests and inspection); `make_phantom` returns part of it."""
+    shape = tuple(int(n) for n in shape)
+    anat = _anatomy(shape, rng)
+    lesion, contrast, t1_share = _lesions(anat, rng)
+    tissues = {"csf": anat["csf"], "gm": anat["gm"], "wm": anat["wm"] - lesion, "lesion": lesion,
+               "ventricles": anat["ventricles"]}
+    mask = (anat["brain"] >= 0.5).astype(np.uint8)
+    label = ((lesion >= 0.5) & (mask > 0)).astype(np.uint8)
+    texture = 1 + 0.02 * _smooth_field(rng, shape, 3.0)  # mild tissue inhomogeneity
+    images = {}
+    for name in MODALITIES:
+        level = {t: v * rng.uniform(0.95, 1.05) for t, v in _CONTRAST[name].items()}
+        level["wm"] = 1.0
+        lesion_level = 1 + (level["lesion"] - 1) * (t1_share if name == "t1" else contrast)
+        image = sum(tissues[t] * level[t] for t in ("csf", "gm", "wm")) * texture + lesion * lesion_level
+        image = ndimage.gaussian_filter(image, 0.5)  # scanner point-spread function
+        image *= np.exp(0.1 * _smooth_field(rng, shape, 0.7 * max(shape)))  # receive-coil bias field
+        wm_level = rng.uniform(*_WM_LEVEL[name])
+        sigma = rng.uniform(0.02, 0.04)  # noise relative to WM
+        noise = rng.standard_normal((2, *shape), dtype=np.float32)
+        image = np.hypot(image + sigma * noise[0], sigma * noise[1])  # magnitude of complex noise: Rician
+        image *= wm_level
+        image[mask == 0] = 0  # skull-stripped
+        images[name] = image.astype(np.float32, copy=False)
+    return Phantom(images, label, mask, tissues)
+
+
+def make_phantom(
+    shape: tuple[int, int, int], rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Return ({modality: float32 image}, label uint8 {0,1}, brain mask uint8 {0,1}), all of `shape`.
+
+    The label always holds at least one lesion. The same `rng` state gives the same phantom.
+    """
+    phantom = render_phantom(shape, rng)
+    return phantom.images, phantom.label, phantom.mask
+
+
+def phantom_shape(size: int) -> tuple[int, int, int]:
+    """(L-R, P-A, I-S) voxels for `size`: the brain is longer front to back than it is wide or tall."""
+    return (size, round(1.2 * size), size)
+
+
+def las_affine(shape: tuple[int, int, int], spacing: float) -> np.ndarray:
+    """LAS voxel-to-world affine (like the real data) with the volume's centre at the world origin."""
+    affine = np.diag([-spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = -affine[:3, :3] @ ((np.array(shape) - 1) / 2)
+    return affine
+
+
+def write_demo_dataset(
+    out_dir: str | Path,
+    cases: int = 24,
+    size: int = 64,
+    seed: int = 0,
+    spacing: float = 2.0,
+    test_fraction: float = 0.25,
+) -> Path:
+    """Write phantoms as NIfTI and a Decathlon-style datalist; return the datalist path.
+
+    Layout: images/<case>_<modality>.nii.gz, labels/<case>.nii.gz, masks/<case>.nii.gz, datalist.json.
+    The last ceil(cases * test_fraction) cases are the test list. The datalist is written last, so its
+    presence means the dataset is complete; re-running with the same arguments rewrites identical content.
+    """
+    for name, value in (("cases", cases), ("size", size), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise LesionsegError(f"demo data: {name} must be an integer, got {value!r}")
+    if cases < 2:
+        raise LesionsegError(f"demo data: cases={cases} is too few; need at least 2 (one training, one test)")
+    if not 16 <= size <= 512:
+        raise LesionsegError(f"demo data: size={size} is not in [16, 512] voxels")
+    if seed < 0:
+        raise LesionsegError(f"demo data: seed={seed} must be >= 0")
+    if not (isinstance(spacing, (int, float)) and math.isfinite(spacing) and spacing > 0):
+        raise LesionsegError(f"demo data: spacing={spacing!r} must be a positive number of millimetres")
+    if not (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1):
+        raise LesionsegError(f"demo data: test_fraction={test_fraction!r} is not in (0, 1)")
+    n_test = max(1, math.ceil(cases * test_fraction))
+    if cases - n_test < 1:
+        raise LesionsegError(
+            f"demo data: test_fraction={test_fraction} leaves no training case out of {cases}; lower it"
+        )
+
+    out_dir = Path(out_dir)
+    shape, affine = phantom_shape(size), las_affine(phantom_shape(size), float(spacing))
+    entries = []
+    for i in range(cases):
+        case = f"case_{i:03d}"
+        images, label, mask = make_phantom(shape, np.random.default_rng([seed, i]))
+        files = {f"images/{case}_{m}.nii.gz": images[m] for m in MODALITIES}
+        files[f"labels/{case}.nii.gz"] = label
+        files[f"masks/{case}.nii.gz"] = mask
+        for rel, array in files.items():
+            img = nib.Nifti1Image(array, affine)
+            img.header.set_xyzt_units("mm")
+            write_atomic(out_dir / rel, lambda tmp, img=img: nib.save(img, tmp))
+        entries.append({"case": case, "image": [f"images/{case}_{m}.nii.gz" for m in MODALITIES],
+                        "label": f"labels/{case}.nii.gz", "mask": f"masks/{case}.nii.gz"})
+    datalist = {
+        "name": "lesionseg phantoms",
+        "description": (
+            f"synthetic MS-like lesion phantoms (lesionseg.phantom): seed={seed}, size={size}, "
+            f"shape={list(shape)}, spacing={float(spacing)} mm, LAS"
+        ),
+        "modalities": list(MODALITIES),
+        "training": entries[: cases - n_test],
+        "test": entries[cases - n_test :],
+    }
+    return write_json(out_dir / "datalist.json", datalist)

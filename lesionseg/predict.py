@@ -1,0 +1,88 @@
+"""Sliding-window inference; lesion probabilities written in each input's own geometry.
+
+The network sees volumes reoriented (and optionally resampled) by `data.preprocessing`; the prediction is
+brought back through the inverse of those steps, so that `predictions/<case>.nii.gz` has the shape and
+affine of the case's first image and overlays it in any viewer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from tqdm import tqdm
+
+from lesionseg.config import Config, load_config
+from lesionseg.data import case_id_from_path, load_datalist, preprocessing
+from lesionseg.errors import LesionsegError
+from lesionseg.files import write_atomic
+from lesionseg.model import build_model
+from lesionseg.train import infer_volume, resolve_device
+
+
+def load_model(run_dir: Path, cfg: Config, device: torch.device) -> torch.nn.Module:
+    """The run's best checkpoint (by validation DSC), else its last one."""
+    for name in ("best.pt", "last.pt"):
+        path = run_dir / "checkpoints" / name
+        if path.is_file():
+            model = build_model(cfg).to(device)
+            model.load_state_dict(torch.load(path, map_location=device)["model"])
+            return model.eval()
+    raise LesionsegError(f"no checkpoint in {run_dir / 'checkpoints'}: train the run first (lesionseg train)")
+
+
+def save_probability(prob: np.ndarray, reference: Path, path: Path) -> None:
+    """Write `prob` (the reference's voxel grid) as float32 NIfTI with the reference image's affine."""
+    ref = nib.load(str(reference))
+    if prob.shape != ref.shape[:3]:
+        raise RuntimeError(f"prediction shape {prob.shape} differs from {reference} shape {ref.shape}")
+    out = nib.Nifti1Image(prob.astype(np.float32), ref.affine)
+    out.header.set_xyzt_units(*ref.header.get_xyzt_units())
+    write_atomic(path, lambda tmp: nib.save(out, str(tmp)))
+
+
+def predict_cases(
+    model: torch.nn.Module, cfg: Config, entries: list[dict], out_dir: Path, device: torch.device,
+    progress: bool = True,
+) -> list[Path]:
+    """Predict each entry (`{"case", "image": [paths]}`) into `out_dir/<case>.nii.gz`."""
+    pre = preprocessing(cfg, with_label=False)
+    written = []
+    for entry in tqdm(entries, desc="predict", disable=not progress, leave=False):
+        item = pre({"image": entry["image"]})
+        image: MetaTensor = item["image"]
+        prob = infer_volume(model, image, cfg, device).cpu()
+        # Carry the input's transform history so that the inverse undoes reorientation and resampling.
+        restored = pre.inverse({"image": MetaTensor(prob, meta=image.meta, applied_operations=image.applied_operations)})
+        array = restored["image"][0].numpy()
+        path = out_dir / f"{entry['case']}.nii.gz"
+        save_probability(np.clip(array, 0.0, 1.0), Path(entry["image"][0]), path)
+        written.append(path)
+    return written
+
+
+def predict_run(run_dir: Path, images: list[str] | None = None, out_dir: Path | None = None,
+                progress: bool = True) -> list[Path]:
+    """`lesionseg predict`: the run's test cases (or one case given as `images`, one file per modality)."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    if images:
+        if len(images) != len(cfg.data.modalities):
+            raise LesionsegError(
+                f"--images got {len(images)} file(s); this run was trained on {len(cfg.data.modalities)} "
+                f"modalities, in this order: {cfg.data.modalities}"
+            )
+        missing = [p for p in images if not Path(p).is_file()]
+        if missing:
+            raise LesionsegError(f"--images: file(s) not found: {missing}")
+        entries = [{"case": case_id_from_path(images[0]), "image": [str(Path(p).resolve()) for p in images]}]
+    else:
+        entries = load_datalist(cfg)["test"]
+        if not entries:
+            raise LesionsegError(f"datalist {cfg.data.datalist} has no 'test' cases; pass --images instead")
+    device = resolve_device(cfg.train.device)
+    model = load_model(run_dir, cfg, device)
+    return predict_cases(model, cfg, entries, Path(out_dir or run_dir / "predictions"), device, progress)

@@ -1,0 +1,96 @@
+"""Run folders: what makes one, what marks it finished, and what it records to be reproducible."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lesionseg.config import Config, dump_yaml
+from lesionseg.errors import LesionsegError
+from lesionseg.files import write_json, write_text
+
+DONE = "DONE"
+
+
+def is_done(run_dir: Path) -> bool:
+    return (run_dir / DONE).is_file()
+
+
+def mark_done(run_dir: Path, summary: dict | None = None) -> None:
+    """Written last: its presence means every output of the run is complete."""
+    write_json(run_dir / DONE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(summary or {})})
+
+
+def start_run_dir(run_dir: Path, cfg: Config) -> Path:
+    """Create `run_dir` for a new run, saving the resolved config and the environment.
+
+    A finished run is never touched: that is an error naming the folder. An unfinished one (a run that
+    was interrupted) is moved aside to `<name>.interrupted`, replacing an older interrupted copy, so a
+    re-run starts clean and the partial output stays inspectable.
+    """
+    if is_done(run_dir):
+        raise LesionsegError(
+            f"{run_dir} holds a finished run; choose another name (name=...) or move that folder away"
+        )
+    if run_dir.exists():
+        aside = run_dir.with_name(run_dir.name + ".interrupted")
+        if aside.exists():
+            shutil.rmtree(aside)
+        run_dir.rename(aside)
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as err:
+        raise LesionsegError(f"cannot create run folder {run_dir}: {err.strerror}") from None
+    write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    write_json(run_dir / "env.json", environment())
+    return run_dir
+
+
+def _git_revision() -> dict:
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"revision": None, "dirty": None}
+    return {"revision": rev, "dirty": bool(dirty)}
+
+
+def environment() -> dict:
+    """Versions, device and source revision: what it takes to reproduce a run's numbers."""
+    import monai
+
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "cpu_threads": torch.get_num_threads(),
+        "git": _git_revision(),
+        "command": sys.argv,
+    }
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LesionsegError(f"missing file {path}") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise LesionsegError(f"cannot read {path}: {err}") from None

@@ -1,0 +1,171 @@
+"""One training run: Adam on lesion-weighted patches, sliding-window validation, checkpoints, TensorBoard.
+
+The loop counts iterations, not epochs (a lesion dataset has few, large volumes). The step never waits on
+the host: the loss is accumulated on the device and read back only every `train.log_every` iterations.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from lesionseg.config import Config
+from lesionseg.data import load_datalist, split_train_val, train_batches, volume_dataset
+from lesionseg.errors import LesionsegError
+from lesionseg.files import write_atomic, write_json
+from lesionseg.losses import build_loss
+from lesionseg.metrics import confusion_counts, overlap_metrics
+from lesionseg.model import build_model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LesionsegError(f"train.device: {name!r} asked for, but PyTorch sees no CUDA device; use auto or cpu")
+    return torch.device(name)
+
+
+def amp_dtype(device: torch.device, setting: str) -> torch.dtype | None:
+    """bf16 where the GPU has it, else fp16 (with a gradient scaler); None means full precision."""
+    if device.type != "cuda" or setting == "off":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def seed_everything(cfg: Config, device: torch.device) -> None:
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed patch size: let cuDNN pick kernels
+
+
+def infer_volume(model: torch.nn.Module, image: torch.Tensor, cfg: Config, device: torch.device) -> torch.Tensor:
+    """Lesion probabilities `(1, D, H, W)` for one preprocessed volume `(C, D, H, W)`, by sliding window."""
+    with torch.no_grad(), autocast(device, amp_dtype(device, cfg.train.amp)):
+        logits = sliding_window_inference(
+            image.unsqueeze(0).to(device),
+            roi_size=cfg.data.patch_size,
+            sw_batch_size=cfg.eval.sw_batch_size,
+            predictor=model,
+            overlap=cfg.eval.overlap,
+            mode="gaussian",
+        )
+    return torch.sigmoid(logits.float())[0]
+
+
+def validate(model: torch.nn.Module, dataset, cfg: Config, device: torch.device) -> dict[str, float]:
+    """Mean DSC and F2 over the validation volumes at the configured threshold."""
+    model.eval()
+    scores = []
+    for item in dataset:
+        prob = infer_volume(model, item["image"], cfg, device)
+        counts = confusion_counts(prob >= cfg.eval.threshold, item["label"].to(device) > 0.5)
+        scores.append(overlap_metrics(counts))
+    model.train()
+    return {key: float(np.nanmean([s[key] for s in scores])) for key in ("dsc", "f2", "sensitivity", "precision")}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def train_run(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
+    """Train one model into `run_dir` (which holds config.yaml already); return the validation summary."""
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg, device)
+    lists = load_datalist(cfg)
+    train_cases, val_cases = split_train_val(lists["training"], cfg)
+    write_json(
+        run_dir / "split.json",
+        {key: [e["case"] for e in cases] for key, cases in
+         (("train", train_cases), ("validation", val_cases), ("test", lists["test"]))},
+    )
+
+    model = build_model(cfg).to(device)
+    loss_fn = build_loss(cfg.loss)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    if cfg.train.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.iterations)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    dtype = amp_dtype(device, cfg.train.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    batches = train_batches(train_cases, cfg, pin_memory=device.type == "cuda")
+    val_data = volume_dataset(val_cases, cfg, with_label=True) if val_cases else None
+    writer = SummaryWriter(log_dir=str(run_dir))
+    best = {"iteration": 0, "dsc": -math.inf}
+    last: dict[str, float] = {}
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    bar = tqdm(range(1, cfg.train.iterations + 1), desc=f"train {run_dir.name}", disable=not progress, leave=False)
+    for it in bar:
+        batch = next(batches)
+        image = batch["image"].to(device, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True)
+        with autocast(device, dtype):
+            logits = model(image)
+        loss = loss_fn(logits.float(), label)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss_sum += loss.detach()
+        loss_count += 1
+
+        if it % cfg.train.log_every == 0 or it == cfg.train.iterations:
+            mean_loss = (loss_sum / loss_count).item()
+            if not math.isfinite(mean_loss):
+                raise LesionsegError(
+                    f"training loss became {mean_loss} by iteration {it} in {run_dir}; lower train.lr or "
+                    "check the data for NaN/infinite intensities (lesionseg check)"
+                )
+            writer.add_scalar("train/loss", mean_loss, it)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], it)
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            loss_sum.zero_()
+            loss_count = 0
+
+        if it % cfg.train.val_every == 0 or it == cfg.train.iterations:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "iteration": it}
+            if val_data is not None:
+                last = validate(model, val_data, cfg, device)
+                for key, value in last.items():
+                    writer.add_scalar(f"val/{key}", value, it)
+                message = ", ".join(f"{k} {v:.3f}" for k, v in last.items())
+                tqdm.write(f"[{run_dir.name}] iteration {it}/{cfg.train.iterations}: validation {message}")
+                if last["dsc"] > best["dsc"]:
+                    best = {"iteration": it, **last}
+                    save_checkpoint(run_dir / "checkpoints" / "best.pt", {**state, "val": last})
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", {**state, "val": last})
+    writer.close()
+    if val_data is None:
+        # Nothing to choose with: the last weights are the best we know.
+        best = {"iteration": cfg.train.iterations}
+        shutil.copyfile(run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt")
+    summary = {"best": best, "last": last, "device": str(device), "amp": str(dtype) if dtype else "off"}
+    write_json(run_dir / "train_summary.json", summary)
+    return summary

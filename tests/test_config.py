@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import pytest
+
+from lesionseg.config import Config, expand_sweep, load_config, parse_overrides, run_id
+from lesionseg.errors import LesionsegError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_in_the_repository_loads(path):
+    assert isinstance(load_config(path), Config)
+
+
+def test_base_yaml_lists_every_default():
+    base = load_config(REPO / "configs" / "base.yaml").model_dump(mode="json")
+    defaults = Config().model_dump(mode="json")
+    base.pop("output_dir"), defaults.pop("output_dir")
+    assert base == defaults
+
+
+def test_extends_merges_deeply_and_child_wins(tmp_path):
+    write(tmp_path / "parent.yaml", "seed: 3\nloss: {beta: 0.6, batch: false}\ntrain: {lr: 0.01}\n")
+    child = write(tmp_path / "child.yaml", "extends: parent.yaml\nloss: {beta: 0.8}\n")
+    cfg = load_config(child)
+    assert (cfg.seed, cfg.loss.beta, cfg.loss.batch, cfg.train.lr) == (3, 0.8, False, 0.01)
+
+
+def test_overrides_are_yaml_and_win_over_files(tmp_path):
+    path = write(tmp_path / "c.yaml", "loss: {beta: 0.6}\n")
+    cfg = load_config(path, ["loss.beta=0.9", "model.channels=[8,16,32]", "model.strides=[2,2]", "name=x"])
+    assert cfg.loss.beta == 0.9 and cfg.model.channels == [8, 16, 32] and cfg.name == "x"
+
+
+def test_alpha_defaults_to_one_minus_beta():
+    assert Config.model_validate({"loss": {"beta": 0.7}}).loss.resolved_alpha == pytest.approx(0.3)
+    assert Config.model_validate({"loss": {"beta": 0.7, "alpha": 0.5}}).loss.resolved_alpha == 0.5
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["loss.beta=1.3"], r"loss\.beta = 1\.3: Input should be less than 1"),
+        (["loss.betta=0.7"], r"loss\.betta: unknown key"),
+        (["loss.name=focal"], r"loss\.name = 'focal'"),
+        (["train.device=tpu"], r"train\.device = 'tpu'"),
+        (["data.patch_size=[30,32,32]"], r"divisible by 8"),
+        (["model.strides=[2,2]"], r"model\.strides has 2 entries"),
+        (["sweep={loss.gamma: [1, 2]}"], r"sweep key 'loss\.gamma' is not a config key"),
+        (["loss.beta"], r"must look like dotted\.key=value"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, overrides, message):
+    path = write(tmp_path / "c.yaml", "name: x\n")
+    with pytest.raises(LesionsegError, match=message):
+        load_config(path, overrides)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(LesionsegError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(LesionsegError, match="not valid YAML"):
+        load_config(write(tmp_path / "bad.yaml", "loss: {beta: [\n"))
+    with pytest.raises(LesionsegError, match="extend each other in a loop"):
+        load_config(write(tmp_path / "loop.yaml", "extends: loop.yaml\n"))
+
+
+def test_relative_paths_are_resolved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(write(tmp_path / "c.yaml", "data: {datalist: d/list.json}\n"))
+    assert cfg.data.datalist == tmp_path / "d" / "list.json" and cfg.output_dir == tmp_path / "experiments"
+
+
+def test_sweep_is_a_cartesian_product_in_order(tmp_path):
+    path = write(tmp_path / "s.yaml", "sweep: {loss.beta: [0.5, 0.7], seed: [0, 1]}\n")
+    runs = expand_sweep(load_config(path))
+    assert [rid for rid, _ in runs] == ["beta=0.5_seed=0", "beta=0.5_seed=1", "beta=0.7_seed=0", "beta=0.7_seed=1"]
+    assert [(c.loss.beta, c.seed) for _, c in runs] == [(0.5, 0), (0.5, 1), (0.7, 0), (0.7, 1)]
+    assert all(c.sweep == {} for _, c in runs)
+
+
+def test_sweep_values_are_validated(tmp_path):
+    path = write(tmp_path / "s.yaml", "sweep: {loss.beta: [0.5, 1.5]}\n")
+    with pytest.raises(LesionsegError, match=r"(?s)sweep run beta=1\.5.*loss\.beta = 1\.5"):
+        expand_sweep(load_config(path))
+
+
+def test_parse_overrides_nests_and_run_id():
+    assert parse_overrides(["a.b=1", "a.c=[1, 2]", "d=x"]) == {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
+    assert run_id({"loss.beta": 0.7, "seed": 0}) == "beta=0.7_seed=0"

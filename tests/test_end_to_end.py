@@ -1,0 +1,73 @@
+"""The whole path through the command line: demo data → a two-β sweep → report; then each command alone."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def lesionseg(*args, cwd, check=True):
+    result = subprocess.run([sys.executable, "-m", "lesionseg", *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"lesionseg {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_two_beta_sweep_through_the_cli(tmp_path):
+    lesionseg("demo-data", tmp_path / "data", "--cases", 5, "--size", 24, cwd=tmp_path)
+    overrides = [f"data.datalist={tmp_path / 'data' / 'datalist.json'}", "output_dir=experiments", "name=mini",
+                 "sweep={loss.beta: [0.5, 0.8]}", *TINY]
+    out = lesionseg("sweep", REPO / "configs" / "sweep_beta.yaml", *overrides, "-q", cwd=tmp_path)
+    sweep = tmp_path / "experiments" / "mini"
+    assert "| beta | alpha |" in out.stdout
+
+    for rid, beta in (("beta=0.5", 0.5), ("beta=0.8", 0.8)):
+        run = sweep / "runs" / rid
+        assert (run / "DONE").is_file() and (run / "env.json").is_file()
+        assert f"beta: {beta}" in (run / "config.yaml").read_text()
+        assert list(run.glob("events.out.tfevents.*"))
+        for case in ("case_003", "case_004"):
+            pred = nib.load(str(run / "predictions" / f"{case}.nii.gz"))
+            image = nib.load(str(tmp_path / "data" / "images" / f"{case}_flair.nii.gz"))
+            assert pred.shape == image.shape and np.allclose(pred.affine, image.affine)
+        rows = list(csv.DictReader((run / "metrics" / "cases.csv").open()))
+        assert [r["case"] for r in rows] == ["case_003", "case_004"]
+        assert list(rows[0])[:7] == ["case", "dsc", "f2", "sensitivity", "precision", "specificity", "apr"]
+        summary = json.loads((run / "metrics" / "summary.json").read_text())
+        assert summary["n_cases"] == 2 and 0 <= summary["per_case"]["dsc"]["mean"] <= 1
+
+    report = list(csv.DictReader((sweep / "report" / "summary.csv").open()))
+    assert [(float(r["beta"]), float(r["alpha"])) for r in report] == [(0.5, 0.5), (0.8, 0.2)]
+    for row, rid in zip(report, ("beta=0.5", "beta=0.8")):
+        summary = json.loads((sweep / "runs" / rid / "metrics" / "summary.json").read_text())
+        for metric in ("dsc", "f2", "sensitivity", "precision", "apr"):
+            assert float(row[metric]) == pytest.approx(summary["per_case"][metric]["mean"], nan_ok=True)
+    assert (sweep / "report" / "summary.md").is_file()
+
+    # A re-run finds both runs finished and only rebuilds the report.
+    again = lesionseg("sweep", REPO / "configs" / "sweep_beta.yaml", *overrides, "-q", cwd=tmp_path)
+    assert "2 of 2 runs already finished" in again.stdout + again.stderr
+
+    # The stand-alone evaluator on the same files gives the same numbers.
+    run = sweep / "runs" / "beta=0.8"
+    lesionseg("evaluate", "--pred", run / "predictions", "--ref", tmp_path / "data" / "labels", "--out",
+              tmp_path / "eval", cwd=tmp_path)
+    assert (tmp_path / "eval" / "cases.csv").read_text() == (run / "metrics" / "cases.csv").read_text()
+
+
+def test_user_errors_print_one_line_and_write_nothing(tmp_path):
+    bad = lesionseg("train", REPO / "configs" / "demo.yaml", "loss.beta=1.5", cwd=tmp_path, check=False)
+    assert bad.returncode == 1 and "loss.beta = 1.5" in bad.stderr and "Traceback" not in bad.stderr
+    missing = lesionseg("train", REPO / "configs" / "demo.yaml", f"data.datalist={tmp_path}/none.json",
+                        cwd=tmp_path, check=False)
+    assert missing.returncode == 1 and "datalist not found" in missing.stderr
+    assert not (tmp_path / "experiments").exists()

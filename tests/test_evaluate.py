@@ -1,0 +1,366 @@
+"""Tests for lesionseg.evaluate on tiny seeded NIfTI files written to tmp_path (one case without lesions)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, precision_recall_curve
+
+from lesionseg import LesionsegError, metrics
+from lesionseg.evaluate import FIRST_COLUMNS, evaluate_cases, evaluate_dirs, load_case
+
+SHAPE = (6, 5, 4)
+SPACING = (1.0, 1.5, 2.0)
+AFFINE = np.diag([*SPACING, 1.0])
+
+
+def save(path, data, affine=AFFINE):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(data), affine)
+    img.header.set_zooms(tuple(np.abs(np.diag(affine)[: np.asarray(data).ndim])))
+    nib.save(img, str(path))
+    return path
+
+
+def make_case(rng, lesion_share):
+    ref = rng.random(SHAPE) < lesion_share
+    prob = np.clip(0.55 * ref + 0.6 * rng.random(SHAPE), 0, 1)
+    return np.round(prob, 1).astype(np.float32), ref.astype(np.uint8)  # rounded: ties across cases
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """Four cases: three with lesions, `c_empty` without; returns (pred_dir, ref_dir, {case: (prob, ref)})."""
+    rng = np.random.default_rng(0)
+    arrays = {f"c{i}": make_case(rng, share) for i, share in enumerate([0.1, 0.2, 0.05])}
+    arrays["c_empty"] = make_case(rng, 0.0)
+    for case, (prob, ref) in arrays.items():
+        save(tmp_path / "pred" / f"{case}.nii.gz", prob)
+        save(tmp_path / "ref" / f"{case}.nii.gz", ref)
+    return tmp_path / "pred", tmp_path / "ref", arrays
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_outputs_match_direct_computation(dataset, tmp_path):
+    pred_dir, ref_dir, arrays = dataset
+    summary = evaluate_dirs(pred_dir, ref_dir, tmp_path / "out", threshold=0.5)
+    rows = read_csv(tmp_path / "out" / "cases.csv")
+    assert list(rows[0].keys())[: len(FIRST_COLUMNS)] == FIRST_COLUMNS
+    assert {"iou", "tp", "fp", "fn", "tn"} <= rows[0].keys()
+    assert [r["case"] for r in rows] == ["c0", "c1", "c2", "c_empty"]
+    for row in rows:
+        prob, ref = arrays[row["case"]]
+        expected = metrics.overlap_metrics(
+            metrics.confusion_counts(torch.from_numpy(prob >= 0.5), torch.from_numpy(ref == 1)))
+        for key, value in expected.items():
+            assert float(row[key]) == pytest.approx(value, nan_ok=True), (row["case"], key)
+        if ref.any():
+            assert float(row["apr"]) == pytest.approx(average_precision_score(ref.ravel(), prob.ravel()))
+    empty = rows[-1]
+    assert empty["sensitivity"] == "nan" and empty["apr"] == "nan" and float(empty["dsc"]) == 0.0
+
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["threshold"] == 0.5 and summary["n_cases"] == 4
+    dsc = [float(r["dsc"]) for r in rows]
+    assert summary["per_case"]["dsc"] == pytest.approx(
+        {"mean": np.mean(dsc), "sd": np.std(dsc, ddof=1), "median": np.median(dsc), "n": 4, "n_undefined": 0})
+    sens = [float(r["sensitivity"]) for r in rows[:3]]  # undefined for c_empty
+    assert summary["per_case"]["sensitivity"] == pytest.approx(
+        {"mean": np.mean(sens), "sd": np.std(sens, ddof=1), "median": np.median(sens), "n": 3, "n_undefined": 1})
+    assert summary["per_case"]["apr"]["n_undefined"] == 1
+
+    all_prob = np.concatenate([arrays[c][0].ravel() for c in sorted(arrays)])
+    all_ref = np.concatenate([arrays[c][1].ravel() for c in sorted(arrays)])
+    pooled = summary["pooled"]
+    for key in ("dsc", "f2", "sensitivity", "precision", "specificity", "iou", "apr", "tp", "fp", "fn", "tn"):
+        assert key in pooled
+    assert pooled["apr"] == pytest.approx(average_precision_score(all_ref, all_prob), abs=1e-12)
+    assert pooled["tp"] == int(((all_prob >= 0.5) & (all_ref == 1)).sum())
+    assert pooled["tp"] + pooled["fp"] + pooled["fn"] + pooled["tn"] == all_ref.size
+
+    curve = read_csv(tmp_path / "out" / "pr_curve.csv")
+    precision, recall, thresholds = precision_recall_curve(all_ref, all_prob)
+    np.testing.assert_allclose([float(r["precision"]) for r in curve], precision)
+    np.testing.assert_allclose([float(r["recall"]) for r in curve], recall)
+    np.testing.assert_allclose([float(r["threshold"]) for r in curve], [*thresholds, math.inf])
+
+
+def test_binary_mask_predictions_and_uncompressed_nifti(tmp_path):
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[1:3, 1:3, 1] = 1
+    pred = np.zeros(SHAPE, np.uint8)
+    pred[1:3, 1, 1] = 1
+    save(tmp_path / "p" / "a.nii", pred)
+    save(tmp_path / "r" / "a.nii.gz", ref)
+    summary = evaluate_dirs(tmp_path / "p", tmp_path / "r", tmp_path / "o")
+    pooled = summary["pooled"]
+    assert (pooled["tp"], pooled["fp"], pooled["fn"]) == (2, 0, 2)
+    assert pooled["dsc"] == pytest.approx(4 / 6)
+    assert pooled["apr"] == pytest.approx(average_precision_score(ref.ravel(), pred.ravel()))
+
+
+def test_both_empty_case_counts_as_perfect_overlap(tmp_path):
+    zeros = np.zeros(SHAPE, np.float32)
+    cases = [("none", save(tmp_path / "p.nii.gz", zeros), save(tmp_path / "r.nii.gz", zeros.astype(np.uint8)))]
+    summary = evaluate_cases(cases, tmp_path / "o", progress=False)
+    assert summary["per_case"]["dsc"] == {"mean": 1.0, "sd": pytest.approx(math.nan, nan_ok=True),
+                                          "median": 1.0, "n": 1, "n_undefined": 0}
+    assert summary["per_case"]["sensitivity"]["n_undefined"] == 1
+    assert math.isnan(summary["pooled"]["apr"])
+
+
+def test_extra_f_beta_column_and_ref_label(tmp_path):
+    ref = np.zeros(SHAPE, np.int16)
+    ref[0, 0, :2] = 3  # lesion label 3
+    ref[5, 4, 3] = 1  # another structure, not lesion
+    pred = np.zeros(SHAPE, np.float32)
+    pred[0, 0, 0] = 0.9
+    cases = [("a", save(tmp_path / "p.nii.gz", pred), save(tmp_path / "r.nii.gz", ref))]
+    with pytest.raises(LesionsegError, match=r"not binary: values found 0, 1, 3"):
+        evaluate_cases(cases, tmp_path / "o", progress=False)
+    summary = evaluate_cases(cases, tmp_path / "o", progress=False, f_beta=0.5, ref_label=3)
+    assert summary["pooled"]["f0.5"] == pytest.approx(1.25 / (1.25 + 0.25 * 1))
+    assert "f0.5" in read_csv(tmp_path / "o" / "cases.csv")[0]
+
+
+def test_pr_curve_csv_is_thinned(tmp_path):
+    rng = np.random.default_rng(1)
+    prob = rng.random(SHAPE).astype(np.float32)
+    ref = (rng.random(SHAPE) < 0.3).astype(np.uint8)
+    cases = [("a", save(tmp_path / "p.nii.gz", prob), save(tmp_path / "r.nii.gz", ref))]
+    evaluate_cases(cases, tmp_path / "o", progress=False, pr_curve_max_points=20)
+    curve = read_csv(tmp_path / "o" / "pr_curve.csv")
+    assert len(curve) == 20 and curve[-1]["threshold"] == "inf" and float(curve[0]["recall"]) == 1.0
+    precision, recall, thresholds = precision_recall_curve(ref.ravel(), prob.ravel())
+    exact = dict(zip(thresholds.astype(float).tolist(), precision.tolist()))
+    for row in curve[:-1]:  # points of the exact curve, not interpolated
+        assert exact[float(row["threshold"])] == pytest.approx(float(row["precision"]))
+
+
+# ---- every error path -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def pair(tmp_path):
+    prob = np.zeros(SHAPE, np.float32)
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[2, 2, 2] = 1
+    return tmp_path, save(tmp_path / "pred.nii.gz", prob), save(tmp_path / "ref.nii.gz", ref)
+
+
+def run_one(tmp_path, pred_path, ref_path, **kwargs):
+    return evaluate_cases([("a", pred_path, ref_path)], tmp_path / "out", progress=False, **kwargs)
+
+
+def test_shape_mismatch_names_both_files(pair):
+    tmp_path, _, ref_path = pair
+    bad = save(tmp_path / "bad.nii.gz", np.zeros((6, 5, 3), np.float32))
+    with pytest.raises(LesionsegError, match=r"bad\.nii\.gz and reference .*ref\.nii\.gz have different shapes"):
+        run_one(tmp_path, bad, ref_path)
+
+
+def test_affine_mismatch_names_both_files(pair):
+    tmp_path, _, ref_path = pair
+    shifted = AFFINE.copy()
+    shifted[0, 3] = 1e-3
+    bad = save(tmp_path / "bad.nii.gz", np.zeros(SHAPE, np.float32), affine=shifted)
+    with pytest.raises(LesionsegError, match=r"bad\.nii\.gz and reference .*ref\.nii\.gz have different affines"):
+        run_one(tmp_path, bad, ref_path)
+    within = AFFINE.copy()
+    within[0, 3] = 1e-5  # inside the tolerance
+    run_one(tmp_path, save(tmp_path / "ok.nii.gz", np.zeros(SHAPE, np.float32), affine=within), ref_path)
+
+
+@pytest.mark.parametrize("value, match", [(1.2, r"found values in \[0, 1.2\]"), (-0.5, r"\[-0.5, 0\]"),
+                                          (math.nan, r"1 NaN value")])
+def test_probabilities_outside_unit_interval(pair, value, match):
+    tmp_path, _, ref_path = pair
+    prob = np.zeros(SHAPE, np.float32)
+    prob[0, 0, 0] = value
+    bad = save(tmp_path / "bad.nii.gz", prob)
+    with pytest.raises(LesionsegError, match=r"prediction .*bad\.nii\.gz \(paired with .*ref\.nii\.gz\).*" + match):
+        run_one(tmp_path, bad, ref_path)
+
+
+def test_label_map_as_prediction_is_rejected(pair):
+    tmp_path, _, ref_path = pair
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[0, 0, 0] = 2
+    with pytest.raises(LesionsegError, match=r"found values in \[0, 2\]"):
+        run_one(tmp_path, save(tmp_path / "labels.nii.gz", labels), ref_path)
+
+
+def test_non_binary_reference_lists_values(pair):
+    tmp_path, pred_path, _ = pair
+    ref = np.zeros(SHAPE, np.float32)
+    ref[0, 0, 0], ref[1, 0, 0] = 0.5, 2.0
+    bad = save(tmp_path / "soft.nii.gz", ref)
+    with pytest.raises(LesionsegError, match=r"reference .*soft\.nii\.gz \(paired with .*pred\.nii\.gz\) is not binary: "
+                                             r"values found 0, 0\.5, 2"):
+        run_one(tmp_path, pred_path, bad)
+
+
+def test_missing_file(pair):
+    tmp_path, pred_path, _ = pair
+    with pytest.raises(LesionsegError, match=r"reference .*nothere\.nii\.gz does not exist \(paired with .*pred"):
+        run_one(tmp_path, pred_path, tmp_path / "nothere.nii.gz")
+
+
+def test_unreadable_file(pair):
+    tmp_path, _, ref_path = pair
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"this is not a nifti file")
+    with pytest.raises(LesionsegError, match=r"cannot read .*prediction .*junk\.nii\.gz"):
+        run_one(tmp_path, junk, ref_path)
+
+
+def test_truncated_file(pair):
+    tmp_path, pred_path, ref_path = pair
+    data = pred_path.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LesionsegError, match=r"cut\.nii\.gz"):
+        run_one(tmp_path, cut, ref_path)
+
+
+@pytest.mark.parametrize("threshold", [0, -0.1, 1.5])
+def test_bad_threshold(pair, threshold):
+    tmp_path, pred_path, ref_path = pair
+    with pytest.raises(LesionsegError, match=r"threshold must be in \(0, 1\]"):
+        run_one(tmp_path, pred_path, ref_path, threshold=threshold)
+
+
+def test_no_cases_and_duplicate_names(pair):
+    tmp_path, pred_path, ref_path = pair
+    with pytest.raises(LesionsegError, match="no cases"):
+        evaluate_cases([], tmp_path / "out")
+    with pytest.raises(LesionsegError, match="repeated: a"):
+        evaluate_cases([("a", pred_path, ref_path), ("a", pred_path, ref_path)], tmp_path / "out", progress=False)
+
+
+def test_unmatched_names_are_listed(dataset, tmp_path):
+    pred_dir, ref_dir, _ = dataset
+    (pred_dir / "c1.nii.gz").rename(pred_dir / "extra.nii.gz")
+    with pytest.raises(LesionsegError, match=r"predictions without a reference .*: extra; "
+                                             r"references without a prediction .*: c1"):
+        evaluate_dirs(pred_dir, ref_dir, tmp_path / "out")
+
+
+def test_folder_errors(dataset, tmp_path):
+    pred_dir, ref_dir, _ = dataset
+    with pytest.raises(LesionsegError, match=r"prediction folder .*missing does not exist"):
+        evaluate_dirs(tmp_path / "missing", ref_dir, tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LesionsegError, match=r"reference folder .*empty holds no NIfTI files"):
+        evaluate_dirs(pred_dir, tmp_path / "empty", tmp_path / "out")
+    save(pred_dir / "c0.nii", np.zeros(SHAPE, np.float32))
+    with pytest.raises(LesionsegError, match=r"holds case 'c0' twice"):
+        evaluate_dirs(pred_dir, ref_dir, tmp_path / "out")
+
+
+def test_load_case_returns_device_tensors_and_spacing(pair):
+    _, pred_path, ref_path = pair
+    prob, ref, spacing = load_case(pred_path, ref_path)
+    assert prob.dtype == torch.float32 and ref.dtype == torch.bool and ref.shape == SHAPE
+    assert spacing == SPACING
+
+
+def test_progress_bar_is_optional(pair, capsys):
+    tmp_path, pred_path, ref_path = pair
+    run_one(tmp_path, pred_path, ref_path)
+    assert "evaluate" not in capsys.readouterr().err
+    evaluate_cases([("a", pred_path, ref_path)], tmp_path / "out", progress=True)
+    assert "evaluate" in capsys.readouterr().err
+
+
+# ---- stage 2: volumes, surface distances, lesion-wise detection ----------------------------------------
+
+def test_volumes_surface_and_lesions(dataset, tmp_path):
+    from lesionseg.lesionwise import lesion_counts, lesion_metrics
+    from lesionseg.surface import surface_distances
+
+    pred_dir, ref_dir, arrays = dataset
+    summary = evaluate_dirs(pred_dir, ref_dir, tmp_path / "out", lesion_min_overlap=0.2)
+    rows = {r["case"]: r for r in read_csv(tmp_path / "out" / "cases.csv")}
+    voxel_ml = 1.0 * 1.5 * 2.0 / 1000
+    for case, (prob, ref) in arrays.items():
+        row = rows[case]
+        pred_t, ref_t = torch.from_numpy(prob >= 0.5), torch.from_numpy(ref == 1)
+        assert float(row["vol_ref_ml"]) == pytest.approx(ref.sum() * voxel_ml)
+        assert float(row["vol_pred_ml"]) == pytest.approx((prob >= 0.5).sum() * voxel_ml)
+        assert float(row["avd_ml"]) == pytest.approx(abs(float(row["vol_pred_ml"]) - float(row["vol_ref_ml"])))
+        distances = surface_distances(pred_t, ref_t, SPACING)
+        assert float(row["hd95_mm"]) == pytest.approx(distances["hd95_mm"], nan_ok=True)
+        assert float(row["assd_mm"]) == pytest.approx(distances["assd_mm"], nan_ok=True)
+        counts = lesion_counts(pred_t, ref_t, voxel_ml, min_overlap=0.2)
+        assert {k: int(row[k]) for k in counts} == counts
+        for key, value in lesion_metrics(counts).items():
+            assert float(row[key]) == pytest.approx(value, nan_ok=True), (case, key)
+    assert rows["c_empty"]["rvd"] == "nan" and rows["c_empty"]["hd95_mm"] == "nan"
+    assert summary["per_case"]["hd95_mm"]["n_undefined"] == 1
+    assert "hd95_mm" not in summary["pooled"]
+    pooled = summary["pooled"]
+    assert pooled["n_ref_lesions"] == sum(int(r["n_ref_lesions"]) for r in rows.values())
+    assert pooled["ltpr"] == pytest.approx(
+        sum(int(r["n_detected"]) for r in rows.values()) / pooled["n_ref_lesions"])
+    assert pooled["vol_ref_ml"] == pytest.approx(sum(float(r["vol_ref_ml"]) for r in rows.values()))
+    assert {"ltpr_0-0.01ml", "ltpr_0.01-0.1ml", "ltpr_0.1-1ml", "ltpr_1ml+"} <= summary["per_case"].keys()
+
+
+def test_hd95_in_mm_against_monai(tmp_path):
+    import warnings
+
+    from monai.metrics import compute_hausdorff_distance
+
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[1:3, 1:3, 1:3] = 1
+    pred = np.zeros(SHAPE, np.float32)
+    pred[1:3, 1:4, 1:2] = 0.8
+    pred[5, 4, 3] = 0.9
+    cases = [("a", save(tmp_path / "p.nii.gz", pred), save(tmp_path / "r.nii.gz", ref))]
+    summary = evaluate_cases(cases, tmp_path / "o", progress=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        expected = compute_hausdorff_distance(torch.from_numpy(pred >= 0.5)[None, None].float(),
+                                              torch.from_numpy(ref)[None, None].float(),
+                                              percentile=95, spacing=list(SPACING)).item()
+    assert summary["per_case"]["hd95_mm"]["mean"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_options_voxel_bins_and_no_surface(dataset, tmp_path):
+    from scipy import ndimage
+
+    pred_dir, ref_dir, arrays = dataset
+    summary = evaluate_dirs(pred_dir, ref_dir, tmp_path / "out", surface=False, size_bins_voxels=[3, 10],
+                            lesion_min_voxels=2)
+    columns = read_csv(tmp_path / "out" / "cases.csv")[0].keys()
+    assert "hd95_mm" not in columns and "assd_mm" not in columns
+    assert {"ltpr_0-3vox", "ltpr_3-10vox", "ltpr_10vox+"} <= columns
+    pooled = summary["pooled"]
+    assert pooled["n_ref_0-3vox"] + pooled["n_ref_3-10vox"] + pooled["n_ref_10vox+"] == pooled["n_ref_lesions"]
+    n_big = 0  # reference lesions of at least 2 voxels (26-connectivity), counted with SciPy
+    for _, ref in arrays.values():
+        labels, n = ndimage.label(ref, structure=np.ones((3, 3, 3)))
+        n_big += int((np.bincount(labels.ravel(), minlength=n + 1)[1:] >= 2).sum())
+    assert pooled["n_ref_lesions"] == n_big
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"lesion_min_voxels": 0}, r"evaluation option: lesion_min_voxels must be an integer >= 1"),
+    ({"lesion_min_overlap": -0.1}, r"lesion_min_overlap must be a fraction"),
+    ({"size_bins_ml": [0.5, 0.1]}, r"size bin edges must be increasing"),
+    ({"f_beta": 0}, r"f_beta must be a finite number > 0"),
+])
+def test_bad_options(pair, kwargs, match):
+    tmp_path, pred_path, ref_path = pair
+    with pytest.raises(LesionsegError, match=match):
+        run_one(tmp_path, pred_path, ref_path, **kwargs)

@@ -1,0 +1,42 @@
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lesionseg.runs import start_run_dir
+from lesionseg.train import amp_dtype, resolve_device, train_run
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_short_run_writes_checkpoints_and_tensorboard(tiny_config, tmp_path):
+    cfg = tiny_config()
+    run_dir = start_run_dir(tmp_path / "run", cfg)
+    summary = train_run(cfg, run_dir, progress=False)
+    assert (run_dir / "checkpoints" / "best.pt").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
+    last = torch.load(run_dir / "checkpoints" / "last.pt")
+    assert last["iteration"] == 4 and set(last) >= {"model", "optimizer", "scheduler", "scaler"}
+    assert summary["best"]["iteration"] in (2, 4) and 0.0 <= summary["last"]["dsc"] <= 1.0
+    split = json.loads((run_dir / "split.json").read_text())
+    assert len(split["train"]) == 2 and len(split["validation"]) == 1 and len(split["test"]) == 2
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert {"train/loss", "train/lr", "val/dsc", "val/f2"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("val/dsc")] == [2, 4]
+
+
+def test_same_seed_same_weights_on_cpu(tiny_config, tmp_path):
+    weights = []
+    for name in ("a", "b"):
+        cfg = tiny_config("deterministic=true", "train.iterations=2")
+        run_dir = start_run_dir(tmp_path / name, cfg)
+        train_run(cfg, run_dir, progress=False)
+        weights.append(torch.load(run_dir / "checkpoints" / "last.pt")["model"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    torch.use_deterministic_algorithms(False)
+
+
+def test_cpu_runs_without_amp():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert amp_dtype(torch.device("cpu"), "auto") is None
