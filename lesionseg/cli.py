@@ -52,7 +52,11 @@ def _evaluate(args: argparse.Namespace) -> None:
     from lesionseg.evaluate import evaluate_dirs
 
     out = args.out or args.pred.parent / "metrics"
-    summary = evaluate_dirs(args.pred, args.ref, out, threshold=args.threshold, device=args.device)
+    summary = evaluate_dirs(
+        args.pred, args.ref, out, threshold=args.threshold, device=args.device,
+        lesion_min_voxels=args.lesion_min_voxels, lesion_min_overlap=args.lesion_min_overlap,
+        size_bins_ml=args.size_bins_ml, ref_label=args.ref_label,
+    )
     pc = summary["per_case"]
     print(f"{summary['n_cases']} cases: " + ", ".join(f"{m} {pc[m]['mean']:.4f}" for m in
           ("dsc", "f2", "sensitivity", "precision", "apr")) + f" (per-case means); wrote {out}")
@@ -114,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default: metrics/ beside PRED)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--lesion-min-voxels", type=int, default=1, help="ignore components smaller than this")
+    p.add_argument("--lesion-min-overlap", type=float, default=0.0, help="share of a lesion overlapped to detect it")
+    p.add_argument("--size-bins-ml", type=float, nargs="+", default=[0.01, 0.1, 1.0], help="lesion-size bin edges")
+    p.add_argument("--ref-label", type=int, help="reference label value to score when references hold several")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("report", help="rebuild a sweep's report from its finished runs")

@@ -104,6 +104,9 @@ class EvalConfig(_Section):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
     sw_batch_size: int = Field(4, ge=1)
+    lesion_min_voxels: int = Field(1, ge=1, description="components smaller than this are not lesions")
+    lesion_min_overlap: float = Field(0.0, ge=0.0, le=1.0, description="share of a lesion overlapped to detect it")
+    size_bins_ml: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], description="lesion-size bin edges")
 
 
 class Config(_Section):

@@ -66,6 +66,11 @@ def _array(img: nib.Nifti1Image, path: Path, role: str, other: Path) -> np.ndarr
         raise LesionsegError(f"cannot read the voxels of {role} {path} (paired with {other}): {err}") from err
 
 
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """Tensor of a NIfTI array; big-endian files (some tools write them) are swapped to native order."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")))
+
+
 def load_case(
     pred_path: Path, ref_path: Path, device: str = "cpu", ref_label: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[float, ...]]:
@@ -93,14 +98,14 @@ def load_case(
         )
     pred_np = _array(pred_img, pred_path, "prediction", ref_path)
     ref_np = _array(ref_img, ref_path, "reference", pred_path)
-    prob = torch.from_numpy(np.ascontiguousarray(pred_np)).to(device)
+    prob = _tensor(pred_np).to(device)
     if prob.dtype != torch.float64:
         prob = prob.to(torch.float32)
     try:
         metrics.check_probabilities(prob)
     except ValueError as err:
         raise LesionsegError(f"prediction {pred_path} (paired with {ref_path}): {err}") from err
-    ref_t = torch.from_numpy(np.ascontiguousarray(ref_np)).to(device)
+    ref_t = _tensor(ref_np).to(device)
     if ref_label is not None:
         ref = ref_t == ref_label
     else:

@@ -15,8 +15,8 @@ Definitions (identical to MONAI 1.x `compute_hausdorff_distance(percentile=95)` 
   never larger, and much smaller when one direction has a tail of a few per cent of its surface (e.g. a
   distant false-positive lesion) — tests/test_surface.py shows both on such a case.
 - **ASSD** = (Σ d(pred→ref) + Σ d(ref→pred)) / (|∂pred| + |∂ref|): the mean over all surface voxels of
-  both masks (Heimann et al. 2009). MONAI and MedPy 0.5 agree on this one (MedPy 0.4 averaged the two
-  directed means instead).
+  both masks (Heimann et al. 2009). MONAI and MedPy 0.5.2 agree on this one (older MedPy releases
+  averaged the two directed means instead, which differs when the surfaces differ in size).
 - **Empty masks**: both empty → 0 mm (perfect agreement on "no lesion", as DSC = 1); exactly one empty →
   NaN (no surface to measure to; undefined and counted as such, where MONAI returns inf/NaN with a warning).
 

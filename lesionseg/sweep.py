@@ -43,8 +43,11 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     model = load_model(run_dir, cfg, device)
     paths = predict_cases(model, cfg, lists["test"], run_dir / "predictions", device, progress=progress)
     cases = [(e["case"], p, Path(e["label"])) for e, p in zip(lists["test"], paths)]
-    summary = evaluate_cases(cases, run_dir / "metrics", threshold=cfg.eval.threshold,
-                             device=str(device), progress=progress)
+    summary = evaluate_cases(
+        cases, run_dir / "metrics", threshold=cfg.eval.threshold, device=str(device), progress=progress,
+        lesion_min_voxels=cfg.eval.lesion_min_voxels, lesion_min_overlap=cfg.eval.lesion_min_overlap,
+        size_bins_ml=cfg.eval.size_bins_ml,
+    )
     seconds = round(time.monotonic() - started, 1)
     mark_done(run_dir, {"seconds": seconds, "best_iteration": trained["best"]["iteration"]})
     return summary

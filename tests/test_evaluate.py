@@ -274,6 +274,19 @@ def test_load_case_returns_device_tensors_and_spacing(pair):
     assert spacing == SPACING
 
 
+def test_big_endian_files(tmp_path):
+    prob = np.zeros(SHAPE, ">f4")
+    prob[1, 1, 1] = 0.75
+    ref = np.zeros(SHAPE, ">i2")
+    ref[1, 1, 1] = 1
+    pred_path, ref_path = tmp_path / "p.nii.gz", tmp_path / "r.nii.gz"
+    for path, data in ((pred_path, prob), (ref_path, ref)):
+        nib.save(nib.Nifti1Image(data, AFFINE, nib.Nifti1Header(endianness=">")), str(path))
+    assert np.asanyarray(nib.load(str(pred_path)).dataobj).dtype.byteorder == ">"  # torch cannot take these
+    summary = run_one(tmp_path, pred_path, ref_path)
+    assert summary["pooled"]["tp"] == 1 and summary["pooled"]["dsc"] == 1.0
+
+
 def test_progress_bar_is_optional(pair, capsys):
     tmp_path, pred_path, ref_path = pair
     run_one(tmp_path, pred_path, ref_path)
