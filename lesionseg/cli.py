@@ -18,23 +18,25 @@ def _demo_data(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
+    from lesionseg.checks import inspect_dataset, raise_problems, require_datalist
     from lesionseg.config import load_config
-    from lesionseg.data import load_datalist
 
     cfg = load_config(args.config, args.overrides)
-    lists = load_datalist(cfg)
-    print(f"config {args.config}: valid; datalist {cfg.data.datalist}: "
-          f"{len(lists['training'])} training and {len(lists['test'])} test cases, every file present")
+    require_datalist(cfg)
+    _, report = inspect_dataset(cfg.data.datalist, cfg.data.modalities)
+    print(report.table())
+    raise_problems(report)
+    print(f"\nconfig {args.config}: valid; dataset {cfg.data.datalist}: every file read, no problem found")
 
 
 def _train(args: argparse.Namespace) -> None:
     from lesionseg.config import load_config
-    from lesionseg.data import load_datalist
+    from lesionseg.checks import check_dataset
     from lesionseg.runs import mark_done, start_run_dir
     from lesionseg.train import train_run
 
     cfg = load_config(args.config, args.overrides)
-    load_datalist(cfg)  # bad data fails here, before a run folder exists
+    check_dataset(cfg)  # every file read once: bad data fails here, before a run folder exists
     run_dir = start_run_dir(cfg.output_dir / cfg.name, cfg)
     summary = train_run(cfg, run_dir, progress=not args.quiet)
     mark_done(run_dir, {"best_iteration": summary["best"]["iteration"]})
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo_data)
 
-    with_config("check", "validate the config and check that every data file exists", _check)
+    with_config("check", "validate the config and read every data file: all problems, then a dataset summary", _check)
     with_config("train", "train one run into <output_dir>/<name>/", _train)
     with_config("sweep", "train, predict and evaluate every configuration of the sweep: block, then report", _sweep)
 

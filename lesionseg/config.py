@@ -27,6 +27,7 @@ class DataConfig(_Section):
     datalist: Path | None = Field(None, description="Decathlon-style datalist JSON")
     modalities: list[str] = Field(default_factory=lambda: ["flair", "t1", "t2"], min_length=1)
     spacing: list[float] | None = Field(None, description="resample to this spacing (mm); null keeps the input grid")
+    clip_percentiles: list[float] | None = Field(None, min_length=2, max_length=2, description="[low, high] %")
     orientation: str = "RAS"
     patch_size: list[int] = Field(default_factory=lambda: [64, 64, 64], min_length=3, max_length=3)
     pos_fraction: float = Field(0.67, ge=0.0, le=1.0, description="share of patches centred on a lesion voxel")
@@ -90,6 +91,7 @@ class TrainConfig(_Section):
     device: str = "auto"
     amp: Literal["auto", "on", "off"] = "auto"
     val_every: int = Field(200, ge=1)
+    val_images_every: int = Field(1, ge=0, description="TensorBoard overlay panel every N validations; 0: never")
     log_every: int = Field(50, ge=1)
 
     @field_validator("device")

@@ -1,10 +1,9 @@
 """Datalists, MONAI transforms, cached datasets and loaders.
 
-A datalist is the Medical Segmentation Decathlon JSON that MONAI users know:
-`{"modalities": [...], "training": [{"case": ..., "image": [...], "label": ...}, ...], "test": [...]}`,
-paths relative to the datalist file. `modalities` (optional) names the image channels in order, so a
-config may train on a subset (`data.modalities=[flair]`); without it, the entries must hold exactly the
-configured modalities, in that order.
+A dataset is a Medical Segmentation Decathlon datalist JSON, an nnU-Net raw folder or a folder of patient
+folders (`layouts.py`), read into `{"training": [...], "test": [...]}` entries with one image per configured
+modality (`data.modalities`, a subset of the dataset's channels in any order), a label and an optional
+brain mask. `checks.py` checks its files.
 
 Preprocessing is deterministic and cached once per run (load, channel-first, reorient, optional
 resampling, z-score inside the brain, lesion/brain voxel indices); only patch sampling and augmentation
@@ -13,20 +12,17 @@ run per step.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
+from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor, list_data_collate
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
-    FgBgToIndicesd,
     LoadImaged,
-    NormalizeIntensityd,
     Orientationd,
     RandCropByPosNegLabeld,
     RandFlipd,
@@ -36,98 +32,35 @@ from monai.transforms import (
     Spacingd,
     SpatialPadd,
 )
+from monai.transforms.utils import map_binary_to_indices
 
+from lesionseg.checks import check_data_settings, inspect_dataset, raise_problems, require_datalist
 from lesionseg.config import Config
 from lesionseg.errors import LesionsegError
+from lesionseg.layouts import Lists, duplicate_problems, read_layout
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+def read_datalist(path: str | Path, modalities: list[str]) -> Lists:
+    """Read a dataset in any layout (see `layouts`) as `{"training": [...], "test": [...]}`, absolute paths.
 
-
-def case_id_from_path(path: str | Path) -> str:
-    name = Path(path).name
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
-def read_datalist(path: str | Path, modalities: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Read a datalist and return `{"training": [...], "test": [...]}` with absolute paths.
-
-    Each entry becomes `{"case": id, "image": [one path per configured modality], "label": path | None,
-    "mask": path | None}`. Missing files are not checked here (see `missing_files`).
+    Each entry is `{"case": id, "image": [one path per configured modality], "label": path | None,
+    "mask": path | None}`. Duplicate case ids are an error; files are not opened (see `checks`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise LesionsegError(f"datalist not found: {path} (set data.datalist, or run `make demo-data`)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise LesionsegError(f"datalist {path} is not readable JSON: {err}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("training"), list):
-        raise LesionsegError(f"datalist {path} needs a 'training' list of cases (Decathlon format)")
-    listed = raw.get("modalities")
-    if listed is not None:
-        unknown = [m for m in modalities if m not in listed]
-        if unknown:
-            raise LesionsegError(
-                f"data.modalities asks for {unknown}, which datalist {path} does not have (it has {listed})"
-            )
-        channels = [listed.index(m) for m in modalities]
-    else:
-        channels = list(range(len(modalities)))
-    root = path.parent
-    out: dict[str, list[dict[str, Any]]] = {}
-    for split in ("training", "test"):
-        entries = []
-        for i, item in enumerate(raw.get(split) or []):
-            where = f"datalist {path}, {split}[{i}]"
-            if not isinstance(item, dict) or "image" not in item:
-                raise LesionsegError(f"{where}: each case needs an 'image' (a path or a list of paths)")
-            images = [item["image"]] if isinstance(item["image"], str) else list(item["image"])
-            expected = len(listed) if listed is not None else len(modalities)
-            if len(images) != expected:
-                raise LesionsegError(
-                    f"{where}: {len(images)} image(s) for {expected} modalities ({listed or modalities})"
-                )
-            if split == "training" and not item.get("label"):
-                raise LesionsegError(f"{where}: training cases need a 'label'")
-            entries.append(
-                {
-                    "case": str(item.get("case") or case_id_from_path(images[0])),
-                    "image": [str(root / images[c]) for c in channels],
-                    "label": str(root / item["label"]) if item.get("label") else None,
-                    "mask": str(root / item["mask"]) if item.get("mask") else None,
-                }
-            )
-        out[split] = entries
-    ids = [e["case"] for split in out.values() for e in split]
-    duplicates = sorted({c for c in ids if ids.count(c) > 1})
-    if duplicates:
-        raise LesionsegError(f"datalist {path}: duplicate case ids {duplicates}; give each case a unique 'case'")
-    return out
-
-
-def missing_files(entries: list[dict[str, Any]]) -> list[str]:
-    """Every file the entries name that does not exist, as 'case: path' lines."""
-    problems = []
-    for e in entries:
-        for p in [*e["image"], e.get("label"), e.get("mask")]:
-            if p is not None and not Path(p).is_file():
-                problems.append(f"{e['case']}: missing file {p}")
-    return problems
-
-
-def load_datalist(cfg: Config) -> dict[str, list[dict[str, Any]]]:
-    """The configured datalist, with every referenced file checked to exist (all problems at once)."""
-    if cfg.data.datalist is None:
-        raise LesionsegError("data.datalist is not set: point it at a datalist JSON (see README, 'Data')")
-    lists = read_datalist(cfg.data.datalist, cfg.data.modalities)
-    if not lists["training"]:
-        raise LesionsegError(f"datalist {cfg.data.datalist} has no training cases")
-    problems = missing_files(lists["training"] + lists["test"])
+    lists, _ = read_layout(path, modalities)
+    problems = duplicate_problems(lists)
     if problems:
-        raise LesionsegError(f"datalist {cfg.data.datalist} names files that do not exist:\n  " + "\n  ".join(problems))
+        raise LesionsegError(f"datalist {path}:\n  " + "\n  ".join(problems))
+    return lists
+
+
+def load_datalist(cfg: Config) -> Lists:
+    """The configured dataset, every file checked to exist and its header to fit (all problems at once).
+
+    Only headers are read, so this is cheap enough to run in every command; `checks.check_dataset` reads
+    the voxels too (NaN, empty or non-binary labels, truncated files).
+    """
+    require_datalist(cfg)
+    lists, report = inspect_dataset(cfg.data.datalist, cfg.data.modalities, read_voxels=False)
+    raise_problems(report, "names files that do not exist or do not fit")
     return lists
 
 
@@ -148,26 +81,75 @@ def split_train_val(entries: list[dict[str, Any]], cfg: Config) -> tuple[list[di
     return train, val
 
 
+class BrainIndicesd:
+    """Patch centres: lesion voxels, and brain voxels without lesion (`label_fg_indices`, `label_bg_indices`).
+
+    The brain is the case's mask where it has one, else the voxels non-zero in some channel. Run on the raw
+    intensities: after z-scoring, brain voxels may be negative and could not be told from air.
+    """
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        brain = d["mask"] if "mask" in d else d["image"]
+        d["label_fg_indices"], d["label_bg_indices"] = map_binary_to_indices(d["label"], brain, 0.0)
+        return d
+
+
+class BrainZScored:
+    """Z-score each image channel over the brain, optionally after clipping it to percentiles of the brain.
+
+    The brain is the case's mask where it has one (voxels outside it become 0, as in nnU-Net), else the
+    channel's non-zero voxels (which stay 0: MONAI's `NormalizeIntensity(nonzero=True, channel_wise=True)`).
+    A channel of one value is only centred. The mask is dropped afterwards; nothing downstream needs it.
+    """
+
+    def __init__(self, clip_percentiles: tuple[float, float] | None = None) -> None:
+        self.clip_percentiles = clip_percentiles
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        mask = d.pop("mask", None)
+        out = d["image"].float().clone()  # a MetaTensor keeps its metadata and transform history
+        array = out.as_tensor() if isinstance(out, MetaTensor) else out  # (C, D, H, W), shares storage
+        for channel in array:
+            region = mask[0] > 0 if mask is not None else channel != 0
+            values = channel[region].double()
+            if values.numel() == 0:
+                continue
+            if self.clip_percentiles is not None:
+                low, high = np.percentile(values.numpy(), self.clip_percentiles)
+                values = values.clamp(float(low), float(high))
+            std = values.std(correction=0)
+            channel[region] = ((values - values.mean()) / (std if std > 0 else 1.0)).to(channel.dtype)
+            if mask is not None:
+                channel[~region] = 0.0
+        d["image"] = out
+        return d
+
+
 def preprocessing(cfg: Config, with_label: bool, with_indices: bool = False) -> Compose:
-    """Deterministic steps: load channels → reorient → (resample) → z-score in brain → patch indices."""
+    """Deterministic steps: load channels → reorient → (resample) → patch indices → (clip,) z-score in brain.
+
+    The input is `{"image": [paths], "label": path, "mask": path}`; the brain mask is optional per case
+    (the steps skip it where a case has none) and is dropped after normalisation.
+    """
     keys = ["image", "label"] if with_label else ["image"]
+    loaded = [*keys, "mask"]
     steps: list = [
-        LoadImaged(keys=keys, image_only=True),
-        EnsureChannelFirstd(keys=keys),
-        Orientationd(keys=keys, axcodes=cfg.data.orientation, labels=None),
+        LoadImaged(keys=loaded, image_only=True, allow_missing_keys=True),
+        EnsureChannelFirstd(keys=loaded, allow_missing_keys=True),
+        Orientationd(keys=loaded, axcodes=cfg.data.orientation, labels=None, allow_missing_keys=True),
     ]
     if cfg.data.spacing is not None:
-        modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
-        steps.append(Spacingd(keys=keys, pixdim=cfg.data.spacing, mode=modes))
+        modes = ["bilinear" if k == "image" else "nearest" for k in loaded]
+        steps.append(Spacingd(keys=loaded, pixdim=cfg.data.spacing, mode=modes, allow_missing_keys=True))
     if with_indices:
-        # Pad first so that every patch fits, then index lesion voxels and brain (non-zero) voxels on the
-        # raw intensities: after z-scoring, brain voxels may be negative and could not be told from air.
-        steps += [
-            SpatialPadd(keys=keys, spatial_size=cfg.data.patch_size),
-            FgBgToIndicesd(keys="label", image_key="image", image_threshold=0.0),
-        ]
+        # Pad first so that every patch fits.
+        steps += [SpatialPadd(keys=loaded, spatial_size=cfg.data.patch_size, allow_missing_keys=True), BrainIndicesd()]
+    check_data_settings(cfg)
+    clip = cfg.data.clip_percentiles
     steps += [
-        NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
+        BrainZScored(None if clip is None else (clip[0], clip[1])),
         EnsureTyped(keys=keys, dtype=np.float32, track_meta=not with_indices),
     ]
     return Compose(steps)
@@ -197,6 +179,11 @@ def augmentation(cfg: Config) -> Compose:
     )
 
 
+def _mask(entry: dict) -> dict:
+    """`{"mask": path}` for a case with a brain mask, else nothing (the transforms skip a missing mask)."""
+    return {"mask": entry["mask"]} if entry.get("mask") else {}
+
+
 def _dataset(entries: list[dict], transform: Compose, cache: bool) -> Dataset:
     if cache:
         # One caching thread: with several, LoadImaged now and then stacked a multi-file case into one
@@ -208,7 +195,7 @@ def _dataset(entries: list[dict], transform: Compose, cache: bool) -> Dataset:
 def train_batches(entries: list[dict], cfg: Config, pin_memory: bool = False) -> Iterator[dict]:
     """An endless stream of training batches of `batch_size × samples_per_volume` patches."""
     pre = preprocessing(cfg, with_label=True, with_indices=True)
-    data = [{"image": e["image"], "label": e["label"]} for e in entries]
+    data = [{"image": e["image"], "label": e["label"], **_mask(e)} for e in entries]
     dataset = _dataset(data, Compose([*pre.transforms, *augmentation(cfg).transforms]), cfg.data.cache)
     loader = DataLoader(
         dataset,
@@ -227,6 +214,7 @@ def train_batches(entries: list[dict], cfg: Config, pin_memory: bool = False) ->
 def volume_dataset(entries: list[dict], cfg: Config, with_label: bool) -> Dataset:
     """Whole preprocessed volumes (validation, prediction), each with its case id."""
     data = [
-        {"case": e["case"], "image": e["image"], **({"label": e["label"]} if with_label else {})} for e in entries
+        {"case": e["case"], "image": e["image"], **({"label": e["label"]} if with_label else {}), **_mask(e)}
+        for e in entries
     ]
     return _dataset(data, preprocessing(cfg, with_label=with_label), cfg.data.cache)

@@ -16,9 +16,10 @@ from monai.data import MetaTensor
 from tqdm import tqdm
 
 from lesionseg.config import Config, load_config
-from lesionseg.data import case_id_from_path, load_datalist, preprocessing
+from lesionseg.data import load_datalist, preprocessing
 from lesionseg.errors import LesionsegError
 from lesionseg.files import write_atomic
+from lesionseg.layouts import case_id_from_path
 from lesionseg.model import build_model
 from lesionseg.train import infer_volume, resolve_device
 
@@ -48,11 +49,11 @@ def predict_cases(
     model: torch.nn.Module, cfg: Config, entries: list[dict], out_dir: Path, device: torch.device,
     progress: bool = True,
 ) -> list[Path]:
-    """Predict each entry (`{"case", "image": [paths]}`) into `out_dir/<case>.nii.gz`."""
+    """Predict each entry (`{"case", "image": [paths], "mask": path (optional)}`) into `out_dir/<case>.nii.gz`."""
     pre = preprocessing(cfg, with_label=False)
     written = []
     for entry in tqdm(entries, desc="predict", disable=not progress, leave=False):
-        item = pre({"image": entry["image"]})
+        item = pre({"image": entry["image"], **({"mask": entry["mask"]} if entry.get("mask") else {})})
         image: MetaTensor = item["image"]
         prob = infer_volume(model, image, cfg, device).cpu()
         # Carry the input's transform history so that the inverse undoes reorientation and resampling.

@@ -1,8 +1,19 @@
-"""The sweep report: one row per configuration (per β in a β sweep), the shape of the paper's table.
+"""The sweep report: which β, and is the difference real?
 
-Each figure is the per-case mean over the test cases (each patient counts once), averaged over seeds when
-the sweep repeats seeds; `apr_pooled` is the average precision of all test voxels pooled together.
-Only finished runs (with a `DONE` marker) count; the report lists the runs that are missing.
+`write_report(sweep_dir)` reads the finished runs (with a `DONE` marker; the others are listed as missing)
+and writes `report/`:
+
+- `summary.csv` — one row per configuration (per β; seeds are repeats, averaged over). First `beta,
+  alpha` (and any other swept key), then `dsc, f2, sensitivity, precision, apr` — each the mean over seeds
+  of the run's per-case mean (each patient counts once) — `apr_pooled` (all test voxels as one
+  precision-recall curve), `n_cases`, `n_seeds`, `lesion_f1, ltpr, lfdr, hd95_mm` (per-case means too);
+  then per metric `<m>_sd_cases` (the runs' SD over cases, averaged over seeds), `<m>_sd_seeds` (SD over
+  seeds of the per-case mean; NaN with one seed) and `<m>_n` (cases where the metric is defined, the
+  fewest over seeds); then pooled figures `<m>_pooled` (summed counts over all test cases), their SD over
+  seeds, and the lesion-wise sensitivity per lesion-size bin, pooled (`ltpr_<bin>_pooled`, `n_ref_<bin>`).
+- `stats.json` — each β against the Dice baseline β = 0.5 (`lesionseg.stats`): Wilcoxon signed-rank and
+  bootstrap 95 % CI of the mean paired difference in DSC, F2 and sensitivity, per case averaged over seeds.
+- `summary.md`, `report.html` (self-contained, figures embedded), and the figures of `lesionseg.figures`.
 """
 
 from __future__ import annotations
@@ -15,17 +26,35 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from lesionseg import figures, stats
 from lesionseg.config import expand_sweep, validate
 from lesionseg.errors import LesionsegError
-from lesionseg.files import write_text
+from lesionseg.files import write_atomic, write_json, write_text
+from lesionseg.report_html import Table, render_html, render_markdown_table
 from lesionseg.runs import is_done, read_json
 
 METRICS = ("dsc", "f2", "sensitivity", "precision", "apr")
+LESION_METRICS = ("lesion_f1", "ltpr", "lfdr", "hd95_mm")
+TABLE_METRICS = METRICS + LESION_METRICS
+POOLED_METRICS = ("dsc", "f2", "sensitivity", "precision", "apr", "lesion_f1", "ltpr", "lfdr")
+TESTED_METRICS = ("dsc", "f2", "sensitivity")
+LOWER_IS_BETTER = ("lfdr", "hd95_mm")
 REPEAT_KEYS = ("seed",)  # swept keys that are repeats, averaged over, not rows of their own
+BASELINE = (0.5, 0.5)  # (β, α): the soft Dice loss
+LABELS = {"dsc": "DSC", "f2": "F2", "sensitivity": "sensitivity", "precision": "precision", "apr": "APR",
+          "lesion_f1": "lesion F1", "ltpr": "LTPR", "lfdr": "LFDR", "hd95_mm": "HD95 (mm)"}
+FIGURES = {
+    "pr_curves.png": "Pooled precision-recall curves, one per β; the dot on each is the operating point at "
+                     "the threshold.",
+    "metrics_vs_beta.png": "Sensitivity, precision, DSC and F2 (per-case means) against β, with error bars.",
+    "lesion_size.png": "Lesion-wise sensitivity (LTPR, pooled over the test cases) per reference lesion size, "
+                       "per β.",
+}
 
 
+# --------------------------------------------------------------------------------------------- reading
 def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
-    """Finished runs as `{"id", "assignment", "beta", "alpha", "summary"}`, and the ids still missing."""
+    """Finished runs as `{"id", "dir", "assignment", "beta", "alpha", "summary"}`, and the ids missing."""
     sweep_file = sweep_dir / "sweep.yaml"
     if not sweep_file.is_file():
         raise LesionsegError(f"{sweep_dir} is not a sweep folder (no sweep.yaml); run `lesionseg sweep` first")
@@ -39,6 +68,7 @@ def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         assignment = {key: _get(run_cfg.model_dump(), key) for key in cfg.sweep}
         runs.append({
             "id": rid,
+            "dir": run_dir,
             "assignment": assignment,
             "beta": run_cfg.loss.beta,
             "alpha": run_cfg.loss.resolved_alpha,
@@ -53,29 +83,234 @@ def _get(tree: dict, key: str):
     return tree
 
 
-def summarise(runs: list[dict]) -> list[dict]:
-    """Group runs by their swept values other than repeats; average each metric over the group."""
-    groups: dict[tuple, list[dict]] = {}
-    for run in runs:
-        key = tuple((k, v) for k, v in run["assignment"].items() if k not in REPEAT_KEYS)
-        groups.setdefault(key, []).append(run)
-    rows = []
-    for key, members in groups.items():
-        row: dict = {"beta": members[0]["beta"], "alpha": round(members[0]["alpha"], 6)}
-        row.update({k.split(".")[-1]: v for k, v in key if k not in ("loss.beta", "loss.alpha")})
-        for metric in METRICS:
-            values = [m["summary"]["per_case"][metric]["mean"] for m in members]
-            row[metric] = _nanmean(values)
-        row["apr_pooled"] = _nanmean([m["summary"]["pooled"]["apr"] for m in members])
-        row["n_cases"] = members[0]["summary"]["n_cases"]
-        row["n_seeds"] = len(members)
-        rows.append(row)
-    return rows
+def read_cases(run_dir: Path) -> dict[str, dict[str, float]]:
+    """`metrics/cases.csv` as `{case: {column: value}}` (`nan` read as NaN)."""
+    path = run_dir / "metrics" / "cases.csv"
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return {r["case"]: {k: float(v) for k, v in r.items() if k != "case"} for r in csv.DictReader(handle)}
+    except FileNotFoundError:
+        raise LesionsegError(f"missing file {path}") from None
+    except (OSError, ValueError, KeyError) as err:
+        raise LesionsegError(f"cannot read {path}: {err}") from None
 
 
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if v is not None and not math.isnan(v)]
+def read_pr_curve(run_dir: Path) -> dict[str, np.ndarray]:
+    """`metrics/pr_curve.csv` as arrays `threshold, precision, recall`."""
+    path = run_dir / "metrics" / "pr_curve.csv"
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        return {k: np.array([float(r[k]) for r in rows]) for k in ("threshold", "precision", "recall")}
+    except FileNotFoundError:
+        raise LesionsegError(f"missing file {path}") from None
+    except (OSError, ValueError, KeyError) as err:
+        raise LesionsegError(f"cannot read {path}: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------- aggregation
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if v is not None and not math.isnan(v)]
+
+
+def _nanmean(values) -> float:
+    finite = _finite(values)
     return float(np.mean(finite)) if finite else math.nan
+
+
+def _sd(values) -> float:
+    finite = _finite(values)
+    return float(np.std(finite, ddof=1)) if len(finite) >= 2 else math.nan
+
+
+def group_runs(runs: list[dict]) -> list[dict]:
+    """Runs grouped by their swept values other than repeats: `{"beta", "alpha", "extra", "label", "runs"}`,
+    sorted by β, α, then the other values."""
+    groups: dict[tuple, dict] = {}
+    for run in runs:
+        extra = {k: v for k, v in run["assignment"].items() if k not in (*REPEAT_KEYS, "loss.beta", "loss.alpha")}
+        key = (run["beta"], round(run["alpha"], 6), tuple(extra.items()))
+        group = groups.setdefault(key, {"beta": run["beta"], "alpha": round(run["alpha"], 6), "extra": extra,
+                                        "runs": []})
+        group["runs"].append(run)
+    ordered = [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1], str(k[2])))]
+    for group in ordered:
+        text = f"β = {group['beta']:g}"
+        if not math.isclose(group["beta"] + group["alpha"], 1.0):
+            text += f", α = {group['alpha']:g}"
+        text += "".join(f", {k.split('.')[-1]} = {v}" for k, v in group["extra"].items())
+        group["label"] = text
+    return ordered
+
+
+def size_bins(summary: dict) -> list[str]:
+    """Lesion-size bin names in the evaluator's order (from the pooled `n_ref_<bin>` keys)."""
+    return [k[len("n_ref_"):] for k in summary.get("pooled", {}) if k.startswith("n_ref_") and k != "n_ref_lesions"]
+
+
+def summary_row(group: dict) -> dict:
+    """One row of `summary.csv` for a group of runs (the repeats of one configuration)."""
+    members = [r["summary"] for r in group["runs"]]
+    nan = {"mean": math.nan, "sd": math.nan, "n": 0}
+    per_case = [{m: s["per_case"].get(m, nan) for m in TABLE_METRICS} for s in members]
+    pooled = [s.get("pooled", {}) for s in members]
+    row: dict = {"beta": group["beta"], "alpha": group["alpha"]}
+    row.update({k.split(".")[-1]: v for k, v in group["extra"].items()})
+    for m in METRICS:
+        row[m] = _nanmean(pc[m]["mean"] for pc in per_case)
+    row["apr_pooled"] = _nanmean(p.get("apr", math.nan) for p in pooled)
+    row["n_cases"] = min(s["n_cases"] for s in members)
+    row["n_seeds"] = len(members)
+    for m in LESION_METRICS:
+        row[m] = _nanmean(pc[m]["mean"] for pc in per_case)
+    for m in TABLE_METRICS:
+        row[f"{m}_sd_cases"] = _nanmean(pc[m]["sd"] for pc in per_case)
+        row[f"{m}_sd_seeds"] = _sd(pc[m]["mean"] for pc in per_case)
+        row[f"{m}_n"] = min(pc[m]["n"] for pc in per_case)
+    for m in POOLED_METRICS:
+        row[f"{m}_pooled"] = _nanmean(p.get(m, math.nan) for p in pooled)
+        row[f"{m}_pooled_sd_seeds"] = _sd(p.get(m, math.nan) for p in pooled)
+    for name in size_bins(members[0]):
+        ltpr = [p[f"n_detected_{name}"] / p[f"n_ref_{name}"] if p.get(f"n_ref_{name}") else math.nan
+                for p in pooled]
+        row[f"ltpr_{name}_pooled"] = _nanmean(ltpr)
+        row[f"ltpr_{name}_pooled_sd_seeds"] = _sd(ltpr)
+        row[f"n_ref_{name}"] = pooled[0][f"n_ref_{name}"]
+    return row
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """`summary.csv` rows, one per configuration (β), sorted by β."""
+    return [summary_row(g) for g in group_runs(runs)]
+
+
+# ---------------------------------------------------------------------------------------- statistics
+def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: int = 0) -> dict:
+    """Each group against the β = 0.5 (α = 0.5) group with the same other swept values: `stats.json`."""
+    method = {
+        "baseline": "beta = 0.5, alpha = 0.5 (soft Dice loss)",
+        "pairing": "per test case, each case's value averaged over the seeds first; pairs where both are defined",
+        "test": "Wilcoxon signed-rank, two-sided, zero differences dropped (scipy.stats.wilcoxon)",
+        "min_pairs": stats.MIN_PAIRS,
+        "multiple_comparisons": "Holm-Bonferroni over the betas, per metric",
+        "ci": f"{stats.LEVEL:.0%} percentile bootstrap of the mean difference (beta - baseline), "
+              f"B = {n_boot}, numpy Generator seed {seed}",
+        "claim": f"a difference only when the Holm-adjusted p < {stats.ALPHA} and the CI excludes 0",
+    }
+    comparisons: list[dict] = []
+    notes: list[str] = []
+    values = {id(g): {m: stats.case_means([{c: v.get(m, math.nan) for c, v in read_cases(r["dir"]).items()}
+                                           for r in g["runs"]]) for m in TESTED_METRICS} for g in groups}
+    for group in groups:
+        if (group["beta"], group["alpha"]) == BASELINE:
+            continue
+        base = next((g for g in groups if (g["beta"], g["alpha"]) == BASELINE and g["extra"] == group["extra"]),
+                    None)
+        if base is None:
+            notes.append(f"{group['label']}: no finished β = 0.5 baseline to compare with")
+            continue
+        for m in TESTED_METRICS:
+            result = stats.compare(values[id(base)][m], values[id(group)][m], n_boot=n_boot, seed=seed)
+            comparisons.append({"label": group["label"], "beta": group["beta"], "alpha": group["alpha"],
+                                **{k.split(".")[-1]: v for k, v in group["extra"].items()},
+                                "metric": m, "baseline": base["label"], "n_seeds": len(group["runs"]),
+                                "n_seeds_baseline": len(base["runs"]), **result})
+    for m in TESTED_METRICS:
+        these = [c for c in comparisons if c["metric"] == m]
+        for c, p in zip(these, stats.holm([c["p"] for c in these])):
+            c["p_holm"] = p
+            c["verdict"] = stats.verdict(c, p)
+            if c["p"] is not None and min(c["n_seeds"], c["n_seeds_baseline"]) < 2:
+                c["verdict"] += " (one seed: training noise not assessed)"
+    return {"method": method, "comparisons": comparisons, "notes": notes}
+
+
+# -------------------------------------------------------------------------------------------- tables
+def fmt(value, metric: str = "") -> str:
+    """How every number of the report is shown (Markdown, HTML and the tests use this)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    return f"{value:.2f}" if metric.endswith("_mm") else f"{value:.3f}"
+
+
+def _best(rows: list[dict], column: str, metric: str) -> float | None:
+    values = _finite(r[column] for r in rows)
+    if not values:
+        return None
+    return min(values) if metric in LOWER_IS_BETTER else max(values)
+
+
+def _key_cells(row: dict, extra_keys: list[str]) -> list[tuple[str, bool]]:
+    return [(f"{row['beta']:g}", False), (f"{row['alpha']:g}", False), *((str(row[k]), False) for k in extra_keys)]
+
+
+def tables(rows: list[dict], extra_keys: list[str]) -> list[Table]:
+    """The report's tables, the same in Markdown and HTML; the best value per column in bold."""
+    keys = ["beta", "alpha", *extra_keys]
+    n_cases = min(r["n_cases"] for r in rows)
+    seeds = sorted({r["n_seeds"] for r in rows})
+    seeds_text = "/".join(map(str, seeds))
+
+    def cells(row, metric, column, spread=None, n=None):
+        value = row[column]
+        text = fmt(value, metric)
+        if spread is not None and not math.isnan(row[spread]):
+            text += f" ± {fmt(row[spread], metric)}"
+        if n is not None and row[n] < row["n_cases"]:
+            text += f" (n={row[n]})"
+        best = _best(rows, column, metric)
+        return text, best is not None and value == best
+
+    per_case = Table(
+        title="Per-case means over the test cases ± SD over cases",
+        note=(f"Each patient counts once ({n_cases} test cases; {seeds_text} seed(s) per β, averaged over). "
+              "`(n=k)`: the metric is defined on k cases only. Lower is better for LFDR and HD95; best in bold."),
+        columns=[*keys, *(LABELS[m] for m in TABLE_METRICS), "n cases", "n seeds"],
+        rows=[[*_key_cells(r, extra_keys), *(cells(r, m, m, f"{m}_sd_cases", f"{m}_n") for m in TABLE_METRICS),
+               (str(r["n_cases"]), False), (str(r["n_seeds"]), False)] for r in rows],
+    )
+    pooled = Table(
+        title="Pooled over all test voxels and lesions",
+        note="Counts summed over the test cases, then each metric computed once (APR: one precision-recall curve "
+             "over every voxel); mean over seeds (± SD over seeds when there are several).",
+        columns=[*keys, *(LABELS[m] for m in POOLED_METRICS)],
+        rows=[[*_key_cells(r, extra_keys),
+               *(cells(r, m, f"{m}_pooled", f"{m}_pooled_sd_seeds") for m in POOLED_METRICS)] for r in rows],
+    )
+    out = [per_case, pooled]
+    if max(seeds) >= 2:
+        out.append(Table(
+            title="Repeats: mean ± SD over seeds of each run's per-case mean",
+            note="How much the figure moves when only the seed (initialisation, patches, split) changes.",
+            columns=[*keys, *(LABELS[m] for m in TABLE_METRICS), "n seeds"],
+            rows=[[*_key_cells(r, extra_keys), *(cells(r, m, m, f"{m}_sd_seeds") for m in TABLE_METRICS),
+                   (str(r["n_seeds"]), False)] for r in rows],
+        ))
+    return out
+
+
+def stats_table(result: dict) -> Table:
+    rows = []
+    for c in result["comparisons"]:
+        diff = f"{c['mean_diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" if c["n"] else "n/a"
+        rows.append([(c["label"], False), (LABELS[c["metric"]], False), (str(c["n"]), False),
+                     (f"{c['n_seeds_baseline']} / {c['n_seeds']}", False), (fmt(c["mean_baseline"]), False),
+                     (fmt(c["mean_other"]), False), (diff, False),
+                     ("n/a" if c["p"] is None else f"{c['p']:.3g}", False),
+                     ("n/a" if c["p_holm"] is None else f"{c['p_holm']:.3g}", False),
+                     (c["verdict"], "than baseline" in c["verdict"])])
+    return Table(
+        title="Against the Dice baseline (β = 0.5)",
+        note=(f"Paired by test case (each case's value averaged over seeds first). Difference = β − baseline, "
+              f"mean with {stats.LEVEL:.0%} bootstrap CI; Wilcoxon signed-rank p, Holm-adjusted over the βs. "
+              f"No test with fewer than {stats.MIN_PAIRS} non-zero differences; a difference is claimed only "
+              f"when the adjusted p < {stats.ALPHA} and the CI excludes 0."),
+        columns=["configuration", "metric", "n cases", "seeds (base / β)", "baseline", "β", "difference [95% CI]",
+                 "p (Wilcoxon)", "p (Holm)", "verdict"],
+        rows=rows,
+    )
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -86,41 +321,57 @@ def to_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def to_markdown(rows: list[dict], missing: list[str], sweep_dir: Path) -> str:
-    columns = list(rows[0])
-    best = {m: np.nanmax([r[m] for r in rows]) for m in (*METRICS, "apr_pooled") if any(not math.isnan(r[m]) for r in rows)}
+def best_betas(rows: list[dict], labels: list[str]) -> dict[str, str]:
+    """The configuration with the best per-case mean of each metric (ties: all of them)."""
+    out = {}
+    for m in TABLE_METRICS:
+        best = _best(rows, m, m)
+        if best is not None:
+            out[m] = ", ".join(lab for r, lab in zip(rows, labels) if r[m] == best)
+    return out
 
-    def cell(row: dict, col: str) -> str:
-        value = row[col]
-        if isinstance(value, float) and col in best:
-            text = "nan" if math.isnan(value) else f"{value:.3f}"
-            return f"**{text}**" if value == best[col] else text
-        return f"{value:g}" if isinstance(value, float) else str(value)
 
-    lines = [
-        f"# Sweep report: {sweep_dir.name}",
-        "",
-        "Per-case means over the test cases (each case counts once), averaged over seeds; `apr_pooled` is the "
-        "average precision of all test voxels together. Threshold-based metrics at each run's `eval.threshold`. "
-        "Best value per column in bold.",
-        "",
-        "| " + " | ".join(columns) + " |",
-        "| " + " | ".join("---" for _ in columns) + " |",
-        *("| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows),
-    ]
+def to_markdown(name: str, all_tables: list[Table], best: dict[str, str], stats_result: dict,
+                missing: list[str]) -> str:
+    lines = [f"# Sweep report: {name}", ""]
+    for table in all_tables:
+        lines += [f"## {table.title}", "", table.note, "", render_markdown_table(table), ""]
+    lines += ["Best per-case mean: " + "; ".join(f"{LABELS[m]} {b}" for m, b in best.items()) + ".", ""]
+    st = stats_table(stats_result)
+    lines += [f"## {st.title}", "", st.note, ""]
+    lines += [render_markdown_table(st) if st.rows else "No comparison (no β besides a β = 0.5 baseline).", ""]
+    lines += [f"- {note}" for note in stats_result["notes"]]
+    lines += ["## Figures", "", *(f"- `{f}`: {text}" for f, text in FIGURES.items()), ""]
     if missing:
-        lines += ["", f"Missing (not finished, not counted): {', '.join(missing)}"]
-    return "\n".join(lines) + "\n"
+        lines += [f"Missing (not finished, not counted): {', '.join(missing)}", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def write_report(sweep_dir: Path) -> Path:
-    """Write `report/summary.md` and `report/summary.csv` for the finished runs of a sweep."""
+def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
+    """Write the report of the finished runs of a sweep into `<sweep_dir>/report/`; return that folder."""
     sweep_dir = Path(sweep_dir)
     runs, missing = collect_runs(sweep_dir)
     if not runs:
         raise LesionsegError(f"no finished runs in {sweep_dir / 'runs'}; nothing to report")
-    rows = sorted(summarise(runs), key=lambda r: (r["beta"], r["alpha"]))
+    groups = group_runs(runs)
+    rows = [summary_row(g) for g in groups]
+    labels = [g["label"] for g in groups]
+    extra_keys = [k.split(".")[-1] for k in groups[0]["extra"]]
+    stats_result = compare_to_baseline(groups, n_boot=n_boot)
+    all_tables = tables(rows, extra_keys)
+    best = best_betas(rows, labels)
+    pngs = figures.draw_all(groups, rows, lambda r: read_pr_curve(r["dir"]), size_bins(runs[0]["summary"]))
+
     out = sweep_dir / "report"
     write_text(out / "summary.csv", to_csv(rows))
-    write_text(out / "summary.md", to_markdown(rows, missing, sweep_dir))
+    write_json(out / "stats.json", {**stats_result, "best": best, "missing": missing,
+                                    "n_runs": len(runs)})
+    for fname, png in pngs.items():
+        write_atomic(out / fname, lambda tmp, png=png: tmp.write_bytes(png))
+    write_text(out / "summary.md", to_markdown(sweep_dir.name, all_tables, best, stats_result, missing))
+    config = (sweep_dir / "sweep.yaml").read_text(encoding="utf-8")
+    page = render_html(f"Sweep report: {sweep_dir.name}", [*all_tables, stats_table(stats_result)], best,
+                       {f: (pngs[f], text) for f, text in FIGURES.items()}, config, missing,
+                       stats_result["notes"], LABELS)
+    write_text(out / "report.html", page)
     return out

@@ -3,7 +3,7 @@
 ```
 experiments/<name>/sweep.yaml         the resolved sweep config
 experiments/<name>/runs/<run-id>/     one folder per configuration, e.g. beta=0.7_seed=0
-experiments/<name>/report/            summary.md, summary.csv
+experiments/<name>/report/            summary.md/.csv, stats.json, report.html, figures (lesionseg.report)
 ```
 A run folder with a `DONE` marker is finished and skipped when the sweep is started again; an unfinished
 one is set aside (`<run-id>.interrupted`) and run again.
@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lesionseg.config import Config, dump_yaml, expand_sweep
+from lesionseg.checks import check_configs
 from lesionseg.data import load_datalist
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluate import evaluate_cases
@@ -24,6 +25,7 @@ from lesionseg.files import write_text
 from lesionseg.predict import load_model, predict_cases
 from lesionseg.report import write_report
 from lesionseg.runs import is_done, mark_done, start_run_dir
+from lesionseg.tensorboard_log import log_hparams
 from lesionseg.train import resolve_device, train_run
 
 
@@ -48,6 +50,7 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
         lesion_min_voxels=cfg.eval.lesion_min_voxels, lesion_min_overlap=cfg.eval.lesion_min_overlap,
         size_bins_ml=cfg.eval.size_bins_ml,
     )
+    log_hparams(run_dir, cfg, summary)  # this run's row in TensorBoard's HParams dashboard
     seconds = round(time.monotonic() - started, 1)
     mark_done(run_dir, {"seconds": seconds, "best_iteration": trained["best"]["iteration"]})
     return summary
@@ -57,8 +60,7 @@ def run_sweep(cfg: Config, progress: bool = True) -> Path:
     """Run every configuration not finished yet, then write the report; returns the report folder."""
     runs = expand_sweep(cfg) if cfg.sweep else [("run", cfg)]
     sweep_dir = cfg.output_dir / cfg.name
-    for _, run_cfg in runs:
-        load_datalist(run_cfg)  # fail on bad data before the first run starts, not in the third
+    check_configs([c for _, c in runs])  # every file read once: bad data fails before the first run, not the third
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_text(sweep_dir / "sweep.yaml", dump_yaml(cfg))
     todo = [(rid, c) for rid, c in runs if not is_done(sweep_dir / "runs" / rid)]

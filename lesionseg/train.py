@@ -26,6 +26,7 @@ from lesionseg.files import write_atomic, write_json
 from lesionseg.losses import build_loss
 from lesionseg.metrics import confusion_counts, overlap_metrics
 from lesionseg.model import build_model
+from lesionseg.tensorboard_log import log_validation_overlay, overlay_due
 
 
 def resolve_device(name: str) -> torch.device:
@@ -155,6 +156,8 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
                 last = validate(model, val_data, cfg, device)
                 for key, value in last.items():
                     writer.add_scalar(f"val/{key}", value, it)
+                if overlay_due(it, cfg):
+                    log_validation_overlay(writer, model, val_data[0], cfg, device, it, infer_volume)
                 message = ", ".join(f"{k} {v:.3f}" for k, v in last.items())
                 tqdm.write(f"[{run_dir.name}] iteration {it}/{cfg.train.iterations}: validation {message}")
                 if last["dsc"] > best["dsc"]:

@@ -1,9 +1,18 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from lesionseg.data import load_datalist, read_datalist, split_train_val, train_batches, volume_dataset
+from lesionseg.data import (
+    BrainIndicesd,
+    BrainZScored,
+    load_datalist,
+    read_datalist,
+    split_train_val,
+    train_batches,
+    volume_dataset,
+)
 from lesionseg.errors import LesionsegError
 
 
@@ -82,3 +91,39 @@ def test_bad_datalists_say_what_is_wrong(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(LesionsegError, match=message):
         read_datalist(path, ["flair", "t1", "t2"])
+
+
+def test_z_score_inside_a_brain_mask_after_clipping():
+    # shape: (1, 1, 1, 6); the mask leaves out the last voxel, which is set to 0.
+    image = torch.tensor([1.0, 2.0, 3.0, 4.0, 100.0, 7.0]).reshape(1, 1, 1, 6)
+    mask = torch.tensor([1, 1, 1, 1, 1, 0]).reshape(1, 1, 1, 6)
+    out = BrainZScored()({"image": image, "mask": mask})
+    assert "mask" not in out
+    brain = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert np.allclose(out["image"].flatten()[:5].numpy(), (brain - brain.mean()) / brain.std(), atol=1e-6)
+    assert out["image"].flatten()[5] == 0
+    clipped = np.clip(brain, *np.percentile(brain, [0, 75]))  # 100 → 4
+    out = BrainZScored((0.0, 75.0))({"image": image, "mask": mask})["image"].flatten()
+    assert np.allclose(out[:5].numpy(), (clipped - clipped.mean()) / clipped.std(), atol=1e-6)
+    # Without a mask, each channel's non-zero voxels are the brain and zeros stay zero (MONAI's nonzero mode).
+    out = BrainZScored()({"image": torch.tensor([0.0, 2.0, 4.0]).reshape(1, 1, 1, 3)})["image"].flatten()
+    assert out.tolist() == [0.0, -1.0, 1.0]
+
+
+def test_patches_are_centred_inside_the_brain_mask():
+    label = torch.zeros(1, 1, 1, 6)
+    label[..., 1] = 1
+    image = torch.ones(1, 1, 1, 6)
+    mask = torch.tensor([0, 1, 1, 1, 0, 0]).reshape(1, 1, 1, 6)
+    out = BrainIndicesd()({"image": image, "label": label, "mask": mask})
+    assert out["label_fg_indices"].tolist() == [1] and out["label_bg_indices"].tolist() == [2, 3]
+    out = BrainIndicesd()({"image": image, "label": label})  # no mask: every non-zero voxel
+    assert out["label_bg_indices"].tolist() == [0, 2, 3, 4, 5]
+
+
+def test_clip_percentiles_are_checked_before_anything_runs(tiny_config):
+    cfg = tiny_config("data.clip_percentiles=[0.5,99.5]")
+    item = volume_dataset(load_datalist(cfg)["training"][:1], cfg, with_label=False)[0]
+    assert float(item["image"].abs().max()) < 10
+    with pytest.raises(LesionsegError, match=r"data.clip_percentiles: \[99.0, 1.0\] must be \[low, high\]"):
+        load_datalist(tiny_config("data.clip_percentiles=[99,1]"))

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -39,13 +40,13 @@ def test_two_beta_sweep_through_the_cli(tmp_path):
             pred = nib.load(str(run / "predictions" / f"{case}.nii.gz"))
             image = nib.load(str(tmp_path / "data" / "images" / f"{case}_flair.nii.gz"))
             assert pred.shape == image.shape and np.allclose(pred.affine, image.affine)
-        rows = list(csv.DictReader((run / "metrics" / "cases.csv").open()))
+        rows = list(csv.DictReader((run / "metrics" / "cases.csv").read_text().splitlines()))
         assert [r["case"] for r in rows] == ["case_003", "case_004"]
         assert list(rows[0])[:7] == ["case", "dsc", "f2", "sensitivity", "precision", "specificity", "apr"]
         summary = json.loads((run / "metrics" / "summary.json").read_text())
         assert summary["n_cases"] == 2 and 0 <= summary["per_case"]["dsc"]["mean"] <= 1
 
-    report = list(csv.DictReader((sweep / "report" / "summary.csv").open()))
+    report = list(csv.DictReader((sweep / "report" / "summary.csv").read_text().splitlines()))
     assert [(float(r["beta"]), float(r["alpha"])) for r in report] == [(0.5, 0.5), (0.8, 0.2)]
     for row, rid in zip(report, ("beta=0.5", "beta=0.8")):
         summary = json.loads((sweep / "runs" / rid / "metrics" / "summary.json").read_text())
@@ -59,7 +60,10 @@ def test_two_beta_sweep_through_the_cli(tmp_path):
 
     # The stand-alone evaluator on the same files gives the same numbers.
     run = sweep / "runs" / "beta=0.8"
-    lesionseg("evaluate", "--pred", run / "predictions", "--ref", tmp_path / "data" / "labels", "--out",
+    (tmp_path / "test_labels").mkdir()
+    for case in ("case_003", "case_004"):
+        shutil.copy(tmp_path / "data" / "labels" / f"{case}.nii.gz", tmp_path / "test_labels")
+    lesionseg("evaluate", "--pred", run / "predictions", "--ref", tmp_path / "test_labels", "--out",
               tmp_path / "eval", cwd=tmp_path)
     assert (tmp_path / "eval" / "cases.csv").read_text() == (run / "metrics" / "cases.csv").read_text()
 
@@ -70,4 +74,18 @@ def test_user_errors_print_one_line_and_write_nothing(tmp_path):
     missing = lesionseg("train", REPO / "configs" / "demo.yaml", f"data.datalist={tmp_path}/none.json",
                         cwd=tmp_path, check=False)
     assert missing.returncode == 1 and "datalist not found" in missing.stderr
+    assert not (tmp_path / "experiments").exists()
+
+
+def test_training_refuses_nan_intensities_before_writing_anything(tmp_path):
+    lesionseg("demo-data", tmp_path / "data", "--cases", 3, "--size", 24, cwd=tmp_path)
+    bad = tmp_path / "data" / "images" / "case_001_t2.nii.gz"
+    img = nib.load(str(bad))
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    data[5, 5, 5] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), str(bad))
+    result = lesionseg("train", REPO / "configs" / "demo.yaml", f"data.datalist={tmp_path / 'data' / 'datalist.json'}",
+                       "output_dir=experiments", *TINY, cwd=tmp_path, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "case_001" in result.stderr and "case_001_t2.nii.gz" in result.stderr and "NaN" in result.stderr
     assert not (tmp_path / "experiments").exists()

@@ -1,0 +1,320 @@
+"""The sweep report, on small hand-made sweep folders (no training): numbers against the runs' own files."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+import statistics
+from html.parser import HTMLParser
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from lesionseg import stats
+from lesionseg.config import Config, dump_yaml, expand_sweep
+from lesionseg.errors import LesionsegError
+from lesionseg.evaluate import evaluate_cases
+from lesionseg.report import LOWER_IS_BETTER, POOLED_METRICS, TABLE_METRICS, fmt, write_report
+from lesionseg.runs import mark_done
+
+COLUMNS = ["dsc", "f2", "sensitivity", "precision", "specificity", "apr", "hd95_mm", "ltpr", "lfdr", "lesion_f1"]
+BINS = ["0-0.01ml", "0.01-0.1ml", "0.1-1ml", "1ml+"]
+
+
+def case_values(rng: np.random.Generator, beta: float, case: int) -> dict[str, float]:
+    """Metrics of one case; recall rises with β. Case 0 has no reference lesion (sensitivity undefined)."""
+    if case == 0:
+        return {"dsc": 0.0, "f2": 0.0, "sensitivity": math.nan, "precision": 0.0, "specificity": 0.999,
+                "apr": math.nan, "hd95_mm": math.nan, "ltpr": math.nan, "lfdr": 1.0, "lesion_f1": 0.0}
+    sens = float(np.clip(0.4 + 0.6 * (beta - 0.5) + 0.05 * case / 10 + rng.normal(0, 0.03), 0, 1))
+    prec = float(np.clip(0.9 - 0.8 * (beta - 0.5) + rng.normal(0, 0.03), 0, 1))
+    return {"dsc": 2 * sens * prec / (sens + prec), "f2": 5 * sens * prec / (sens + 4 * prec),
+            "sensitivity": sens, "precision": prec, "specificity": 0.999, "apr": float(rng.uniform(0.5, 0.7)),
+            "hd95_mm": float(rng.uniform(2, 12)), "ltpr": sens, "lfdr": 1 - prec, "lesion_f1": 0.5 * (sens + prec)}
+
+
+def _stats(values: list[float]) -> dict:
+    defined = [v for v in values if not math.isnan(v)]
+    return {"mean": statistics.fmean(defined) if defined else math.nan,
+            "sd": statistics.stdev(defined) if len(defined) > 1 else math.nan,
+            "median": statistics.median(defined) if defined else math.nan,
+            "n": len(defined), "n_undefined": len(values) - len(defined)}
+
+
+def write_run(run_dir: Path, cfg: Config, n_cases: int, rng: np.random.Generator) -> None:
+    rows = {f"case_{i:02d}": case_values(rng, cfg.loss.beta, i) for i in range(n_cases)}
+    metrics = run_dir / "metrics"
+    metrics.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    with (metrics / "cases.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case", *COLUMNS])
+        writer.writerows([case, *(repr(v[c]) if not math.isnan(v[c]) else "nan" for c in COLUMNS)]
+                         for case, v in rows.items())
+    sens, prec = 0.5 + 0.5 * (cfg.loss.beta - 0.5), 0.8 - 0.5 * (cfg.loss.beta - 0.5)
+    n_ref = {"0-0.01ml": 8, "0.01-0.1ml": 12, "0.1-1ml": 6, "1ml+": 0}
+    n_det = {"0-0.01ml": int(rng.integers(2, 8)), "0.01-0.1ml": int(rng.integers(6, 12)), "0.1-1ml": 6, "1ml+": 0}
+    pooled = {"dsc": 2 * sens * prec / (sens + prec), "f2": 5 * sens * prec / (sens + 4 * prec),
+              "sensitivity": sens, "precision": prec, "apr": float(rng.uniform(0.5, 0.7)),
+              "n_ref_lesions": 26, "ltpr": 0.7, "lfdr": 0.3, "lesion_f1": 0.7}
+    for b in BINS:
+        pooled.update({f"n_ref_{b}": n_ref[b], f"n_detected_{b}": n_det[b],
+                       f"ltpr_{b}": n_det[b] / n_ref[b] if n_ref[b] else math.nan})
+    summary = {"threshold": 0.5, "n_cases": n_cases,
+               "per_case": {c: _stats([v[c] for v in rows.values()]) for c in COLUMNS}, "pooled": pooled}
+    (metrics / "summary.json").write_text(json.dumps(summary))
+    curve = [(0.1, 0.2, 0.95), (0.5, prec, sens), (0.9, 0.97, 0.2), (math.inf, 1.0, 0.0)]
+    lines = "".join(f"{t},{p},{r}\n" for t, p, r in curve)
+    (metrics / "pr_curve.csv").write_text("threshold,precision,recall\n" + lines)
+    mark_done(run_dir)
+
+
+def make_sweep(root: Path, betas, seeds=None, n_cases: int = 8, skip=()) -> Path:
+    sweep = {"loss.beta": list(betas), **({"seed": list(seeds)} if seeds else {})}
+    cfg = Config.model_validate({"name": "hand", "sweep": sweep})
+    sweep_dir = root / "hand"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "sweep.yaml").write_text(dump_yaml(cfg))
+    for i, (rid, run_cfg) in enumerate(expand_sweep(cfg)):
+        if rid not in skip:
+            write_run(sweep_dir / "runs" / rid, run_cfg, n_cases, np.random.default_rng(i))
+    return sweep_dir
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_rows(sweep_dir: Path) -> list[dict]:
+    return read_csv(sweep_dir / "report" / "summary.csv")
+
+
+def run_summary(sweep_dir: Path, rid: str) -> dict:
+    return json.loads((sweep_dir / "runs" / rid / "metrics" / "summary.json").read_text())
+
+
+def test_table_equals_the_runs_summary_json(tmp_path):
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.7, 0.9])
+    write_report(sweep_dir, n_boot=200)
+    rows = read_rows(sweep_dir)
+    assert list(rows[0])[:10] == ["beta", "alpha", "dsc", "f2", "sensitivity", "precision", "apr", "apr_pooled",
+                                  "n_cases", "n_seeds"]
+    assert [(float(r["beta"]), float(r["alpha"])) for r in rows] == [(0.5, 0.5), (0.7, 0.3), (0.9, 0.1)]
+    for row in rows:
+        summary = run_summary(sweep_dir, f"beta={float(row['beta']):g}")
+        for m in TABLE_METRICS:
+            pc = summary["per_case"][m]
+            assert float(row[m]) == pytest.approx(pc["mean"])
+            assert float(row[f"{m}_sd_cases"]) == pytest.approx(pc["sd"])
+            assert int(row[f"{m}_n"]) == pc["n"]
+            assert math.isnan(float(row[f"{m}_sd_seeds"]))  # one seed: no spread over seeds
+        for m in POOLED_METRICS:
+            assert float(row[f"{m}_pooled"]) == pytest.approx(summary["pooled"][m])
+        assert float(row["apr_pooled"]) == pytest.approx(summary["pooled"]["apr"])
+        assert (int(row["n_cases"]), int(row["n_seeds"])) == (8, 1)
+        assert int(row["sensitivity_n"]) == 7  # the lesion-free case leaves sensitivity undefined
+        for b in BINS[:3]:
+            assert float(row[f"ltpr_{b}_pooled"]) == pytest.approx(summary["pooled"][f"ltpr_{b}"])
+        assert math.isnan(float(row["ltpr_1ml+_pooled"])) and row["n_ref_1ml+"] == "0"
+
+
+def test_seeds_are_averaged_and_their_spread_reported(tmp_path):
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.8], seeds=[0, 1, 2])
+    write_report(sweep_dir, n_boot=200)
+    for row in read_rows(sweep_dir):
+        beta = f"{float(row['beta']):g}"
+        means = [run_summary(sweep_dir, f"beta={beta}_seed={s}")["per_case"]["dsc"]["mean"] for s in range(3)]
+        sds = [run_summary(sweep_dir, f"beta={beta}_seed={s}")["per_case"]["dsc"]["sd"] for s in range(3)]
+        assert float(row["dsc"]) == pytest.approx(np.mean(means))
+        assert float(row["dsc_sd_seeds"]) == pytest.approx(np.std(means, ddof=1))
+        assert float(row["dsc_sd_cases"]) == pytest.approx(np.mean(sds))
+        assert row["n_seeds"] == "3"
+    md = (sweep_dir / "report" / "summary.md").read_text()
+    assert "Repeats: mean ± SD over seeds" in md and "3 / 3" in md
+
+
+def test_stats_json_against_scipy_by_hand(tmp_path):
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.7], seeds=[0, 1], n_cases=9)
+    write_report(sweep_dir, n_boot=500)
+    result = json.loads((sweep_dir / "report" / "stats.json").read_text())
+
+    def per_case(rid, metric):
+        rows = read_csv(sweep_dir / "runs" / rid / "metrics" / "cases.csv")
+        return {r["case"]: float(r[metric]) for r in rows}
+
+    for metric in ("dsc", "f2", "sensitivity"):
+        base = {c: np.nanmean([per_case(f"beta=0.5_seed={s}", metric)[c] for s in (0, 1)]) for c in
+                per_case("beta=0.5_seed=0", metric) if c != "case_00" or metric != "sensitivity"}
+        other = {c: np.mean([per_case(f"beta=0.7_seed={s}", metric)[c] for s in (0, 1)]) for c in base}
+        ids = sorted(base)
+        diff = np.array([other[c] - base[c] for c in ids])
+        (found,) = [c for c in result["comparisons"] if c["metric"] == metric]
+        assert found["n"] == len(ids) == (8 if metric == "sensitivity" else 9)
+        assert (found["n_seeds"], found["n_seeds_baseline"]) == (2, 2)
+        assert found["mean_diff"] == pytest.approx(diff.mean())
+        assert found["p"] == pytest.approx(sps.wilcoxon([other[c] for c in ids], [base[c] for c in ids]).pvalue)
+        assert found["p_holm"] == found["p"]  # one β against the baseline: nothing to adjust
+        assert (found["ci_low"], found["ci_high"]) == pytest.approx(stats.bootstrap_mean_ci(diff, n_boot=500))
+        if metric != "dsc":  # recall rises with β by construction; DSC may go either way
+            assert found["verdict"] == "higher than baseline"
+    assert result["missing"] == [] and result["n_runs"] == 4
+
+
+def test_too_few_cases_claim_nothing(tmp_path):
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.9], n_cases=5)
+    write_report(sweep_dir, n_boot=200)
+    result = json.loads((sweep_dir / "report" / "stats.json").read_text())
+    assert all(c["p"] is None and c["verdict"].startswith("no test (too few pairs") for c in result["comparisons"])
+    md = (sweep_dir / "report" / "summary.md").read_text()
+    assert "too few pairs for a test" in md and "than baseline" not in md.split("## Against")[1].split("## Figures")[0]
+
+
+def test_missing_runs_are_listed_not_counted(tmp_path):
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.7], seeds=[0, 1], skip=("beta=0.7_seed=1",))
+    (sweep_dir / "runs" / "beta=0.5_seed=1" / "DONE").unlink()  # an interrupted run
+    write_report(sweep_dir, n_boot=200)
+    rows = read_rows(sweep_dir)
+    assert [r["n_seeds"] for r in rows] == ["1", "1"]
+    assert float(rows[0]["dsc"]) == pytest.approx(run_summary(sweep_dir, "beta=0.5_seed=0")["per_case"]["dsc"]["mean"])
+    md = (sweep_dir / "report" / "summary.md").read_text()
+    assert "Missing (not finished, not counted): beta=0.5_seed=1, beta=0.7_seed=1" in md
+    result = json.loads((sweep_dir / "report" / "stats.json").read_text())
+    assert result["missing"] == ["beta=0.5_seed=1", "beta=0.7_seed=1"] and result["n_runs"] == 2
+
+
+def test_best_beta_per_metric_is_bold(tmp_path):
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.6, 0.8])
+    write_report(sweep_dir, n_boot=200)
+    rows = read_rows(sweep_dir)
+    md = (sweep_dir / "report" / "summary.md").read_text()
+    table = md.split("## Per-case means")[1].split("##")[0]
+    lines = [line for line in table.splitlines() if line.startswith("| 0.")]
+    for i, m in enumerate(TABLE_METRICS):
+        values = [float(r[m]) for r in rows]
+        best = int(np.argmin(values) if m in LOWER_IS_BETTER else np.argmax(values))
+        cells = [line.split(" | ")[2 + i] for line in lines]
+        assert [c.startswith("**") for c in cells] == [j == best for j in range(len(rows))], m
+    assert "sensitivity β = 0.8" in md and "precision β = 0.5" in md
+
+
+def test_no_baseline_is_said(tmp_path):
+    sweep_dir = make_sweep(tmp_path, [0.6, 0.7])
+    write_report(sweep_dir, n_boot=200)
+    result = json.loads((sweep_dir / "report" / "stats.json").read_text())
+    assert result["comparisons"] == []
+    assert result["notes"] == [f"β = {b}: no finished β = 0.5 baseline to compare with" for b in (0.6, 0.7)]
+
+
+def test_no_finished_run_is_an_error(tmp_path):
+    sweep_dir = make_sweep(tmp_path, [0.5], skip=("beta=0.5",))
+    with pytest.raises(LesionsegError, match="no finished runs"):
+        write_report(sweep_dir)
+    with pytest.raises(LesionsegError, match="not a sweep folder"):
+        write_report(tmp_path)
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.tables, self.pre, self._cell, self._in_pre = [], [], [], None, False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = ""
+        elif tag == "pre":
+            self._in_pre = True
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append(self._cell)
+            self._cell = None
+        elif tag == "pre":
+            self._in_pre = False
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+        if self._in_pre:
+            self.pre.append(data)
+
+
+def test_html_page_holds_every_figure_and_number(tmp_path):
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.6, 0.7], seeds=[0, 1], n_cases=7)
+    report = write_report(sweep_dir, n_boot=200)
+    page = _Page()
+    page.feed((report / "report.html").read_text(encoding="utf-8"))
+    assert "http" not in (report / "report.html").read_text().replace("http-equiv", "")  # self-contained
+
+    figures = {"pr_curves.png", "metrics_vs_beta.png", "lesion_size.png"}
+    assert len(page.images) == len(figures)
+    embedded = {base64.b64decode(src.removeprefix("data:image/png;base64,")) for src in page.images}
+    assert all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert embedded == {(report / f).read_bytes() for f in figures}
+    assert all(png.startswith(b"\x89PNG") and len(png) > 10_000 for png in embedded)
+
+    per_case, pooled, seeds, compared = page.tables
+    rows = read_rows(sweep_dir)
+    for row, cells, pooled_cells, seed_cells in zip(rows, per_case[1:], pooled[1:], seeds[1:]):
+        assert cells[:2] == [f"{float(row['beta']):g}", f"{float(row['alpha']):g}"]
+        for i, m in enumerate(TABLE_METRICS):
+            assert cells[2 + i].startswith(f"{fmt(float(row[m]), m)} ± {fmt(float(row[m + '_sd_cases']), m)}")
+            assert seed_cells[2 + i] == f"{fmt(float(row[m]), m)} ± {fmt(float(row[m + '_sd_seeds']), m)}"
+        assert cells[-2:] == [row["n_cases"], row["n_seeds"]]
+        for i, m in enumerate(POOLED_METRICS):
+            assert pooled_cells[2 + i].startswith(fmt(float(row[f"{m}_pooled"]), m))
+    assert "(n=6)" in per_case[1][TABLE_METRICS.index("sensitivity") + 2]  # defined on 6 of 7 cases
+
+    result = json.loads((report / "stats.json").read_text())
+    assert len(compared) - 1 == len(result["comparisons"]) == 6
+    for c, cells in zip(result["comparisons"], compared[1:]):
+        assert cells[0] == c["label"] and cells[2] == str(c["n"]) and cells[-1] == c["verdict"]
+        assert cells[6] == f"{c['mean_diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+        assert cells[7] == f"{c['p']:.3g}"
+    assert "loss.beta" in "".join(page.pre) and "seed" in "".join(page.pre)
+
+
+def test_real_evaluator_output_reports(tmp_path):
+    """The report reads what `evaluate_cases` writes (not only the hand-made files above)."""
+    cfg = Config.model_validate({"name": "real", "sweep": {"loss.beta": [0.5, 0.7]}})
+    sweep_dir = tmp_path / "real"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.yaml").write_text(dump_yaml(cfg))
+    rng = np.random.default_rng(0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    refs = []
+    for i in range(3):
+        ref = np.zeros((12, 12, 12), np.uint8)
+        if i:  # case 0 has no lesion
+            ref[3:6, 3:6, 3:6] = 1
+            ref[8, 8, 8 - i] = 1
+        nib.save(nib.Nifti1Image(ref, affine), tmp_path / f"ref{i}.nii.gz")
+        refs.append(ref)
+    for rid, run_cfg in expand_sweep(cfg):
+        run = sweep_dir / "runs" / rid
+        cases = []
+        for i, ref in enumerate(refs):
+            prob = np.clip(ref * run_cfg.loss.beta + rng.uniform(0, 0.45, ref.shape), 0, 1).astype(np.float32)
+            nib.save(nib.Nifti1Image(prob, affine), tmp_path / f"{rid}_{i}.nii.gz")
+            cases.append((f"case{i}", tmp_path / f"{rid}_{i}.nii.gz", tmp_path / f"ref{i}.nii.gz"))
+        evaluate_cases(cases, run / "metrics", progress=False)
+        mark_done(run)
+    report = write_report(sweep_dir, n_boot=200)
+    rows = read_rows(sweep_dir)
+    for row, rid in zip(rows, ("beta=0.5", "beta=0.7")):
+        summary = run_summary(sweep_dir, rid)
+        for m in TABLE_METRICS:
+            assert float(row[m]) == pytest.approx(summary["per_case"][m]["mean"], nan_ok=True)
+    assert {p.name for p in report.iterdir()} >= {"summary.md", "summary.csv", "stats.json", "report.html",
+                                                   "pr_curves.png", "metrics_vs_beta.png", "lesion_size.png"}
