@@ -7,7 +7,6 @@ per run (hyperparameters beside the final test metrics) and each run's panels un
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -108,19 +107,10 @@ def overlay_panel(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, title: s
 
 
 def log_validation_overlay(
-    writer: SummaryWriter,
-    model: torch.nn.Module,
-    item: dict,
-    cfg: Config,
-    device: torch.device,
-    iteration: int,
-    infer: Callable[..., torch.Tensor],
+    writer: SummaryWriter, item: dict, prob: torch.Tensor, cfg: Config, iteration: int
 ) -> None:
-    """Predict one validation volume with `infer(model, image, cfg, device)` and log its overlay panel
+    """Log the overlay panel of one validation volume and its predicted probabilities `(1, D, H, W)`
     as `val/overlay` (tag shared across iterations: TensorBoard's slider steps through training)."""
-    model.eval()
-    prob = infer(model, item["image"], cfg, device)
-    model.train()
     image = np.asarray(torch.as_tensor(item["image"])[0].detach().cpu().float())
     ref = np.asarray(torch.as_tensor(item["label"])[0].detach().cpu()) > 0.5
     pred = np.asarray(prob[0].detach().cpu()) >= cfg.eval.threshold

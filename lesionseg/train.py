@@ -75,16 +75,21 @@ def infer_volume(model: torch.nn.Module, image: torch.Tensor, cfg: Config, devic
     return torch.sigmoid(logits.float())[0]
 
 
-def validate(model: torch.nn.Module, dataset, cfg: Config, device: torch.device) -> dict[str, float]:
-    """Mean DSC and F2 over the validation volumes at the configured threshold."""
+def validate(
+    model: torch.nn.Module, dataset, cfg: Config, device: torch.device
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Mean DSC, F2, sensitivity and precision over the validation volumes at the configured threshold,
+    and the first volume's probabilities (for the TensorBoard overlay, so it is not inferred twice)."""
     model.eval()
-    scores = []
+    scores, first = [], None
     for item in dataset:
         prob = infer_volume(model, item["image"], cfg, device)
+        first = prob if first is None else first
         counts = confusion_counts(prob >= cfg.eval.threshold, item["label"].to(device) > 0.5)
         scores.append(overlap_metrics(counts))
     model.train()
-    return {key: float(np.nanmean([s[key] for s in scores])) for key in ("dsc", "f2", "sensitivity", "precision")}
+    means = {key: float(np.nanmean([s[key] for s in scores])) for key in ("dsc", "f2", "sensitivity", "precision")}
+    return means, first
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -153,11 +158,11 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "iteration": it}
             if val_data is not None:
-                last = validate(model, val_data, cfg, device)
+                last, first_prob = validate(model, val_data, cfg, device)
                 for key, value in last.items():
                     writer.add_scalar(f"val/{key}", value, it)
                 if overlay_due(it, cfg):
-                    log_validation_overlay(writer, model, val_data[0], cfg, device, it, infer_volume)
+                    log_validation_overlay(writer, val_data[0], first_prob, cfg, it)
                 message = ", ".join(f"{k} {v:.3f}" for k, v in last.items())
                 tqdm.write(f"[{run_dir.name}] iteration {it}/{cfg.train.iterations}: validation {message}")
                 if last["dsc"] > best["dsc"]:
