@@ -57,7 +57,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     summary = evaluate_dirs(
         args.pred, args.ref, out, threshold=args.threshold, device=args.device,
         lesion_min_voxels=args.lesion_min_voxels, lesion_min_overlap=args.lesion_min_overlap,
-        size_bins_ml=args.size_bins_ml, ref_label=args.ref_label,
+        size_bins_ml=args.size_bins_ml, ref_label=args.ref_label, mask_dir=args.mask_dir,
     )
     pc = summary["per_case"]
     print(f"{summary['n_cases']} cases: " + ", ".join(f"{m} {pc[m]['mean']:.4f}" for m in
@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lesion-min-overlap", type=float, default=0.0, help="share of a lesion overlapped to detect it")
     p.add_argument("--size-bins-ml", type=float, nargs="+", default=[0.01, 0.1, 1.0], help="lesion-size bin edges")
     p.add_argument("--ref-label", type=int, help="reference label value to score when references hold several")
+    p.add_argument("--mask-dir", type=Path, metavar="DIR",
+                   help="brain masks <case>.nii.gz: score only the voxels inside each case's mask")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("report", help="rebuild a sweep's report from its finished runs")

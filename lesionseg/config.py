@@ -109,6 +109,7 @@ class EvalConfig(_Section):
     lesion_min_voxels: int = Field(1, ge=1, description="components smaller than this are not lesions")
     lesion_min_overlap: float = Field(0.0, ge=0.0, le=1.0, description="share of a lesion overlapped to detect it")
     size_bins_ml: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], description="lesion-size bin edges")
+    restrict_to_mask: bool = Field(False, description="score only the voxels inside each test case's brain mask")
 
 
 class Config(_Section):

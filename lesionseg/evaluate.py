@@ -19,6 +19,10 @@ Outputs (written atomically into `out_dir`):
 
 A voxel is predicted lesion when `probability >= threshold` (the convention of the precision-recall curve,
 so the at-threshold figures are a point of the curve). Binary masks (0/1, any dtype) are probabilities too.
+
+With a brain mask per case (`masks=` / `mask_dir=`), every figure is restricted to the voxels inside it:
+voxels outside are neither TP, FP, FN nor TN and are left out of the precision-recall tables, and
+prediction and reference are set to 0 outside it for the surface distances and lesion-wise detection.
 """
 
 from __future__ import annotations
@@ -121,6 +125,37 @@ def load_case(
     return prob, ref, spacing
 
 
+def load_mask(mask_path: Path, ref_path: Path, device: str = "cpu") -> torch.Tensor:
+    """Load a brain mask for the case whose reference is `ref_path`: a bool tensor on `device`.
+
+    LesionsegError naming both files for an unreadable mask, a shape or affine that differs from the
+    reference's (same tolerance as `load_case`), or values other than 0/1.
+    """
+    mask_path, ref_path = Path(mask_path), Path(ref_path)
+    mask_img = _load(mask_path, "brain mask", ref_path)
+    ref_img = _load(ref_path, "reference", mask_path)
+    pair = f"brain mask {mask_path} and reference {ref_path}"
+    if mask_img.shape != ref_img.shape:
+        raise LesionsegError(
+            f"{pair} have different shapes {mask_img.shape} and {ref_img.shape}; "
+            "the brain mask must be on the reference's grid (resample it first)."
+        )
+    if not np.allclose(mask_img.affine, ref_img.affine, rtol=0, atol=AFFINE_ATOL_MM):
+        raise LesionsegError(
+            f"{pair} have different affines (tolerance {AFFINE_ATOL_MM} mm):\n{mask_img.affine}\nand\n"
+            f"{ref_img.affine}\nthe brain mask must be on the reference's grid (resample it first)."
+        )
+    mask_np = _array(mask_img, mask_path, "brain mask", ref_path)
+    mask_t = _tensor(mask_np).to(device)
+    if not bool(((mask_t == 0) | (mask_t == 1)).all()):
+        found = np.unique(mask_np)
+        shown = ", ".join(f"{v:g}" for v in found[:10]) + (", …" if found.size > 10 else "")
+        raise LesionsegError(
+            f"brain mask {mask_path} (paired with {ref_path}) is not binary: values found {shown}."
+        )
+    return mask_t != 0
+
+
 def _stats(values: list[float]) -> dict[str, float | int]:
     defined = [v for v in values if not math.isnan(v)]
     n = len(defined)
@@ -181,12 +216,24 @@ def case_metrics(
     lesion_min_overlap: float = 0.0,
     size_bins: Sequence[float] = lesionwise.DEFAULT_SIZE_BINS_ML,
     bins_in_voxels: bool = False,
+    mask: torch.Tensor | None = None,
 ) -> tuple[dict, torch.Tensor, dict[str, int], metrics.PRTable]:
     """Every metric of one case from tensors already loaded (`load_case`): `(row, counts, lesion counts,
-    pr table)`; the last three add up across cases for the pooled figures."""
+    pr table)`; the last three add up across cases for the pooled figures.
+
+    `mask` (bool, `load_mask`): only the voxels inside it count; outside, prediction and reference are 0
+    for the surface distances and lesion-wise detection.
+    """
     pred = prob >= threshold
-    counts = metrics.confusion_counts(pred, ref)
-    table = metrics.pr_table(prob, ref)
+    if mask is None:
+        counts = metrics.confusion_counts(pred, ref)
+        table = metrics.pr_table(prob, ref)
+    else:
+        metrics._check_same_shape(mask, ref, "mask", "ref")
+        metrics._check_bool(mask, "mask")
+        counts = metrics.confusion_counts(pred[mask], ref[mask])
+        table = metrics.pr_table(prob[mask], ref[mask])
+        pred, ref = pred & mask, ref & mask
     row = {**metrics.overlap_metrics(counts), "apr": metrics.average_precision(table)}
     if metrics.f_beta_key(f_beta) != "f2":
         row.update(metrics.overlap_metrics(counts, f_beta=f_beta))
@@ -227,6 +274,7 @@ def evaluate_cases(
     size_bins_ml: Sequence[float] = lesionwise.DEFAULT_SIZE_BINS_ML,
     size_bins_voxels: Sequence[int] | None = None,
     pr_curve_max_points: int | None = 10_000,
+    masks: Sequence[Path | None] | None = None,
 ) -> dict:
     """Evaluate `(case_id, prediction path, reference path)` pairs, write the three outputs, return the summary.
 
@@ -240,6 +288,8 @@ def evaluate_cases(
             ISBI 2015 definitions, 26-connectivity).
         size_bins_ml: edges of the lesion-size bins of LTPR in mL, or `size_bins_voxels` in voxels.
         pr_curve_max_points: most rows in `pr_curve.csv` (None: every point of the exact curve).
+        masks: one brain-mask path (or None) per case, in the order of `cases`, on the reference's grid;
+            a case with a mask is scored on the voxels inside it only (see the module docstring).
 
     Columns after `case, dsc, f2, sensitivity, precision, specificity, apr`: `iou`, [`f<β>`],
     `tp, fp, fn, tn`, `vol_ref_ml, vol_pred_ml, avd_ml, rvd`, `hd95_mm, assd_mm`, `n_ref_lesions,
@@ -257,6 +307,10 @@ def evaluate_cases(
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise LesionsegError(f"case names must be unique; repeated: {', '.join(duplicates)}.")
+    masks = [None] * len(cases) if masks is None else list(masks)
+    if len(masks) != len(cases):
+        raise LesionsegError(f"masks: one brain mask (or None) per case needed, got {len(masks)} for "
+                             f"{len(cases)} cases.")
     extra_f = [] if metrics.f_beta_key(f_beta) == "f2" else [metrics.f_beta_key(f_beta)]
 
     rows: list[dict] = []
@@ -264,12 +318,14 @@ def evaluate_cases(
     total_lesions: dict[str, int] = {}
     merged: list[metrics.PRTable] = []  # one table, merged with `pending` once they are as long as it
     pending: list[metrics.PRTable] = []
-    for case_id, pred_path, ref_path in tqdm(cases, desc="evaluate", unit="case", disable=not progress):
+    for (case_id, pred_path, ref_path), mask_path in tqdm(
+            zip(cases, masks), total=len(cases), desc="evaluate", unit="case", disable=not progress):
         prob, ref, spacing = load_case(pred_path, ref_path, device=device, ref_label=ref_label)
+        mask = None if mask_path is None else load_mask(mask_path, ref_path, device=device)
         row, counts, lesions, table = case_metrics(
             prob, ref, spacing, threshold, f_beta=f_beta, surface=surface,
             lesion_min_voxels=lesion_min_voxels, lesion_min_overlap=lesion_min_overlap,
-            size_bins=size_bins, bins_in_voxels=bins_in_voxels)
+            size_bins=size_bins, bins_in_voxels=bins_in_voxels, mask=mask)
         rows.append({"case": case_id, **row})
         total_counts += counts.cpu()
         total_lesions = {k: total_lesions.get(k, 0) + v for k, v in lesions.items()}
@@ -332,12 +388,15 @@ def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
 
 
 def evaluate_dirs(
-    pred_dir: Path, ref_dir: Path, out_dir: Path, threshold: float = 0.5, device: str = "cpu", **kwargs
+    pred_dir: Path, ref_dir: Path, out_dir: Path, threshold: float = 0.5, device: str = "cpu",
+    mask_dir: Path | None = None, **kwargs
 ) -> dict:
     """Match `<case>.nii.gz` / `<case>.nii` by case name in both folders and `evaluate_cases` them.
 
     A prediction without a reference, or a reference without a prediction, is a LesionsegError listing
-    the unmatched names. Keyword arguments go to `evaluate_cases`.
+    the unmatched names. `mask_dir`: brain masks `<case>.nii.gz` / `<case>.nii` restricting each case's
+    evaluation; a case without one is a LesionsegError listing them (extra masks are ignored). Keyword
+    arguments go to `evaluate_cases`.
     """
     preds = _nifti_files(Path(pred_dir), "prediction")
     refs = _nifti_files(Path(ref_dir), "reference")
@@ -350,4 +409,10 @@ def evaluate_dirs(
             problems.append(f"references without a prediction in {pred_dir}: {', '.join(no_pred)}")
         raise LesionsegError("cases do not match; " + "; ".join(problems) + ".")
     cases = [(case, preds[case], refs[case]) for case in sorted(preds)]
+    if mask_dir is not None:
+        found = _nifti_files(Path(mask_dir), "brain mask")
+        no_mask = [case for case, _, _ in cases if case not in found]
+        if no_mask:
+            raise LesionsegError(f"cases without a brain mask in {mask_dir}: {', '.join(no_mask)}.")
+        kwargs["masks"] = [found[case] for case, _, _ in cases]
     return evaluate_cases(cases, Path(out_dir), threshold=threshold, device=device, **kwargs)

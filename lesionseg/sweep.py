@@ -38,6 +38,12 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
             f"datalist {cfg.data.datalist}: a sweep evaluates on the 'test' cases, which need labels "
             f"({'no test cases' if not lists['test'] else 'unlabelled: ' + ', '.join(unlabelled)})"
         )
+    masks = [e["mask"] for e in lists["test"]] if cfg.eval.restrict_to_mask else None
+    if masks is not None and None in masks:
+        raise LesionsegError(
+            f"datalist {cfg.data.datalist}: eval.restrict_to_mask needs a brain mask for every test case; "
+            f"without one: {', '.join(e['case'] for e in lists['test'] if e['mask'] is None)}"
+        )
     started = time.monotonic()
     start_run_dir(run_dir, cfg)
     trained = train_run(cfg, run_dir, progress=progress)
@@ -48,7 +54,7 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     summary = evaluate_cases(
         cases, run_dir / "metrics", threshold=cfg.eval.threshold, device=str(device), progress=progress,
         lesion_min_voxels=cfg.eval.lesion_min_voxels, lesion_min_overlap=cfg.eval.lesion_min_overlap,
-        size_bins_ml=cfg.eval.size_bins_ml,
+        size_bins_ml=cfg.eval.size_bins_ml, masks=masks,
     )
     log_hparams(run_dir, cfg, summary)  # this run's row in TensorBoard's HParams dashboard
     seconds = round(time.monotonic() - started, 1)

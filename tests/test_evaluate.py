@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, precision_recall_curve
+from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, precision_score
 
 from lesionseg import LesionsegError, metrics
 from lesionseg.evaluate import FIRST_COLUMNS, evaluate_cases, evaluate_dirs, load_case
@@ -377,3 +377,123 @@ def test_bad_options(pair, kwargs, match):
     tmp_path, pred_path, ref_path = pair
     with pytest.raises(LesionsegError, match=match):
         run_one(tmp_path, pred_path, ref_path, **kwargs)
+
+
+# ---- brain mask: evaluation restricted to the voxels inside it ------------------------------------------
+
+@pytest.fixture
+def masked_case(tmp_path):
+    """Reference lesion of 2 voxels; one FP inside the brain mask (rows 0-3), one FP outside it (row 5)."""
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[1:3, 1, 1] = 1
+    prob = np.zeros(SHAPE, np.float32)
+    prob[1, 1, 1] = 0.9  # TP
+    prob[2, 1, 1] = 0.3  # FN at 0.5
+    prob[3, 0, 0] = 0.6  # FP inside the mask
+    prob[5, 0, 0] = 0.8  # FP outside the mask
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[:4] = 1
+    paths = (save(tmp_path / "p.nii.gz", prob), save(tmp_path / "r.nii.gz", ref), save(tmp_path / "m.nii.gz", mask))
+    return tmp_path, paths, (prob, ref, mask)
+
+
+def test_mask_restricts_every_metric(masked_case):
+    tmp_path, (pred_path, ref_path, mask_path), (prob, ref, mask) = masked_case
+    cases = [("a", pred_path, ref_path)]
+    full = evaluate_cases(cases, tmp_path / "full", progress=False)["pooled"]
+    assert (full["tp"], full["fp"], full["fn"], full["tn"]) == (1, 2, 1, 116)
+    assert full["dsc"] == pytest.approx(0.4) and full["precision"] == pytest.approx(1 / 3)
+    assert full["apr"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 4)  # 0.9 pos, 0.8 neg, 0.6 neg, 0.3 pos
+    assert full["n_pred_lesions"] == 3
+
+    summary = evaluate_cases(cases, tmp_path / "masked", progress=False, masks=[mask_path])
+    pooled = summary["pooled"]
+    assert (pooled["tp"], pooled["fp"], pooled["fn"], pooled["tn"]) == (1, 1, 1, 80 - 3)
+    assert pooled["dsc"] == pytest.approx(0.5) and pooled["precision"] == pytest.approx(0.5)
+    assert pooled["apr"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)  # 0.9 pos, 0.6 neg, 0.3 pos
+    assert pooled["n_pred_lesions"] == 2 and pooled["n_detected"] == 1
+    assert pooled["vol_pred_ml"] == pytest.approx(2 * 1.0 * 1.5 * 2.0 / 1000)
+
+    inside = mask == 1  # scikit-learn on the voxels inside the mask
+    y, p = ref[inside], prob[inside]
+    assert pooled["apr"] == pytest.approx(average_precision_score(y, p))
+    assert pooled["precision"] == pytest.approx(precision_score(y, p >= 0.5))
+    assert pooled["dsc"] == pytest.approx(f1_score(y, p >= 0.5))
+    assert summary["per_case"]["dsc"]["mean"] == pytest.approx(pooled["dsc"])
+    curve = read_csv(tmp_path / "masked" / "pr_curve.csv")
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    np.testing.assert_allclose([float(r["precision"]) for r in curve], precision)
+    np.testing.assert_allclose([float(r["recall"]) for r in curve], recall)
+    np.testing.assert_allclose([float(r["threshold"]) for r in curve], [*thresholds, math.inf])
+
+
+def test_mask_per_case_may_be_none(masked_case):
+    tmp_path, (pred_path, ref_path, mask_path), (prob, ref, mask) = masked_case
+    cases = [("masked", pred_path, ref_path), ("whole", pred_path, ref_path)]
+    summary = evaluate_cases(cases, tmp_path / "o", progress=False, masks=[mask_path, None])
+    rows = {r["case"]: r for r in read_csv(tmp_path / "o" / "cases.csv")}
+    assert float(rows["masked"]["dsc"]) == pytest.approx(0.5) and float(rows["whole"]["dsc"]) == pytest.approx(0.4)
+    assert summary["pooled"]["fp"] == 1 + 2
+    all_y = np.concatenate([ref[mask == 1], ref.ravel()])
+    all_p = np.concatenate([prob[mask == 1], prob.ravel()])
+    assert summary["pooled"]["apr"] == pytest.approx(average_precision_score(all_y, all_p))
+    with pytest.raises(LesionsegError, match=r"one brain mask \(or None\) per case needed, got 1 for 2 cases"):
+        evaluate_cases(cases, tmp_path / "o", progress=False, masks=[mask_path])
+
+
+def test_mask_off_the_reference_grid_names_both_files(masked_case):
+    tmp_path, (pred_path, ref_path, _), _ = masked_case
+    small = save(tmp_path / "small.nii.gz", np.ones((6, 5, 3), np.uint8))
+    with pytest.raises(LesionsegError, match=r"brain mask .*small\.nii\.gz and reference .*r\.nii\.gz "
+                                             r"have different shapes"):
+        run_one(tmp_path, pred_path, ref_path, masks=[small])
+    shifted = AFFINE.copy()
+    shifted[0, 3] = 1e-3
+    moved = save(tmp_path / "moved.nii.gz", np.ones(SHAPE, np.uint8), affine=shifted)
+    with pytest.raises(LesionsegError, match=r"brain mask .*moved\.nii\.gz and reference .*r\.nii\.gz "
+                                             r"have different affines"):
+        run_one(tmp_path, pred_path, ref_path, masks=[moved])
+    within = AFFINE.copy()
+    within[0, 3] = 1e-5  # inside the tolerance
+    run_one(tmp_path, pred_path, ref_path, masks=[save(tmp_path / "ok.nii.gz", np.ones(SHAPE, np.uint8), within)])
+
+
+def test_non_binary_mask_is_rejected(masked_case):
+    tmp_path, (pred_path, ref_path, _), _ = masked_case
+    soft = np.zeros(SHAPE, np.float32)
+    soft[0, 0, 0], soft[1, 0, 0] = 0.5, 2.0
+    bad = save(tmp_path / "soft.nii.gz", soft)
+    with pytest.raises(LesionsegError, match=r"brain mask .*soft\.nii\.gz \(paired with .*r\.nii\.gz\) is not binary: "
+                                             r"values found 0, 0\.5, 2"):
+        run_one(tmp_path, pred_path, ref_path, masks=[bad])
+    with pytest.raises(LesionsegError, match=r"brain mask .*nothere\.nii\.gz does not exist"):
+        run_one(tmp_path, pred_path, ref_path, masks=[tmp_path / "nothere.nii.gz"])
+
+
+def test_evaluate_dirs_with_mask_dir(dataset, tmp_path):
+    pred_dir, ref_dir, arrays = dataset
+    rng = np.random.default_rng(2)
+    masks = {case: (rng.random(SHAPE) < 0.7).astype(np.uint8) for case in arrays}
+    for case, mask in masks.items():
+        save(tmp_path / "masks" / f"{case}.nii.gz", mask)
+    save(tmp_path / "masks" / "unused.nii.gz", np.ones(SHAPE, np.uint8))  # extra masks are ignored
+    summary = evaluate_dirs(pred_dir, ref_dir, tmp_path / "out", mask_dir=tmp_path / "masks")
+    rows = {r["case"]: r for r in read_csv(tmp_path / "out" / "cases.csv")}
+    for case, (prob, ref) in arrays.items():
+        inside = masks[case] == 1
+        y, p = ref[inside], prob[inside]
+        assert int(rows[case]["tp"]) + int(rows[case]["fp"]) + int(rows[case]["fn"]) + int(rows[case]["tn"]) == y.size
+        assert float(rows[case]["precision"]) == pytest.approx(precision_score(y, p >= 0.5, zero_division=np.nan),
+                                                               nan_ok=True)
+        if y.any():
+            assert float(rows[case]["apr"]) == pytest.approx(average_precision_score(y, p))
+    all_y = np.concatenate([arrays[c][1][masks[c] == 1] for c in sorted(arrays)])
+    all_p = np.concatenate([arrays[c][0][masks[c] == 1] for c in sorted(arrays)])
+    assert summary["pooled"]["apr"] == pytest.approx(average_precision_score(all_y, all_p), abs=1e-12)
+    assert summary["pooled"]["tn"] + summary["pooled"]["fp"] + summary["pooled"]["tp"] + summary["pooled"]["fn"] \
+        == all_y.size
+
+    (tmp_path / "masks" / "c1.nii.gz").unlink()
+    (tmp_path / "masks" / "c_empty.nii.gz").unlink()
+    with pytest.raises(LesionsegError, match=r"cases without a brain mask in .*masks: c1, c_empty"):
+        evaluate_dirs(pred_dir, ref_dir, tmp_path / "out", mask_dir=tmp_path / "masks")
