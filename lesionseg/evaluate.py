@@ -75,6 +75,17 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")))
 
 
+def _require_same_grid(img: nib.Nifti1Image, ref_img: nib.Nifti1Image, pair: str, fix: str) -> None:
+    """LesionsegError naming `pair` when the two images' shapes or affines (beyond tolerance) differ."""
+    if img.shape != ref_img.shape:
+        raise LesionsegError(f"{pair} have different shapes {img.shape} and {ref_img.shape}; {fix}")
+    if not np.allclose(img.affine, ref_img.affine, rtol=0, atol=AFFINE_ATOL_MM):
+        raise LesionsegError(
+            f"{pair} have different affines (tolerance {AFFINE_ATOL_MM} mm):\n{img.affine}\nand\n"
+            f"{ref_img.affine}\n{fix}"
+        )
+
+
 def load_case(
     pred_path: Path, ref_path: Path, device: str = "cpu", ref_label: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[float, ...]]:
@@ -89,17 +100,8 @@ def load_case(
     pred_path, ref_path = Path(pred_path), Path(ref_path)
     pred_img = _load(pred_path, "prediction", ref_path)
     ref_img = _load(ref_path, "reference", pred_path)
-    pair = f"prediction {pred_path} and reference {ref_path}"
-    if pred_img.shape != ref_img.shape:
-        raise LesionsegError(
-            f"{pair} have different shapes {pred_img.shape} and {ref_img.shape}; "
-            "predictions must be in the reference's geometry (resample them first)."
-        )
-    if not np.allclose(pred_img.affine, ref_img.affine, rtol=0, atol=AFFINE_ATOL_MM):
-        raise LesionsegError(
-            f"{pair} have different affines (tolerance {AFFINE_ATOL_MM} mm):\n{pred_img.affine}\nand\n"
-            f"{ref_img.affine}\npredictions must be in the reference's geometry (resample them first)."
-        )
+    _require_same_grid(pred_img, ref_img, f"prediction {pred_path} and reference {ref_path}",
+                       "predictions must be in the reference's geometry (resample them first).")
     pred_np = _array(pred_img, pred_path, "prediction", ref_path)
     ref_np = _array(ref_img, ref_path, "reference", pred_path)
     prob = _tensor(pred_np).to(device)
@@ -134,17 +136,8 @@ def load_mask(mask_path: Path, ref_path: Path, device: str = "cpu") -> torch.Ten
     mask_path, ref_path = Path(mask_path), Path(ref_path)
     mask_img = _load(mask_path, "brain mask", ref_path)
     ref_img = _load(ref_path, "reference", mask_path)
-    pair = f"brain mask {mask_path} and reference {ref_path}"
-    if mask_img.shape != ref_img.shape:
-        raise LesionsegError(
-            f"{pair} have different shapes {mask_img.shape} and {ref_img.shape}; "
-            "the brain mask must be on the reference's grid (resample it first)."
-        )
-    if not np.allclose(mask_img.affine, ref_img.affine, rtol=0, atol=AFFINE_ATOL_MM):
-        raise LesionsegError(
-            f"{pair} have different affines (tolerance {AFFINE_ATOL_MM} mm):\n{mask_img.affine}\nand\n"
-            f"{ref_img.affine}\nthe brain mask must be on the reference's grid (resample it first)."
-        )
+    _require_same_grid(mask_img, ref_img, f"brain mask {mask_path} and reference {ref_path}",
+                       "the brain mask must be on the reference's grid (resample it first).")
     mask_np = _array(mask_img, mask_path, "brain mask", ref_path)
     mask_t = _tensor(mask_np).to(device)
     if not bool(((mask_t == 0) | (mask_t == 1)).all()):
