@@ -32,11 +32,13 @@ def _check(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from lesionseg.config import load_config
     from lesionseg.checks import check_dataset
-    from lesionseg.runs import mark_done, start_run_dir
+    from lesionseg.runs import mark_done, move_aside, start_run_dir
     from lesionseg.train import train_run
 
     cfg = load_config(args.config, args.overrides)
     check_dataset(cfg)  # every file read once: bad data fails here, before a run folder exists
+    if args.force and (aside := move_aside(cfg.output_dir / cfg.name)):
+        print(f"--force: moved the earlier run to {aside}")
     run_dir = start_run_dir(cfg.output_dir / cfg.name, cfg)
     summary = train_run(cfg, run_dir, progress=not args.quiet)
     mark_done(run_dir, {"best_iteration": summary["best"]["iteration"]})
@@ -68,7 +70,7 @@ def _sweep(args: argparse.Namespace) -> None:
     from lesionseg.config import load_config
     from lesionseg.sweep import run_sweep
 
-    report = run_sweep(load_config(args.config, args.overrides), progress=not args.quiet)
+    report = run_sweep(load_config(args.config, args.overrides), progress=not args.quiet, force=args.force)
     print((report / "summary.md").read_text(encoding="utf-8"))
     print(f"report: {report}")
 
@@ -92,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", type=Path, help="YAML config file")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. loss.beta=0.7")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        if name in ("train", "sweep"):
+            p.add_argument("--force", action="store_true",
+                           help="start over: move an existing folder of that name aside (never deleted)")
         p.set_defaults(func=func)
         return p
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import shutil
@@ -37,7 +38,7 @@ def start_run_dir(run_dir: Path, cfg: Config) -> Path:
     """
     if is_done(run_dir):
         raise LesionsegError(
-            f"{run_dir} holds a finished run; choose another name (name=...) or move that folder away"
+            f"{run_dir} holds a finished run; choose another name (name=...) or start over with --force (it moves that folder aside)"
         )
     if run_dir.exists():
         aside = run_dir.with_name(run_dir.name + ".interrupted")
@@ -51,6 +52,42 @@ def start_run_dir(run_dir: Path, cfg: Config) -> Path:
     write_text(run_dir / "config.yaml", dump_yaml(cfg))
     write_json(run_dir / "env.json", environment())
     return run_dir
+
+
+def move_aside(folder: Path) -> Path | None:
+    """`--force`: rename an existing folder to `<name>.old-<timestamp>` (never delete results)."""
+    if not folder.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = folder.with_name(f"{folder.name}.old-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = folder.with_name(f"{folder.name}.old-{stamp}-{n}")
+    try:
+        folder.rename(aside)
+    except OSError as err:
+        raise LesionsegError(f"cannot move {folder} aside to {aside}: {err.strerror}") from None
+    return aside
+
+
+def file_checksums(entries: dict[str, list[dict]]) -> dict:
+    """SHA-256 of every input file of every case, by split: what a reproduction must find again."""
+
+    def sha256(path: str) -> str:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    return {
+        split: {
+            e["case"]: {Path(p).name: sha256(p) for p in [*e["image"], e.get("label"), e.get("mask")] if p}
+            for e in cases
+        }
+        for split, cases in entries.items()
+    }
 
 
 def _git_revision() -> dict:

@@ -24,7 +24,7 @@ from lesionseg.evaluate import evaluate_cases
 from lesionseg.files import write_text
 from lesionseg.predict import load_model, predict_cases
 from lesionseg.report import write_report
-from lesionseg.runs import is_done, mark_done, start_run_dir
+from lesionseg.runs import is_done, mark_done, move_aside, start_run_dir
 from lesionseg.tensorboard_log import log_hparams
 from lesionseg.train import resolve_device, train_run
 
@@ -62,11 +62,16 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     return summary
 
 
-def run_sweep(cfg: Config, progress: bool = True) -> Path:
-    """Run every configuration not finished yet, then write the report; returns the report folder."""
+def run_sweep(cfg: Config, progress: bool = True, force: bool = False) -> Path:
+    """Run every configuration not finished yet, then write the report; returns the report folder.
+
+    `force`: start the whole sweep over, moving an existing sweep folder aside (never deleting it).
+    """
     runs = expand_sweep(cfg) if cfg.sweep else [("run", cfg)]
     sweep_dir = cfg.output_dir / cfg.name
     check_configs([c for _, c in runs])  # every file read once: bad data fails before the first run, not the third
+    if force and (aside := move_aside(sweep_dir)):
+        tqdm.write(f"--force: moved the earlier sweep to {aside}")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_text(sweep_dir / "sweep.yaml", dump_yaml(cfg))
     todo = [(rid, c) for rid, c in runs if not is_done(sweep_dir / "runs" / rid)]

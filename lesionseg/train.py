@@ -26,6 +26,7 @@ from lesionseg.files import write_atomic, write_json
 from lesionseg.losses import build_loss
 from lesionseg.metrics import confusion_counts, overlap_metrics
 from lesionseg.model import build_model
+from lesionseg.runs import file_checksums
 from lesionseg.tensorboard_log import log_validation_overlay, overlay_due
 
 
@@ -102,6 +103,7 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     seed_everything(cfg, device)
     lists = load_datalist(cfg)
     train_cases, val_cases = split_train_val(lists["training"], cfg)
+    write_json(run_dir / "inputs.json", file_checksums(lists))
     write_json(
         run_dir / "split.json",
         {key: [e["case"] for e in cases] for key, cases in

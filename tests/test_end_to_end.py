@@ -89,3 +89,24 @@ def test_training_refuses_nan_intensities_before_writing_anything(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "case_001" in result.stderr and "case_001_t2.nii.gz" in result.stderr and "NaN" in result.stderr
     assert not (tmp_path / "experiments").exists()
+
+
+def test_finished_runs_are_kept_and_force_moves_them_aside(tmp_path):
+    lesionseg("demo-data", tmp_path / "data", "--cases", 3, "--size", 24, cwd=tmp_path)
+    args = ["train", REPO / "configs" / "demo.yaml", f"data.datalist={tmp_path / 'data' / 'datalist.json'}",
+            "output_dir=experiments", "name=once", *TINY, "-q"]
+    lesionseg(*args, cwd=tmp_path)
+    run = tmp_path / "experiments" / "once"
+    inputs = json.loads((run / "inputs.json").read_text())
+    assert set(inputs["training"]["case_000"]) == {"case_000_flair.nii.gz", "case_000_t1.nii.gz",
+                                                  "case_000_t2.nii.gz", "case_000.nii.gz"}
+    assert all(len(h) == 64 for h in inputs["training"]["case_000"].values())
+    done = (run / "DONE").read_text()
+
+    again = lesionseg(*args, cwd=tmp_path, check=False)
+    assert again.returncode == 1 and "holds a finished run" in again.stderr and "--force" in again.stderr
+    assert (run / "DONE").read_text() == done
+
+    lesionseg(*args, "--force", cwd=tmp_path)
+    (old,) = (tmp_path / "experiments").glob("once.old-*")
+    assert (old / "DONE").read_text() == done and (run / "DONE").is_file()
