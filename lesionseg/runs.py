@@ -32,14 +32,18 @@ def mark_done(run_dir: Path, summary: dict | None = None) -> None:
 def start_run_dir(run_dir: Path, cfg: Config) -> Path:
     """Create `run_dir` for a new run, saving the resolved config and the environment.
 
-    A finished run is never touched: that is an error naming the folder. An unfinished one (a run that
-    was interrupted) is moved aside to `<name>.interrupted`, replacing an older interrupted copy, so a
-    re-run starts clean and the partial output stays inspectable.
+    A finished run is never touched: that is an error naming the folder. An interrupted run of the same
+    config with a checkpoint is kept as it is, for `train_run` to resume. Any other unfinished folder is
+    moved aside to `<name>.interrupted` (replacing an older interrupted copy), so the run starts clean and
+    the partial output stays inspectable.
     """
     if is_done(run_dir):
         raise LesionsegError(
-            f"{run_dir} holds a finished run; choose another name (name=...) or start over with --force (it moves that folder aside)"
+            f"{run_dir} holds a finished run; choose another name (name=...) or start over with --force "
+            "(it moves that folder aside)"
         )
+    if (run_dir / "checkpoints" / "last.pt").is_file() and _saved_config(run_dir) == dump_yaml(cfg):
+        return run_dir  # an interrupted run of the same config: train_run resumes it
     if run_dir.exists():
         aside = run_dir.with_name(run_dir.name + ".interrupted")
         if aside.exists():
@@ -52,6 +56,13 @@ def start_run_dir(run_dir: Path, cfg: Config) -> Path:
     write_text(run_dir / "config.yaml", dump_yaml(cfg))
     write_json(run_dir / "env.json", environment())
     return run_dir
+
+
+def _saved_config(run_dir: Path) -> str | None:
+    try:
+        return (run_dir / "config.yaml").read_text(encoding="utf-8")
+    except OSError:
+        return None
 
 
 def move_aside(folder: Path) -> Path | None:

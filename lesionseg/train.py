@@ -10,6 +10,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -97,8 +99,48 @@ def save_checkpoint(path: Path, state: dict) -> None:
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
+def rng_state() -> dict:
+    """Every RNG's state, in types that `torch.load(weights_only=True)` accepts (tensors, tuples, ints)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to stop after the current iteration (and checkpoint it), not mid-step."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 def train_run(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
-    """Train one model into `run_dir` (which holds config.yaml already); return the validation summary."""
+    """Train one model into `run_dir` (which holds config.yaml already); return the validation summary.
+
+    A `checkpoints/last.pt` already in `run_dir` (an interrupted run) is resumed: weights, optimiser,
+    schedule, scaler, RNG states, iteration and best metric. The data stream starts afresh, so a resumed
+    run is not yet bitwise identical to an uninterrupted one.
+    """
     device = resolve_device(cfg.train.device)
     seed_everything(cfg, device)
     lists = load_datalist(cfg)
@@ -120,14 +162,26 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     dtype = amp_dtype(device, cfg.train.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
+    start, best, last = 1, {"iteration": 0, "dsc": -math.inf}, {}
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    if checkpoint.is_file():  # an interrupted run: go on from its last checkpoint
+        state = torch.load(checkpoint, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start, best, last = state["iteration"] + 1, state["best"], state["val"]
+        tqdm.write(f"[{run_dir.name}] resuming after iteration {state['iteration']} from {checkpoint}")
+
     batches = train_batches(train_cases, cfg, pin_memory=device.type == "cuda")
     val_data = volume_dataset(val_cases, cfg, with_label=True) if val_cases else None
     writer = SummaryWriter(log_dir=str(run_dir))
-    best = {"iteration": 0, "dsc": -math.inf}
-    last: dict[str, float] = {}
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
-    bar = tqdm(range(1, cfg.train.iterations + 1), desc=f"train {run_dir.name}", disable=not progress, leave=False)
+    bar = tqdm(range(start, cfg.train.iterations + 1), desc=f"train {run_dir.name}", disable=not progress,
+               leave=False, initial=start - 1, total=cfg.train.iterations)
+    stop = StopRequest()
     for it in bar:
         batch = next(batches)
         image = batch["image"].to(device, non_blocking=True)
@@ -156,9 +210,18 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
             loss_sum.zero_()
             loss_count = 0
 
-        if it % cfg.train.val_every == 0 or it == cfg.train.iterations:
+        checkpoint_due = it % cfg.train.val_every == 0 or it == cfg.train.iterations
+        if checkpoint_due or stop.requested:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "iteration": it}
+        if stop.requested:
+            save_checkpoint(checkpoint, {**state, "val": last, "best": best, "rng": rng_state()})
+            stop.restore()
+            raise LesionsegError(
+                f"stopped by {stop.requested} after iteration {it}; the checkpoint {checkpoint} holds it. "
+                "Run the same command again to resume."
+            )
+        if checkpoint_due:
             if val_data is not None:
                 last, first_prob = validate(model, val_data, cfg, device)
                 for key, value in last.items():
@@ -170,7 +233,8 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
                 if last["dsc"] > best["dsc"]:
                     best = {"iteration": it, **last}
                     save_checkpoint(run_dir / "checkpoints" / "best.pt", {**state, "val": last})
-            save_checkpoint(run_dir / "checkpoints" / "last.pt", {**state, "val": last})
+            save_checkpoint(checkpoint, {**state, "val": last, "best": best, "rng": rng_state()})
+    stop.restore()
     writer.close()
     if val_data is None:
         # Nothing to choose with: the last weights are the best we know.

@@ -3,12 +3,15 @@
 import csv
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO, TINY
 
@@ -110,3 +113,41 @@ def test_finished_runs_are_kept_and_force_moves_them_aside(tmp_path):
     lesionseg(*args, "--force", cwd=tmp_path)
     (old,) = (tmp_path / "experiments").glob("once.old-*")
     assert (old / "DONE").read_text() == done and (run / "DONE").is_file()
+
+
+def _start_training(tmp_path, *extra):
+    args = [sys.executable, "-m", "lesionseg", "train", str(REPO / "configs" / "demo.yaml"),
+            f"data.datalist={tmp_path / 'data' / 'datalist.json'}", "output_dir=experiments", "name=long", *TINY,
+            "train.iterations=60", "train.val_every=3", "-q", *extra]
+    return subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, sig):
+    lesionseg("demo-data", tmp_path / "data", "--cases", 3, "--size", 24, cwd=tmp_path)
+    run = tmp_path / "experiments" / "long"
+    proc = _start_training(tmp_path)
+    _wait_for(run / "checkpoints" / "last.pt", proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and not (run / "DONE").exists()
+    stopped_at = torch.load(run / "checkpoints" / "last.pt")["iteration"]
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 1 and "stopped by SIGTERM" in err and "Run the same command again" in err
+        assert "Traceback" not in err
+    assert 0 < stopped_at < 60
+
+    proc = _start_training(tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert f"resuming after iteration {stopped_at}" in out + err
+    assert (run / "DONE").is_file() and not (tmp_path / "experiments" / "long.interrupted").exists()
+    assert torch.load(run / "checkpoints" / "last.pt")["iteration"] == 60

@@ -40,3 +40,42 @@ def test_same_seed_same_weights_on_cpu(tiny_config, tmp_path):
 def test_cpu_runs_without_amp():
     assert resolve_device("cpu") == torch.device("cpu")
     assert amp_dtype(torch.device("cpu"), "auto") is None
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+    import lesionseg.train as train_module
+    from lesionseg.errors import LesionsegError
+    from lesionseg.losses import build_loss
+
+    calls = []
+
+    def exploding_loss(cfg):
+        real = build_loss(cfg)
+
+        def loss(logits, label):
+            calls.append(1)
+            value = real(logits, label)
+            return value * float("nan") if len(calls) > 2 else value
+
+        return loss
+
+    monkeypatch.setattr(train_module, "build_loss", exploding_loss)
+    cfg = tiny_config()
+    run_dir = start_run_dir(tmp_path / "run", cfg)
+    with pytest.raises(LesionsegError, match=r"training loss became nan by iteration 4"):
+        train_run(cfg, run_dir, progress=False)
+    assert torch.load(run_dir / "checkpoints" / "last.pt")["iteration"] == 2
+    assert not (run_dir / "DONE").exists()
+
+
+def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from lesionseg.train import rng_state, set_rng_state
+
+    torch.save({"rng": rng_state()}, tmp_path / "c.pt")
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(torch.load(tmp_path / "c.pt")["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
