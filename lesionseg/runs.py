@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -34,8 +33,8 @@ def start_run_dir(run_dir: Path, cfg: Config) -> Path:
 
     A finished run is never touched: that is an error naming the folder. An interrupted run of the same
     config with a checkpoint is kept as it is, for `train_run` to resume. Any other unfinished folder is
-    moved aside to `<name>.interrupted` (replacing an older interrupted copy), so the run starts clean and
-    the partial output stays inspectable.
+    moved aside to `<name>.old-<timestamp>` (nothing is deleted), so the run starts clean and the partial
+    output stays inspectable.
     """
     if is_done(run_dir):
         raise LesionsegError(
@@ -44,11 +43,7 @@ def start_run_dir(run_dir: Path, cfg: Config) -> Path:
         )
     if (run_dir / "checkpoints" / "last.pt").is_file() and _saved_config(run_dir) == dump_yaml(cfg):
         return run_dir  # an interrupted run of the same config: train_run resumes it
-    if run_dir.exists():
-        aside = run_dir.with_name(run_dir.name + ".interrupted")
-        if aside.exists():
-            shutil.rmtree(aside)
-        run_dir.rename(aside)
+    move_aside(run_dir)
     try:
         run_dir.mkdir(parents=True)
     except OSError as err:

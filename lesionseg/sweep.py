@@ -6,7 +6,7 @@ experiments/<name>/runs/<run-id>/     one folder per configuration, e.g. beta=0.
 experiments/<name>/report/            summary.md/.csv, stats.json, report.html, figures (lesionseg.report)
 ```
 A run folder with a `DONE` marker is finished and skipped when the sweep is started again; an unfinished
-one is set aside (`<run-id>.interrupted`) and run again.
+one is resumed from its last checkpoint, or set aside (`<run-id>.old-<timestamp>`) and run again.
 """
 
 from __future__ import annotations

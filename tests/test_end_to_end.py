@@ -149,5 +149,6 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, sig):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert f"resuming after iteration {stopped_at}" in out + err
-    assert (run / "DONE").is_file() and not (tmp_path / "experiments" / "long.interrupted").exists()
+    assert (run / "DONE").is_file() and not list((tmp_path / "experiments").glob("long.old-*"))
     assert torch.load(run / "checkpoints" / "last.pt")["iteration"] == 60
+
