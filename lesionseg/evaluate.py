@@ -86,6 +86,22 @@ def _require_same_grid(img: nib.Nifti1Image, ref_img: nib.Nifti1Image, pair: str
         )
 
 
+def _load_on_reference_grid(
+    path: Path, role: str, ref_path: Path, fix: str
+) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """The voxels of `path` (a prediction or mask) after checking it lies on the grid of `ref_path`;
+    also the reference image (header read, voxels not yet)."""
+    img = _load(path, role, ref_path)
+    ref_img = _load(ref_path, "reference", path)
+    _require_same_grid(img, ref_img, f"{role} {path} and reference {ref_path}", fix)
+    return _array(img, path, role, ref_path), ref_img
+
+
+def _values_found(array: np.ndarray) -> str:
+    found = np.unique(array)
+    return ", ".join(f"{v:g}" for v in found[:10]) + (", …" if found.size > 10 else "")
+
+
 def load_case(
     pred_path: Path, ref_path: Path, device: str = "cpu", ref_label: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[float, ...]]:
@@ -98,11 +114,9 @@ def load_case(
     outside [0, 1] or NaN, and a non-binary reference.
     """
     pred_path, ref_path = Path(pred_path), Path(ref_path)
-    pred_img = _load(pred_path, "prediction", ref_path)
-    ref_img = _load(ref_path, "reference", pred_path)
-    _require_same_grid(pred_img, ref_img, f"prediction {pred_path} and reference {ref_path}",
-                       "predictions must be in the reference's geometry (resample them first).")
-    pred_np = _array(pred_img, pred_path, "prediction", ref_path)
+    pred_np, ref_img = _load_on_reference_grid(
+        pred_path, "prediction", ref_path, "predictions must be in the reference's geometry (resample them first)."
+    )
     ref_np = _array(ref_img, ref_path, "reference", pred_path)
     prob = _tensor(pred_np).to(device)
     if prob.dtype != torch.float64:
@@ -116,10 +130,9 @@ def load_case(
         ref = ref_t == ref_label
     else:
         if not bool(((ref_t == 0) | (ref_t == 1)).all()):
-            found = np.unique(ref_np)
-            shown = ", ".join(f"{v:g}" for v in found[:10]) + (", …" if found.size > 10 else "")
             raise LesionsegError(
-                f"reference {ref_path} (paired with {pred_path}) is not binary: values found {shown}; "
+                f"reference {ref_path} (paired with {pred_path}) is not binary: values found "
+                f"{_values_found(ref_np)}; "
                 "give the lesion label (ref_label) or binarise the reference."
             )
         ref = ref_t != 0
@@ -134,17 +147,13 @@ def load_mask(mask_path: Path, ref_path: Path, device: str = "cpu") -> torch.Ten
     reference's (same tolerance as `load_case`), or values other than 0/1.
     """
     mask_path, ref_path = Path(mask_path), Path(ref_path)
-    mask_img = _load(mask_path, "brain mask", ref_path)
-    ref_img = _load(ref_path, "reference", mask_path)
-    _require_same_grid(mask_img, ref_img, f"brain mask {mask_path} and reference {ref_path}",
-                       "the brain mask must be on the reference's grid (resample it first).")
-    mask_np = _array(mask_img, mask_path, "brain mask", ref_path)
+    mask_np, _ = _load_on_reference_grid(
+        mask_path, "brain mask", ref_path, "the brain mask must be on the reference's grid (resample it first)."
+    )
     mask_t = _tensor(mask_np).to(device)
     if not bool(((mask_t == 0) | (mask_t == 1)).all()):
-        found = np.unique(mask_np)
-        shown = ", ".join(f"{v:g}" for v in found[:10]) + (", …" if found.size > 10 else "")
         raise LesionsegError(
-            f"brain mask {mask_path} (paired with {ref_path}) is not binary: values found {shown}."
+            f"brain mask {mask_path} (paired with {ref_path}) is not binary: values found {_values_found(mask_np)}."
         )
     return mask_t != 0
 

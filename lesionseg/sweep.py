@@ -46,7 +46,7 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
         )
     started = time.monotonic()
     start_run_dir(run_dir, cfg)
-    trained = train_run(cfg, run_dir, progress=progress)
+    trained = train_run(cfg, run_dir, progress=progress, lists=lists)
     device = resolve_device(cfg.train.device)
     model = load_model(run_dir, cfg, device)
     paths = predict_cases(model, cfg, lists["test"], run_dir / "predictions", device, progress=progress)

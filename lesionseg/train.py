@@ -134,7 +134,7 @@ class StopRequest:
         self._previous = {}
 
 
-def train_run(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
+def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | None = None) -> dict:
     """Train one model into `run_dir` (which holds config.yaml already); return the validation summary.
 
     A `checkpoints/last.pt` already in `run_dir` (an interrupted run) is resumed: weights, optimiser,
@@ -143,7 +143,7 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     """
     device = resolve_device(cfg.train.device)
     seed_everything(cfg, device)
-    lists = load_datalist(cfg)
+    lists = lists if lists is not None else load_datalist(cfg)  # the caller may have read it already
     train_cases, val_cases = split_train_val(lists["training"], cfg)
     write_json(run_dir / "inputs.json", file_checksums(lists))
     write_json(

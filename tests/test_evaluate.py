@@ -51,6 +51,16 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+def assert_curve_is_sklearns(path, y, p):
+    """The written pr_curve.csv equals scikit-learn's precision_recall_curve (end point at threshold inf)."""
+    curve = read_csv(path)
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    np.testing.assert_allclose([float(r["precision"]) for r in curve], precision)
+    np.testing.assert_allclose([float(r["recall"]) for r in curve], recall)
+    np.testing.assert_allclose([float(r["threshold"]) for r in curve], [*thresholds, math.inf])
+
+
+
 def test_outputs_match_direct_computation(dataset, tmp_path):
     pred_dir, ref_dir, arrays = dataset
     summary = evaluate_dirs(pred_dir, ref_dir, tmp_path / "out", threshold=0.5)
@@ -88,11 +98,7 @@ def test_outputs_match_direct_computation(dataset, tmp_path):
     assert pooled["tp"] == int(((all_prob >= 0.5) & (all_ref == 1)).sum())
     assert pooled["tp"] + pooled["fp"] + pooled["fn"] + pooled["tn"] == all_ref.size
 
-    curve = read_csv(tmp_path / "out" / "pr_curve.csv")
-    precision, recall, thresholds = precision_recall_curve(all_ref, all_prob)
-    np.testing.assert_allclose([float(r["precision"]) for r in curve], precision)
-    np.testing.assert_allclose([float(r["recall"]) for r in curve], recall)
-    np.testing.assert_allclose([float(r["threshold"]) for r in curve], [*thresholds, math.inf])
+    assert_curve_is_sklearns(tmp_path / "out" / "pr_curve.csv", all_ref, all_prob)
 
 
 def test_binary_mask_predictions_and_uncompressed_nifti(tmp_path):
@@ -420,11 +426,7 @@ def test_mask_restricts_every_metric(masked_case):
     assert pooled["precision"] == pytest.approx(precision_score(y, p >= 0.5))
     assert pooled["dsc"] == pytest.approx(f1_score(y, p >= 0.5))
     assert summary["per_case"]["dsc"]["mean"] == pytest.approx(pooled["dsc"])
-    curve = read_csv(tmp_path / "masked" / "pr_curve.csv")
-    precision, recall, thresholds = precision_recall_curve(y, p)
-    np.testing.assert_allclose([float(r["precision"]) for r in curve], precision)
-    np.testing.assert_allclose([float(r["recall"]) for r in curve], recall)
-    np.testing.assert_allclose([float(r["threshold"]) for r in curve], [*thresholds, math.inf])
+    assert_curve_is_sklearns(tmp_path / "masked" / "pr_curve.csv", y, p)
 
 
 def test_mask_per_case_may_be_none(masked_case):
