@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import threading
 from pathlib import Path
 
 from lesionseg import __version__
 from lesionseg.errors import LesionsegError
+from lesionseg.files import describe_os_error, is_disk_error
 
 
 def _demo_data(args: argparse.Namespace) -> None:
@@ -60,6 +63,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.pred, args.ref, out, threshold=args.threshold, device=args.device,
         lesion_min_voxels=args.lesion_min_voxels, lesion_min_overlap=args.lesion_min_overlap,
         size_bins_ml=args.size_bins_ml, ref_label=args.ref_label, mask_dir=args.mask_dir,
+        brain_dir=args.brain_dir, calibration_bins=args.calibration_bins,
     )
     pc = summary["per_case"]
     print(f"{summary['n_cases']} cases: " + ", ".join(f"{m} {pc[m]['mean']:.4f}" for m in
@@ -70,7 +74,13 @@ def _sweep(args: argparse.Namespace) -> None:
     from lesionseg.config import load_config
     from lesionseg.sweep import run_sweep
 
-    report = run_sweep(load_config(args.config, args.overrides), progress=not args.quiet, force=args.force)
+    # The options are sugar for the config keys sweep.parallel, sweep.backend and sweep.ray_address.
+    # (The address is quoted: YAML would read some host:port strings as numbers.)
+    options = [f"sweep.{key}={value}" for key, value in
+               (("parallel", args.parallel), ("backend", args.backend),
+                ("ray_address", args.ray_address and json.dumps(args.ray_address))) if value is not None]
+    cfg = load_config(args.config, [*args.overrides, *options])
+    report = run_sweep(cfg, progress=not args.quiet, force=args.force)
     print((report / "summary.md").read_text(encoding="utf-8"))
     print(f"report: {report}")
 
@@ -102,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-data", help="write synthetic multi-modal MS-like phantoms and a datalist")
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--cases", type=int, default=24, help="number of cases; the last quarter are test cases")
+    p.add_argument("--cases", type=int, default=40, help="number of cases; the last quarter are test cases")
     p.add_argument("--size", type=int, default=64, help="voxels along the first axis (shape S × 1.2S × S)")
     p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
     p.add_argument("--seed", type=int, default=0)
@@ -110,7 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config("check", "validate the config and read every data file: all problems, then a dataset summary", _check)
     with_config("train", "train one run into <output_dir>/<name>/", _train)
-    with_config("sweep", "train, predict and evaluate every configuration of the sweep: block, then report", _sweep)
+    p = with_config("sweep", "train, predict and evaluate every configuration of the sweep: block, then report",
+                    _sweep)
+    p.add_argument("--parallel", metavar="auto|N",
+                   help="runs at once, each its own process (sweep.parallel; auto: one per visible GPU, 1 on CPU)")
+    p.add_argument("--backend", choices=["local", "ray"], help="where the runs go (sweep.backend; default local)")
+    p.add_argument("--ray-address", metavar="ADDRESS",
+                   help="Ray cluster to join, e.g. auto or HEAD:6379 (sweep.ray_address; default $RAY_ADDRESS, "
+                        "else a local Ray instance)")
 
     p = sub.add_parser("predict", help="lesion probability maps for a run's test cases (or --images)")
     p.add_argument("run_dir", type=Path)
@@ -131,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref-label", type=int, help="reference label value to score when references hold several")
     p.add_argument("--mask-dir", type=Path, metavar="DIR",
                    help="brain masks <case>.nii.gz: score only the voxels inside each case's mask")
+    p.add_argument("--brain-dir", type=Path, metavar="DIR",
+                   help="<case>.nii.gz whose non-zero voxels are the brain (masks or skull-stripped images): the "
+                        "voxels of the calibration figures (default: --mask-dir, else every voxel)")
+    p.add_argument("--calibration-bins", type=int, default=10, help="equal-width bins of the ECE")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("report", help="rebuild a sweep's report from its finished runs")
@@ -147,12 +168,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides += extra
+    reported: list[BaseException] = []
+    previous_hook = threading.excepthook
+    threading.excepthook = _background_write_hook(args.command, reported, previous_hook)
     try:
         args.func(args)
     except LesionsegError as err:
         print(f"lesionseg {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        # A disk error from a write that does not go through files.py (TensorBoard, a library's own file).
+        if not is_disk_error(err):
+            raise
+        if not any(err is seen for seen in reported):  # already printed by the background thread's hook
+            print(f"lesionseg {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"lesionseg {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        threading.excepthook = previous_hook
     return 0
+
+
+def _background_write_hook(command: str, reported: list[BaseException], previous_hook):
+    """TensorBoard writes its event file from a thread; a full disk there would print a bare traceback.
+    Print the one-line error instead (the writer raises the same error in the command at its next call,
+    which then stops with status 1); anything else goes to the usual hook."""
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or not is_disk_error(args.exc_value):
+            previous_hook(args)
+            return
+        reported.append(args.exc_value)
+        print(f"lesionseg {command}: error: {describe_os_error(args.exc_value)}", file=sys.stderr)
+
+    return hook

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator,
+                      model_validator)
 
 from lesionseg.errors import LesionsegError
 
@@ -34,14 +35,21 @@ class DataConfig(_Section):
     samples_per_volume: int = Field(2, ge=1)
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     val_cases: int | None = Field(None, ge=1, description="number of validation cases; overrides val_fraction")
-    cache: bool = True
-    num_workers: int = Field(0, ge=0)
+    cache: bool = Field(True, description="preprocess each training case once and keep it (else on every draw)")
+    cache_device: str = Field("auto", description="auto | cpu | cuda | cuda:N: where cached training volumes live")
 
     @field_validator("patch_size")
     @classmethod
     def _patch_positive(cls, v: list[int]) -> list[int]:
         if any(p < 8 for p in v):
             raise ValueError(f"{v} has a side below 8 voxels")
+        return v
+
+    @field_validator("cache_device")
+    @classmethod
+    def _cache_device_known(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not v.startswith("cuda:"):
+            raise ValueError(f"{v!r} is not one of auto, cpu, cuda, cuda:N")
         return v
 
     @field_validator("spacing")
@@ -89,10 +97,20 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     device: str = "auto"
-    amp: Literal["auto", "on", "off"] = "auto"
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="auto: bf16 on CUDA where supported, else fp16 with a gradient scaler; CPU fp32"
+    )
+    channels_last: bool = Field(False, description="channels_last_3d memory format for model and batch")
+    compile: bool = Field(False, description="torch.compile the model for training")
     val_every: int = Field(200, ge=1)
     val_images_every: int = Field(1, ge=0, description="TensorBoard overlay panel every N validations; 0: never")
     log_every: int = Field(50, ge=1)
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_on_means_auto(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean; `on` is the earlier name of `auto`.
+        return {True: "auto", False: "off", "on": "auto"}.get(v, v) if isinstance(v, (bool, str)) else v
 
     @field_validator("device")
     @classmethod
@@ -110,6 +128,29 @@ class EvalConfig(_Section):
     lesion_min_overlap: float = Field(0.0, ge=0.0, le=1.0, description="share of a lesion overlapped to detect it")
     size_bins_ml: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], description="lesion-size bin edges")
     restrict_to_mask: bool = Field(False, description="score only the voxels inside each test case's brain mask")
+    calibration_bins: int = Field(10, ge=2, description="equal-width bins of the reliability diagram and ECE")
+
+
+# How a sweep is executed, written beside the dotted keys of the `sweep:` block. These names are not config
+# keys (a dotted key or a top-level key such as `seed` never collides with them), and they are not part of
+# a run's identity: the runs of a sweep get the defaults, so changing them never restarts a run.
+SWEEP_OPTIONS = ("parallel", "backend", "ray_address", "cpus_per_run")
+
+
+class SweepOptions(_Section):
+    parallel: int | Literal["auto"] = Field(
+        "auto", description="runs at once: auto = one per visible GPU (1 on CPU), or a whole number >= 1")
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str | None = Field(None, description="Ray cluster to join (auto, HOST:6379, ray://…); "
+                                                      "null: $RAY_ADDRESS, else a local Ray instance")
+    cpus_per_run: int = Field(1, ge=1, description="Ray: CPUs each run reserves (and its torch threads)")
+
+    @field_validator("parallel", mode="before")
+    @classmethod
+    def _parallel_known(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"{v!r} is not 'auto' or a whole number >= 1")
 
 
 class Config(_Section):
@@ -123,6 +164,8 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     sweep: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key → values; cartesian product")
+    # Read from the same `sweep:` mapping (its reserved keys) and written back into it by `_sweep_dump`.
+    sweep_options: SweepOptions = Field(default_factory=SweepOptions, validation_alias="sweep", exclude=True)
 
     @model_validator(mode="after")
     def _patch_fits_model(self) -> Config:
@@ -135,6 +178,21 @@ class Config(_Section):
                 f"model.strides {self.model.strides}"
             )
         return self
+
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _sweep_without_options(cls, v: Any) -> Any:
+        return {k: x for k, x in v.items() if k not in SWEEP_OPTIONS} if isinstance(v, dict) else v
+
+    @field_validator("sweep_options", mode="before")
+    @classmethod
+    def _sweep_options_only(cls, v: Any) -> Any:
+        return {k: x for k, x in v.items() if k in SWEEP_OPTIONS} if isinstance(v, dict) else v
+
+    @field_serializer("sweep")
+    def _sweep_dump(self, grid: dict[str, list[Any]]) -> dict[str, Any]:
+        # Only options that differ from the defaults: a default sweep dumps exactly as before they existed.
+        return {**self.sweep_options.model_dump(exclude_defaults=True), **grid}
 
     @field_validator("sweep")
     @classmethod

@@ -1,39 +1,38 @@
-"""Datalists, MONAI transforms, cached datasets and loaders.
+"""Datalists, MONAI preprocessing, the training-volume cache and whole-volume datasets.
 
 A dataset is a Medical Segmentation Decathlon datalist JSON, an nnU-Net raw folder or a folder of patient
 folders (`layouts.py`), read into `{"training": [...], "test": [...]}` entries with one image per configured
 modality (`data.modalities`, a subset of the dataset's channels in any order), a label and an optional
 brain mask. `checks.py` checks its files.
 
-Preprocessing is deterministic and cached once per run (load, channel-first, reorient, optional
-resampling, z-score inside the brain, lesion/brain voxel indices); only patch sampling and augmentation
-run per step.
+Preprocessing is deterministic (load, channel-first, reorient, optional resampling, pad to the patch size,
+lesion/brain voxel indices, z-score inside the brain) and runs once per training case: the results are
+held as tensors on the cache device (`data.cache_device`), and `batches.py` cuts and augments the patches
+of every step from them in torch.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor, list_data_collate
+import torch
+from monai.data import CacheDataset, Dataset, MetaTensor
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
     Orientationd,
-    RandCropByPosNegLabeld,
-    RandFlipd,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-    SelectItemsd,
     Spacingd,
     SpatialPadd,
 )
 from monai.transforms.utils import map_binary_to_indices
 
+from lesionseg.batches import BatchSampler, Volume
 from lesionseg.checks import check_data_settings, inspect_dataset, raise_problems, require_datalist
 from lesionseg.config import Config
 from lesionseg.errors import LesionsegError
@@ -155,30 +154,6 @@ def preprocessing(cfg: Config, with_label: bool, with_indices: bool = False) -> 
     return Compose(steps)
 
 
-def augmentation(cfg: Config) -> Compose:
-    """Random steps run every iteration: lesion-weighted patches, flips, small intensity changes."""
-    keys = ["image", "label"]
-    pos = cfg.data.pos_fraction
-    return Compose(
-        [
-            RandCropByPosNegLabeld(
-                keys=keys,
-                label_key="label",
-                spatial_size=cfg.data.patch_size,
-                pos=pos,
-                neg=1.0 - pos,
-                num_samples=cfg.data.samples_per_volume,
-                fg_indices_key="label_fg_indices",
-                bg_indices_key="label_bg_indices",
-            ),
-            *(RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in range(3)),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
-            SelectItemsd(keys=keys),
-        ]
-    )
-
-
 def _mask(entry: dict) -> dict:
     """`{"mask": path}` for a case with a brain mask, else nothing (the transforms skip a missing mask)."""
     return {"mask": entry["mask"]} if entry.get("mask") else {}
@@ -192,23 +167,76 @@ def _dataset(entries: list[dict], transform: Compose, cache: bool) -> Dataset:
     return Dataset(entries, transform=transform)
 
 
-def train_batches(entries: list[dict], cfg: Config, pin_memory: bool = False) -> Iterator[dict]:
-    """An endless stream of training batches of `batch_size × samples_per_volume` patches."""
+# The cache goes on the GPU when it takes at most this share of the GPU's free memory (the rest is for the
+# network's activations); otherwise it stays in host memory and batches are copied from pinned memory.
+GPU_CACHE_SHARE = 0.5
+
+
+def _volume(item: dict) -> Volume:
+    """A preprocessed training case (`preprocessing(..., with_indices=True)` output) as CPU tensors."""
+    image = torch.as_tensor(item["image"], dtype=torch.float32).contiguous()
+    label = (torch.as_tensor(item["label"]) > 0.5).to(torch.uint8).contiguous()
+    index_dtype = torch.int32 if image[0].numel() < 2**31 else torch.int64
+    lesion, brain = (torch.as_tensor(item[k]).to(index_dtype) for k in ("label_fg_indices", "label_bg_indices"))
+    return Volume(image=image, label=label, lesion=lesion, brain=brain)
+
+
+class _OnDemandVolumes(Sequence):
+    """`data.cache: false`: each case is preprocessed again whenever a batch draws it (memory stays flat)."""
+
+    def __init__(self, entries: list[dict], transform: Compose) -> None:
+        self.entries, self.transform = entries, transform
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> Volume:
+        return _volume(self.transform(self.entries[index]))
+
+
+def cache_device(cfg: Config, nbytes: int, device: torch.device) -> torch.device:
+    """Where the training volumes live: `data.cache_device`, or for `auto` the training device when the
+    cache takes at most `GPU_CACHE_SHARE` of its free memory, else the CPU."""
+    setting = cfg.data.cache_device
+    if setting == "cpu":
+        return torch.device("cpu")
+    if setting != "auto":
+        if not torch.cuda.is_available():
+            raise LesionsegError(
+                f"data.cache_device: {setting!r} asked for, but PyTorch sees no CUDA device; use auto or cpu"
+            )
+        return torch.device(setting)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if nbytes <= GPU_CACHE_SHARE * free:
+            return device
+    return torch.device("cpu")
+
+
+def train_batches(entries: list[dict], cfg: Config, device: torch.device | str = "cpu") -> BatchSampler:
+    """The training batches: `sampler(it)` is batch `it` (see `batches.py`), on `device`.
+
+    With `data.cache` (the default) every case is preprocessed once here and its tensors are moved to the
+    cache device; without it, cases are preprocessed when a batch draws them.
+    """
+    device = torch.device(device)
     pre = preprocessing(cfg, with_label=True, with_indices=True)
     data = [{"image": e["image"], "label": e["label"], **_mask(e)} for e in entries]
-    dataset = _dataset(data, Compose([*pre.transforms, *augmentation(cfg).transforms]), cfg.data.cache)
-    loader = DataLoader(
-        dataset,
-        batch_size=min(cfg.train.batch_size, len(dataset)),
-        shuffle=True,
-        drop_last=True,
-        num_workers=cfg.data.num_workers,
-        collate_fn=list_data_collate,
-        pin_memory=pin_memory,
-        persistent_workers=cfg.data.num_workers > 0,
+    if cfg.data.cache:
+        volumes: Sequence[Volume] = [_volume(pre(item)) for item in data]
+        where = cache_device(cfg, sum(v.nbytes for v in volumes), device)
+        volumes = [Volume(v.image.to(where), v.label.to(where), v.lesion, v.brain) for v in volumes]
+    else:
+        volumes = _OnDemandVolumes(data, pre)
+    return BatchSampler(
+        volumes,
+        seed=cfg.seed,
+        patch_size=cfg.data.patch_size,
+        batch_size=cfg.train.batch_size,
+        samples_per_volume=cfg.data.samples_per_volume,
+        pos_fraction=cfg.data.pos_fraction,
+        device=device,
     )
-    while True:
-        yield from loader
 
 
 def volume_dataset(entries: list[dict], cfg: Config, with_label: bool) -> Dataset:

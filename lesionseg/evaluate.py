@@ -6,7 +6,7 @@ Outputs (written atomically into `out_dir`):
   `iou, tp, fp, fn, tn`, volumes, surface distances and lesion-wise detection (`evaluate_cases` lists
   them); undefined values are written `nan`. Definitions: voxel-wise in `metrics`, HD95/ASSD in `surface`
   (MONAI's), lesion-wise in `lesionwise` (ISBI 2015).
-- `summary.json` — `{"threshold", "n_cases", "per_case", "pooled"}`.
+- `summary.json` — `{"threshold", "n_cases", "per_case", "pooled", "calibration"}`.
   **per_case**: for every metric, `mean`, `sd` (sample SD, ddof = 1), `median` over the cases where it is
   defined, `n` (cases where defined) and `n_undefined` (cases where NaN); mean/median are NaN with no
   defined value, sd with fewer than two. Each patient counts once.
@@ -16,6 +16,11 @@ Outputs (written atomically into `out_dir`):
 - `pr_curve.csv` — the pooled precision-recall curve (`threshold, precision, recall`, thresholds
   increasing, as scikit-learn's `precision_recall_curve`; the end point precision 1, recall 0 has
   threshold `inf`). At most `pr_curve_max_points` rows: points of the exact curve, never interpolated.
+- `threshold_curves.csv` — DSC, F2, sensitivity and precision at the thresholds 0.01, 0.02, … 0.99: the
+  mean over cases of the per-case values, then the pooled ones (`<metric>_pooled`); `operating_points`.
+- `calibration.csv` — the pooled reliability diagram (`bin_low, bin_high, n_voxels, confidence,
+  observed`) over the brain voxels; the per-case ECE is the `ece` column of `cases.csv` and the pooled
+  one `pooled.ece` of `summary.json` (`lesionseg.calibration`: equal-width bins).
 
 A voxel is predicted lesion when `probability >= threshold` (the convention of the precision-recall curve,
 so the at-threshold figures are a point of the curve). Binary masks (0/1, any dtype) are probabilities too.
@@ -35,127 +40,22 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from lesionseg import lesionwise, metrics
+from lesionseg import calibration, lesionwise, metrics, operating_points
 from lesionseg.errors import LesionsegError
 from lesionseg.files import write_json, write_text
 from lesionseg.surface import surface_distances
+from lesionseg.volumes import load_case, load_mask, load_region, nifti_files
 
 FIRST_COLUMNS = ["case", "dsc", "f2", "sensitivity", "precision", "specificity", "apr"]
 COUNT_COLUMNS = ["tp", "fp", "fn", "tn"]
 VOLUME_COLUMNS = ["vol_ref_ml", "vol_pred_ml", "avd_ml", "rvd"]
 SURFACE_COLUMNS = ["hd95_mm", "assd_mm"]
 LESION_COLUMNS = ["n_ref_lesions", "n_pred_lesions", "n_detected", "n_pred_tp", "ltpr", "lfdr", "lesion_f1"]
-AFFINE_ATOL_MM = 1e-4
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-def _load(path: Path, role: str, other: Path) -> nib.Nifti1Image:
-    try:
-        return nib.load(str(path))
-    except FileNotFoundError as err:
-        raise LesionsegError(f"{role} {path} does not exist (paired with {other}).") from err
-    except Exception as err:  # nibabel raises many types for a damaged file
-        raise LesionsegError(f"cannot read {role} {path} (paired with {other}): {err}") from err
-
-
-def _array(img: nib.Nifti1Image, path: Path, role: str, other: Path) -> np.ndarray:
-    try:
-        return np.asanyarray(img.dataobj)
-    except Exception as err:  # truncated gzip, short file, …
-        raise LesionsegError(f"cannot read the voxels of {role} {path} (paired with {other}): {err}") from err
-
-
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """Tensor of a NIfTI array; big-endian files (some tools write them) are swapped to native order."""
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")))
-
-
-def _require_same_grid(img: nib.Nifti1Image, ref_img: nib.Nifti1Image, pair: str, fix: str) -> None:
-    """LesionsegError naming `pair` when the two images' shapes or affines (beyond tolerance) differ."""
-    if img.shape != ref_img.shape:
-        raise LesionsegError(f"{pair} have different shapes {img.shape} and {ref_img.shape}; {fix}")
-    if not np.allclose(img.affine, ref_img.affine, rtol=0, atol=AFFINE_ATOL_MM):
-        raise LesionsegError(
-            f"{pair} have different affines (tolerance {AFFINE_ATOL_MM} mm):\n{img.affine}\nand\n"
-            f"{ref_img.affine}\n{fix}"
-        )
-
-
-def _load_on_reference_grid(
-    path: Path, role: str, ref_path: Path, fix: str
-) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """The voxels of `path` (a prediction or mask) after checking it lies on the grid of `ref_path`;
-    also the reference image (header read, voxels not yet)."""
-    img = _load(path, role, ref_path)
-    ref_img = _load(ref_path, "reference", path)
-    _require_same_grid(img, ref_img, f"{role} {path} and reference {ref_path}", fix)
-    return _array(img, path, role, ref_path), ref_img
-
-
-def _values_found(array: np.ndarray) -> str:
-    found = np.unique(array)
-    return ", ".join(f"{v:g}" for v in found[:10]) + (", …" if found.size > 10 else "")
-
-
-def load_case(
-    pred_path: Path, ref_path: Path, device: str = "cpu", ref_label: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, tuple[float, ...]]:
-    """Load one prediction/reference pair and check that they can be compared.
-
-    Returns `(prob, ref, spacing_mm)`: probabilities (float32, or float64 if stored so) and a bool
-    reference on `device`, and the reference's voxel spacing. `ref_label`: the reference value that is
-    lesion when the reference holds several labels; otherwise it must be binary (0/1).
-    LesionsegError naming both files for unreadable files, shapes or affines that disagree, probabilities
-    outside [0, 1] or NaN, and a non-binary reference.
-    """
-    pred_path, ref_path = Path(pred_path), Path(ref_path)
-    pred_np, ref_img = _load_on_reference_grid(
-        pred_path, "prediction", ref_path, "predictions must be in the reference's geometry (resample them first)."
-    )
-    ref_np = _array(ref_img, ref_path, "reference", pred_path)
-    prob = _tensor(pred_np).to(device)
-    if prob.dtype != torch.float64:
-        prob = prob.to(torch.float32)
-    try:
-        metrics.check_probabilities(prob)
-    except ValueError as err:
-        raise LesionsegError(f"prediction {pred_path} (paired with {ref_path}): {err}") from err
-    ref_t = _tensor(ref_np).to(device)
-    if ref_label is not None:
-        ref = ref_t == ref_label
-    else:
-        if not bool(((ref_t == 0) | (ref_t == 1)).all()):
-            raise LesionsegError(
-                f"reference {ref_path} (paired with {pred_path}) is not binary: values found "
-                f"{_values_found(ref_np)}; "
-                "give the lesion label (ref_label) or binarise the reference."
-            )
-        ref = ref_t != 0
-    spacing = tuple(float(z) for z in ref_img.header.get_zooms()[: ref.ndim])
-    return prob, ref, spacing
-
-
-def load_mask(mask_path: Path, ref_path: Path, device: str = "cpu") -> torch.Tensor:
-    """Load a brain mask for the case whose reference is `ref_path`: a bool tensor on `device`.
-
-    LesionsegError naming both files for an unreadable mask, a shape or affine that differs from the
-    reference's (same tolerance as `load_case`), or values other than 0/1.
-    """
-    mask_path, ref_path = Path(mask_path), Path(ref_path)
-    mask_np, _ = _load_on_reference_grid(
-        mask_path, "brain mask", ref_path, "the brain mask must be on the reference's grid (resample it first)."
-    )
-    mask_t = _tensor(mask_np).to(device)
-    if not bool(((mask_t == 0) | (mask_t == 1)).all()):
-        raise LesionsegError(
-            f"brain mask {mask_path} (paired with {ref_path}) is not binary: values found {_values_found(mask_np)}."
-        )
-    return mask_t != 0
+CALIBRATION_COLUMNS = ["ece"]
 
 
 def _stats(values: list[float]) -> dict[str, float | int]:
@@ -277,6 +177,8 @@ def evaluate_cases(
     size_bins_voxels: Sequence[int] | None = None,
     pr_curve_max_points: int | None = 10_000,
     masks: Sequence[Path | None] | None = None,
+    brains: Sequence[Path | None] | None = None,
+    calibration_bins: int = calibration.DEFAULT_BINS,
 ) -> dict:
     """Evaluate `(case_id, prediction path, reference path)` pairs, write the three outputs, return the summary.
 
@@ -292,6 +194,10 @@ def evaluate_cases(
         pr_curve_max_points: most rows in `pr_curve.csv` (None: every point of the exact curve).
         masks: one brain-mask path (or None) per case, in the order of `cases`, on the reference's grid;
             a case with a mask is scored on the voxels inside it only (see the module docstring).
+        brains: one image (or None) per case whose non-zero voxels are the brain (a brain mask or a
+            skull-stripped image, on the reference's grid): the voxels of the calibration figures when the
+            case has no `masks` entry. Neither: every voxel.
+        calibration_bins: equal-width bins of the reliability diagram and the ECE (`lesionseg.calibration`).
 
     Columns after `case, dsc, f2, sensitivity, precision, specificity, apr`: `iou`, [`f<β>`],
     `tp, fp, fn, tn`, `vol_ref_ml, vol_pred_ml, avd_ml, rvd`, `hd95_mm, assd_mm`, `n_ref_lesions,
@@ -309,25 +215,33 @@ def evaluate_cases(
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise LesionsegError(f"case names must be unique; repeated: {', '.join(duplicates)}.")
-    masks = [None] * len(cases) if masks is None else list(masks)
-    if len(masks) != len(cases):
-        raise LesionsegError(f"masks: one brain mask (or None) per case needed, got {len(masks)} for "
-                             f"{len(cases)} cases.")
+    if not (isinstance(calibration_bins, int) and calibration_bins >= 1):
+        raise LesionsegError(f"calibration_bins must be an integer >= 1, got {calibration_bins!r}.")
+    masks = _per_case(masks, cases, "masks", "brain mask")
+    brains = _per_case(brains, cases, "brains", "brain image")
     extra_f = [] if metrics.f_beta_key(f_beta) == "f2" else [metrics.f_beta_key(f_beta)]
 
     rows: list[dict] = []
     total_counts = torch.zeros(4, dtype=torch.int64)
     total_lesions: dict[str, int] = {}
+    curve_counts: list[torch.Tensor] = []  # per case: [tp, fp, fn] at each threshold of the curves
+    total_bins = torch.zeros(calibration_bins, 3, dtype=torch.float64)
     merged: list[metrics.PRTable] = []  # one table, merged with `pending` once they are as long as it
     pending: list[metrics.PRTable] = []
-    for (case_id, pred_path, ref_path), mask_path in tqdm(
-            zip(cases, masks), total=len(cases), desc="evaluate", unit="case", disable=not progress):
+    for (case_id, pred_path, ref_path), mask_path, brain_path in tqdm(
+            zip(cases, masks, brains), total=len(cases), desc="evaluate", unit="case", disable=not progress):
         prob, ref, spacing = load_case(pred_path, ref_path, device=device, ref_label=ref_label)
         mask = None if mask_path is None else load_mask(mask_path, ref_path, device=device)
         row, counts, lesions, table = case_metrics(
             prob, ref, spacing, threshold, f_beta=f_beta, surface=surface,
             lesion_min_voxels=lesion_min_voxels, lesion_min_overlap=lesion_min_overlap,
             size_bins=size_bins, bins_in_voxels=bins_in_voxels, mask=mask)
+        region = mask if mask is not None or brain_path is None else load_region(brain_path, ref_path, device)
+        bins = calibration.calibration_bins(prob if region is None else prob[region],
+                                            ref if region is None else ref[region], calibration_bins)
+        row["ece"] = calibration.expected_calibration_error(bins)
+        total_bins += bins
+        curve_counts.append(operating_points.counts_at(table, operating_points.CURVE_THRESHOLDS))
         rows.append({"case": case_id, **row})
         total_counts += counts.cpu()
         total_lesions = {k: total_lesions.get(k, 0) + v for k, v in lesions.items()}
@@ -348,60 +262,77 @@ def evaluate_cases(
                    "rvd": (vol_pred - vol_ref) / vol_ref if vol_ref > 0 else math.nan})
     pooled.update(total_lesions)
     pooled.update(lesionwise.lesion_metrics(total_lesions))
+    pooled["ece"] = calibration.expected_calibration_error(total_bins)
     summary = {
         "threshold": threshold,
         "n_cases": len(rows),
         "per_case": {c: _stats([float(r[c]) for r in rows]) for c in columns[1:]},
         "pooled": {c: pooled[c] for c in columns[1:] if c in pooled},
+        "calibration": {"bins": calibration_bins, "binning": "equal-width",
+                        "voxels": _calibration_voxels(masks, brains)},
     }
     out_dir = Path(out_dir)
     write_text(out_dir / "cases.csv", _csv_text(columns, rows))
     write_text(out_dir / "pr_curve.csv", pr_curve_csv(pooled_table, pr_curve_max_points))
+    write_text(out_dir / "threshold_curves.csv", threshold_curves_csv(curve_counts))
+    write_text(out_dir / "calibration.csv", _csv_text(
+        ["bin_low", "bin_high", "n_voxels", "confidence", "observed"], calibration.reliability_rows(total_bins)))
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _per_case(paths: Sequence[Path | None] | None, cases: Sequence, name: str, what: str) -> list[Path | None]:
+    paths = [None] * len(cases) if paths is None else list(paths)
+    if len(paths) != len(cases):
+        raise LesionsegError(f"{name}: one {what} (or None) per case needed, got {len(paths)} for {len(cases)} cases.")
+    return paths
+
+
+def _calibration_voxels(masks: list, brains: list) -> str:
+    if all(m is not None for m in masks):
+        return "brain mask"
+    if all(m is not None or b is not None for m, b in zip(masks, brains)):
+        return "brain (mask, or non-zero voxels of a skull-stripped image)"
+    return "every voxel" if not any(masks) and not any(brains) else "brain where known, else every voxel"
+
+
+def threshold_curves_csv(curve_counts: Sequence[torch.Tensor]) -> str:
+    """`threshold_curves.csv`: at each threshold of `operating_points.CURVE_THRESHOLDS`, the mean over
+    cases of the per-case DSC, F2, sensitivity and precision, then the same from the pooled counts."""
+    per_case = [operating_points.metrics_at(c.numpy()) for c in curve_counts]
+    pooled = operating_points.metrics_at(torch.stack(curve_counts).sum(dim=0).numpy())
+    names = operating_points.CURVE_METRICS
+    columns = ["threshold", *names, *(f"{m}_pooled" for m in names)]
+    means = {m: operating_points.mean_over_cases([pc[m] for pc in per_case]) for m in names}
+    rows = [{"threshold": float(t), **{m: float(means[m][i]) for m in names},
+             **{f"{m}_pooled": float(pooled[m][i]) for m in names}}
+            for i, t in enumerate(operating_points.CURVE_THRESHOLDS)]
+    return _csv_text(columns, rows)
 
 
 def _columns(extra_f: list[str], surface: bool, size_bins: list[float], bins_in_voxels: bool) -> list[str]:
     columns = FIRST_COLUMNS + ["iou", *extra_f, *COUNT_COLUMNS, *VOLUME_COLUMNS]
     columns += SURFACE_COLUMNS if surface else []
-    columns += LESION_COLUMNS
+    columns += LESION_COLUMNS + CALIBRATION_COLUMNS
     for name in lesionwise.size_bin_names(size_bins, "vox" if bins_in_voxels else "ml"):
         columns += [f"n_ref_{name}", f"n_detected_{name}", f"ltpr_{name}"]
     return columns
 
 
-def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise LesionsegError(f"{role} folder {folder} does not exist or is not a folder.")
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        suffix = next((s for s in NIFTI_SUFFIXES if path.name.endswith(s)), None)
-        if suffix is None or not path.is_file():
-            continue
-        case = path.name[: -len(suffix)]
-        if case in found:
-            raise LesionsegError(
-                f"{role} folder {folder} holds case {case!r} twice: {found[case].name} and {path.name}."
-            )
-        found[case] = path
-    if not found:
-        raise LesionsegError(f"{role} folder {folder} holds no NIfTI files (<case>.nii.gz or <case>.nii).")
-    return found
-
-
 def evaluate_dirs(
     pred_dir: Path, ref_dir: Path, out_dir: Path, threshold: float = 0.5, device: str = "cpu",
-    mask_dir: Path | None = None, **kwargs
+    mask_dir: Path | None = None, brain_dir: Path | None = None, **kwargs
 ) -> dict:
     """Match `<case>.nii.gz` / `<case>.nii` by case name in both folders and `evaluate_cases` them.
 
     A prediction without a reference, or a reference without a prediction, is a LesionsegError listing
     the unmatched names. `mask_dir`: brain masks `<case>.nii.gz` / `<case>.nii` restricting each case's
-    evaluation; a case without one is a LesionsegError listing them (extra masks are ignored). Keyword
-    arguments go to `evaluate_cases`.
+    evaluation; a case without one is a LesionsegError listing them (extra masks are ignored).
+    `brain_dir`: the same for the `brains` of the calibration figures. Keyword arguments go to
+    `evaluate_cases`.
     """
-    preds = _nifti_files(Path(pred_dir), "prediction")
-    refs = _nifti_files(Path(ref_dir), "reference")
+    preds = nifti_files(Path(pred_dir), "prediction")
+    refs = nifti_files(Path(ref_dir), "reference")
     no_ref, no_pred = sorted(preds.keys() - refs.keys()), sorted(refs.keys() - preds.keys())
     if no_ref or no_pred:
         problems = []
@@ -411,10 +342,11 @@ def evaluate_dirs(
             problems.append(f"references without a prediction in {pred_dir}: {', '.join(no_pred)}")
         raise LesionsegError("cases do not match; " + "; ".join(problems) + ".")
     cases = [(case, preds[case], refs[case]) for case in sorted(preds)]
-    if mask_dir is not None:
-        found = _nifti_files(Path(mask_dir), "brain mask")
-        no_mask = [case for case, _, _ in cases if case not in found]
-        if no_mask:
-            raise LesionsegError(f"cases without a brain mask in {mask_dir}: {', '.join(no_mask)}.")
-        kwargs["masks"] = [found[case] for case, _, _ in cases]
+    for key, folder, role in (("masks", mask_dir, "brain mask"), ("brains", brain_dir, "brain image")):
+        if folder is not None:
+            found = nifti_files(Path(folder), role)
+            lacking = [case for case, _, _ in cases if case not in found]
+            if lacking:
+                raise LesionsegError(f"cases without a {role} in {folder}: {', '.join(lacking)}.")
+            kwargs[key] = [found[case] for case, _, _ in cases]
     return evaluate_cases(cases, Path(out_dir), threshold=threshold, device=device, **kwargs)

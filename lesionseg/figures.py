@@ -4,6 +4,10 @@
   β, with the run's operating point at the threshold (pooled recall and precision) as a dot.
 - `metrics_vs_beta`: sensitivity and precision, DSC and F2 (per-case means) against β, with error bars.
 - `lesion_size`: lesion-wise sensitivity (LTPR, lesions pooled over the test cases) per size bin per β.
+- `metrics_vs_threshold`: DSC, F2, sensitivity and precision against the threshold, per β, with the
+  configured and the validation-tuned operating points marked.
+- `reliability`: the reliability diagram of each β (brain voxels, pooled over cases and seeds) and the
+  number of voxels per probability bin.
 
 Each β has the same colour in every figure (viridis, dark = low β).
 """
@@ -19,6 +23,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
+from lesionseg.operating_points import mean_over_cases
 
 RC = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10}
 DPI = 130
@@ -176,3 +182,77 @@ def draw_all(groups: list[dict], rows: list[dict], read_curve: Callable[[dict], 
         "metrics_vs_beta.png": metrics_vs_beta(groups, rows),
         "lesion_size.png": lesion_size(groups, rows, bins),
     }
+
+
+def _no_data(fig: Figure, text: str) -> bytes:
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_axis_off()
+    return _png(fig)
+
+
+def metrics_vs_threshold(groups: list[dict], rows: list[dict], read_curves: Callable[[dict], dict | None]) -> bytes:
+    """Four panels (DSC, F2, sensitivity, precision) against the threshold; a line per β (mean over seeds)."""
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(11, 8.2), layout="constrained")
+        curves = [[c for c in (read_curves(r) for r in g["runs"]) if c is not None] for g in groups]
+        if not any(curves):
+            return _no_data(fig, "no threshold_curves.csv in the runs (evaluated before lesionseg had them)")
+        axes = fig.subplots(2, 2, sharex=True, sharey=True).ravel()
+        for ax, metric in zip(axes, ("dsc", "f2", "sensitivity", "precision")):
+            for group, row, these, colour in zip(groups, rows, curves, colours(len(groups))):
+                if not these:
+                    continue
+                mean = mean_over_cases([c[metric] for c in these])  # over seeds; NaN where none defines it
+                ax.plot(these[0]["threshold"], mean, color=colour, lw=2, label=group["label"])
+                ax.plot(row["threshold"], row[metric], "o", ms=8, mfc=colour, mec="black", zorder=5)
+                if metric in ("dsc", "f2") and not math.isnan(row[f"threshold_{metric}"]):
+                    ax.plot(row[f"threshold_{metric}"], row[f"{metric}_at_t{metric}"], "^", ms=10, mfc=colour,
+                            mec="black", zorder=6)
+            ax.set_title(NAMES[metric])
+            ax.grid(alpha=0.3)
+        handles, _ = axes[0].get_legend_handles_labels()
+        handles += [Line2D([], [], marker="o", ls="", ms=8, mfc="white", mec="black",
+                           label=f"configured threshold ({rows[0]['threshold']:g})"),
+                    Line2D([], [], marker="^", ls="", ms=10, mfc="white", mec="black",
+                           label="tuned on validation (DSC / F2 panels)")]
+        axes[0].legend(handles=handles, loc="lower left", framealpha=0.95, fontsize=9)
+        for ax in axes[2:]:
+            ax.set_xlabel("threshold (lesion when p ≥ threshold)")
+        for ax in axes[::2]:
+            ax.set_ylabel("per-case mean")
+        axes[0].set(xlim=(0, 1), ylim=(0, 1.02))
+        fig.suptitle(f"Test metrics against the threshold ({rows[0]['n_cases']} test cases, {_seeds_text(groups)})")
+        return _png(fig)
+
+
+def reliability(groups: list[dict], rows: list[dict], read_bins: Callable[[dict], dict | None]) -> bytes:
+    """Reliability diagram (observed lesion frequency against mean probability per bin) and bin counts."""
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(11, 5.2), layout="constrained")
+        tables = [[b for b in (read_bins(r) for r in g["runs"]) if b is not None] for g in groups]
+        if not any(tables):
+            return _no_data(fig, "no calibration.csv in the runs (evaluated before lesionseg had them)")
+        diagram, counts = fig.subplots(1, 2, width_ratios=(1.15, 1))
+        diagram.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1, label="perfect calibration")
+        for group, row, these, colour in zip(groups, rows, tables, colours(len(groups))):
+            if not these:
+                continue
+            n = sum(b["n_voxels"] for b in these)  # bins summed over seeds: pooled voxels
+            prob = sum(np.nan_to_num(b["confidence"]) * b["n_voxels"] for b in these)
+            pos = sum(np.nan_to_num(b["observed"]) * b["n_voxels"] for b in these)
+            filled = n > 0
+            diagram.plot(prob[filled] / n[filled], pos[filled] / n[filled], "o-", color=colour, lw=1.8, ms=6,
+                         label=f"{group['label']}   ECE {row['ece_pooled']:.4f}")
+            edges = np.append(these[0]["bin_low"], these[0]["bin_high"][-1])
+            counts.stairs(np.where(filled, n, np.nan), edges, color=colour, lw=1.8)
+        diagram.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted lesion probability (bin)",
+                    ylabel="observed lesion frequency", title="Reliability (brain voxels, pooled)")
+        diagram.grid(alpha=0.3)
+        diagram.legend(loc="upper left", framealpha=0.95, fontsize=9)
+        counts.set(yscale="log", xlim=(0, 1), xlabel="predicted lesion probability",
+                   ylabel="voxels in the bin", title="How many voxels each bin holds")
+        counts.grid(alpha=0.3)
+        fig.suptitle(f"Calibration on the test cases ({rows[0]['n_cases']} cases, {_seeds_text(groups)}; "
+                     "equal-width bins)")
+        return _png(fig)

@@ -256,7 +256,7 @@ def las_affine(shape: tuple[int, int, int], spacing: float) -> np.ndarray:
 
 def write_demo_dataset(
     out_dir: str | Path,
-    cases: int = 24,
+    cases: int = 40,
     size: int = 64,
     seed: int = 0,
     spacing: float = 2.0,

@@ -16,10 +16,11 @@ from monai.data import MetaTensor
 from tqdm import tqdm
 
 from lesionseg.config import Config, load_config
-from lesionseg.data import load_datalist, preprocessing
+from lesionseg.data import load_datalist, preprocessing, volume_dataset
 from lesionseg.errors import LesionsegError
 from lesionseg.files import write_atomic
 from lesionseg.layouts import case_id_from_path
+from lesionseg.metrics import PRTable, pr_table
 from lesionseg.model import build_model
 from lesionseg.train import infer_volume, resolve_device
 
@@ -63,6 +64,18 @@ def predict_cases(
         save_probability(np.clip(array, 0.0, 1.0), Path(entry["image"][0]), path)
         written.append(path)
     return written
+
+
+def validation_tables(model: torch.nn.Module, cfg: Config, entries: list[dict], device: torch.device,
+                      progress: bool = True) -> list[PRTable]:
+    """Predict the validation cases (labelled) in the training geometry and reduce each to its
+    precision-recall table (`metrics.pr_table`), from which thresholds are tuned (`operating_points`)."""
+    tables = []
+    for item in tqdm(volume_dataset(entries, cfg, with_label=True), desc="validation", disable=not progress,
+                     leave=False):
+        prob = infer_volume(model, item["image"], cfg, device)[0]
+        tables.append(pr_table(prob, item["label"][0].to(device) > 0.5))
+    return tables
 
 
 def predict_run(run_dir: Path, images: list[str] | None = None, out_dir: Path | None = None,

@@ -1,6 +1,7 @@
 """The sweep report: which β, and is the difference real?
 
-`write_report(sweep_dir)` reads the finished runs (with a `DONE` marker; the others are listed as missing)
+`write_report(sweep_dir)` reads the finished runs (with a `DONE` marker; the others are listed as missing,
+with where each stands: not started, interrupted after iteration N, …)
 and writes `report/`:
 
 - `summary.csv` — one row per configuration (per β; seeds are repeats, averaged over). First `beta,
@@ -11,8 +12,14 @@ and writes `report/`:
   seeds of the per-case mean; NaN with one seed) and `<m>_n` (cases where the metric is defined, the
   fewest over seeds); then pooled figures `<m>_pooled` (summed counts over all test cases), their SD over
   seeds, and the lesion-wise sensitivity per lesion-size bin, pooled (`ltpr_<bin>_pooled`, `n_ref_<bin>`).
+  Operating points (`lesionseg.operating_points`): `threshold_dsc`, `threshold_f2` (each run's threshold
+  tuned on its validation cases, mean over seeds) and the test metrics at them, `<m>_at_tdsc` and
+  `<m>_at_tf2` (per-case means, with `_sd_cases`); `ece` (per-case mean) and `ece_pooled` (calibration);
+  last, `dsc_best_on_test`, `f2_best_on_test`: the maximum of the test curve over the threshold grid
+  (chosen on the test cases: an optimistic bound, never a result).
 - `stats.json` — each β against the Dice baseline β = 0.5 (`lesionseg.stats`): Wilcoxon signed-rank and
-  bootstrap 95 % CI of the mean paired difference in DSC, F2 and sensitivity, per case averaged over seeds.
+  bootstrap 95 % CI of the mean paired difference in DSC, F2 and sensitivity at the configured threshold,
+  and in DSC and F2 at the tuned thresholds (`dsc_tuned`, `f2_tuned`), per case averaged over seeds.
 - `summary.md`, `report.html` (self-contained, figures embedded), and the figures of `lesionseg.figures`.
 """
 
@@ -24,9 +31,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from lesionseg import figures, stats
+from lesionseg.operating_points import CURVE_METRICS, TUNED_METRICS, mean_over_cases
 from lesionseg.config import expand_sweep, validate
 from lesionseg.errors import LesionsegError
 from lesionseg.files import write_atomic, write_json, write_text
@@ -34,21 +43,30 @@ from lesionseg.report_html import Table, render_html, render_markdown_table
 from lesionseg.runs import is_done, read_json
 
 METRICS = ("dsc", "f2", "sensitivity", "precision", "apr")
-LESION_METRICS = ("lesion_f1", "ltpr", "lfdr", "hd95_mm")
+LESION_METRICS = ("lesion_f1", "ltpr", "lfdr", "hd95_mm", "ece")
 TABLE_METRICS = METRICS + LESION_METRICS
-POOLED_METRICS = ("dsc", "f2", "sensitivity", "precision", "apr", "lesion_f1", "ltpr", "lfdr")
-TESTED_METRICS = ("dsc", "f2", "sensitivity")
-LOWER_IS_BETTER = ("lfdr", "hd95_mm")
+POOLED_METRICS = ("dsc", "f2", "sensitivity", "precision", "apr", "lesion_f1", "ltpr", "lfdr", "ece")
+# tested metric → (metrics folder of the run, column of its cases.csv)
+TESTED = {"dsc": ("metrics", "dsc"), "f2": ("metrics", "f2"), "sensitivity": ("metrics", "sensitivity"),
+          "dsc_tuned": ("metrics-tuned-dsc", "dsc"), "f2_tuned": ("metrics-tuned-f2", "f2")}
+TESTED_METRICS = tuple(TESTED)
+LOWER_IS_BETTER = ("lfdr", "hd95_mm", "ece")
 REPEAT_KEYS = ("seed",)  # swept keys that are repeats, averaged over, not rows of their own
 BASELINE = (0.5, 0.5)  # (β, α): the soft Dice loss
 LABELS = {"dsc": "DSC", "f2": "F2", "sensitivity": "sensitivity", "precision": "precision", "apr": "APR",
-          "lesion_f1": "lesion F1", "ltpr": "LTPR", "lfdr": "LFDR", "hd95_mm": "HD95 (mm)"}
+          "lesion_f1": "lesion F1", "ltpr": "LTPR", "lfdr": "LFDR", "hd95_mm": "HD95 (mm)", "ece": "ECE",
+          "dsc_tuned": "DSC at tuned t", "f2_tuned": "F2 at tuned t"}
 FIGURES = {
     "pr_curves.png": "Pooled precision-recall curves, one per β; the dot on each is the operating point at "
                      "the threshold.",
     "metrics_vs_beta.png": "Sensitivity, precision, DSC and F2 (per-case means) against β, with error bars.",
     "lesion_size.png": "Lesion-wise sensitivity (LTPR, pooled over the test cases) per reference lesion size, "
                        "per β.",
+    "metrics_vs_threshold.png": "DSC, F2, sensitivity and precision (per-case means over the test cases) "
+                                "against the threshold, per β; circles: the configured threshold, triangles: "
+                                "the thresholds tuned on validation (DSC panel: DSC's, F2 panel: F2's).",
+    "reliability.png": "Reliability diagram per β over the brain voxels of the test cases (equal-width bins; "
+                       "observed lesion frequency against mean predicted probability), ECE in the legend.",
 }
 
 
@@ -73,8 +91,28 @@ def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             "beta": run_cfg.loss.beta,
             "alpha": run_cfg.loss.resolved_alpha,
             "summary": read_json(run_dir / "metrics" / "summary.json"),
+            "thresholds": read_json(run_dir / "thresholds.json") if (run_dir / "thresholds.json").is_file() else {},
+            "tuned": {m: read_json(path) for m in TUNED_METRICS
+                      if (path := run_dir / f"metrics-tuned-{m}" / "summary.json").is_file()},
         })
     return runs, missing
+
+
+def run_state(run_dir: Path) -> str:
+    """Where an unfinished run stands: not started, interrupted (after which iteration), or trained but
+    not yet evaluated; re-running the sweep resumes it from there."""
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    if not run_dir.is_dir():
+        return "not started"
+    if (run_dir / "train_summary.json").is_file():
+        return "trained, prediction or evaluation unfinished"
+    if checkpoint.is_file():
+        try:
+            iteration = torch.load(checkpoint, map_location="cpu", weights_only=True)["iteration"]
+        except Exception:  # a checkpoint we cannot read says nothing about the iteration; still unfinished
+            return "interrupted (checkpoint unreadable)"
+        return f"interrupted after iteration {iteration}"
+    return "started, stopped before its first checkpoint"
 
 
 def _get(tree: dict, key: str):
@@ -83,29 +121,52 @@ def _get(tree: dict, key: str):
     return tree
 
 
-def read_cases(run_dir: Path) -> dict[str, dict[str, float]]:
-    """`metrics/cases.csv` as `{case: {column: value}}` (`nan` read as NaN)."""
-    path = run_dir / "metrics" / "cases.csv"
+def _read_csv_rows(path: Path) -> list[dict[str, str]]:
     try:
         with path.open(newline="", encoding="utf-8") as handle:
-            return {r["case"]: {k: float(v) for k, v in r.items() if k != "case"} for r in csv.DictReader(handle)}
+            return list(csv.DictReader(handle))
     except FileNotFoundError:
         raise LesionsegError(f"missing file {path}") from None
-    except (OSError, ValueError, KeyError) as err:
+    except OSError as err:
+        raise LesionsegError(f"cannot read {path}: {err}") from None
+
+
+def _columns(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    try:
+        rows = _read_csv_rows(path)
+        return {k: np.array([float(r[k]) for r in rows]) for k in names}
+    except (ValueError, KeyError) as err:
+        raise LesionsegError(f"cannot read {path}: {err}") from None
+
+
+def read_cases(run_dir: Path, folder: str = "metrics") -> dict[str, dict[str, float]]:
+    """`<folder>/cases.csv` as `{case: {column: value}}` (`nan` read as NaN); `{}` when a tuned-threshold
+    folder does not exist (a run without validation cases, or from before tuning)."""
+    path = run_dir / folder / "cases.csv"
+    if folder != "metrics" and not path.is_file():
+        return {}
+    try:
+        return {r["case"]: {k: float(v) for k, v in r.items() if k != "case"} for r in _read_csv_rows(path)}
+    except (ValueError, KeyError) as err:
         raise LesionsegError(f"cannot read {path}: {err}") from None
 
 
 def read_pr_curve(run_dir: Path) -> dict[str, np.ndarray]:
     """`metrics/pr_curve.csv` as arrays `threshold, precision, recall`."""
-    path = run_dir / "metrics" / "pr_curve.csv"
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        return {k: np.array([float(r[k]) for r in rows]) for k in ("threshold", "precision", "recall")}
-    except FileNotFoundError:
-        raise LesionsegError(f"missing file {path}") from None
-    except (OSError, ValueError, KeyError) as err:
-        raise LesionsegError(f"cannot read {path}: {err}") from None
+    return _columns(run_dir / "metrics" / "pr_curve.csv", ("threshold", "precision", "recall"))
+
+
+def read_threshold_curves(run_dir: Path) -> dict[str, np.ndarray] | None:
+    """`metrics/threshold_curves.csv` as arrays (`threshold` and the per-case means); None if absent."""
+    path = run_dir / "metrics" / "threshold_curves.csv"
+    return _columns(path, ("threshold", *CURVE_METRICS)) if path.is_file() else None
+
+
+def read_calibration(run_dir: Path) -> dict[str, np.ndarray] | None:
+    """`metrics/calibration.csv` as arrays; None if absent."""
+    path = run_dir / "metrics" / "calibration.csv"
+    names = ("bin_low", "bin_high", "n_voxels", "confidence", "observed")
+    return _columns(path, names) if path.is_file() else None
 
 
 # ----------------------------------------------------------------------------------------- aggregation
@@ -170,6 +231,7 @@ def summary_row(group: dict) -> dict:
     for m in POOLED_METRICS:
         row[f"{m}_pooled"] = _nanmean(p.get(m, math.nan) for p in pooled)
         row[f"{m}_pooled_sd_seeds"] = _sd(p.get(m, math.nan) for p in pooled)
+    row.update(operating_point_columns(group))
     for name in size_bins(members[0]):
         ltpr = [p[f"n_detected_{name}"] / p[f"n_ref_{name}"] if p.get(f"n_ref_{name}") else math.nan
                 for p in pooled]
@@ -177,6 +239,21 @@ def summary_row(group: dict) -> dict:
         row[f"ltpr_{name}_pooled_sd_seeds"] = _sd(ltpr)
         row[f"n_ref_{name}"] = pooled[0][f"n_ref_{name}"]
     return row
+
+
+def operating_point_columns(group: dict) -> dict:
+    """Tuned thresholds (mean and SD over seeds) and the per-case means of the test metrics at them."""
+    out: dict = {"threshold": group["runs"][0]["summary"].get("threshold", 0.5)}
+    for tuned in TUNED_METRICS:
+        thresholds = [r["thresholds"].get(tuned, {}).get("threshold", math.nan) for r in group["runs"]]
+        out[f"threshold_{tuned}"] = _nanmean(thresholds)
+        out[f"threshold_{tuned}_sd_seeds"] = _sd(thresholds)
+        summaries = [r["tuned"][tuned] for r in group["runs"] if tuned in r["tuned"]]
+        for m in CURVE_METRICS:
+            cells = [s["per_case"].get(m, {}) for s in summaries]
+            out[f"{m}_at_t{tuned}"] = _nanmean(c.get("mean", math.nan) for c in cells)
+            out[f"{m}_at_t{tuned}_sd_cases"] = _nanmean(c.get("sd", math.nan) for c in cells)
+    return out
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -199,8 +276,9 @@ def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: in
     }
     comparisons: list[dict] = []
     notes: list[str] = []
-    values = {id(g): {m: stats.case_means([{c: v.get(m, math.nan) for c, v in read_cases(r["dir"]).items()}
-                                           for r in g["runs"]]) for m in TESTED_METRICS} for g in groups}
+    values = {id(g): {m: stats.case_means([{c: v.get(column, math.nan) for c, v in read_cases(r["dir"], folder).items()}
+                                           for r in g["runs"]]) for m, (folder, column) in TESTED.items()}
+              for g in groups}
     for group in groups:
         if (group["beta"], group["alpha"]) == BASELINE:
             continue
@@ -263,13 +341,43 @@ def tables(rows: list[dict], extra_keys: list[str]) -> list[Table]:
         best = _best(rows, column, metric)
         return text, best is not None and value == best
 
+    def tuned_cells(row, m):
+        return [cells(row, m, f"{m}_at_t{m}", f"{m}_at_t{m}_sd_cases")]
+
     per_case = Table(
         title="Per-case means over the test cases ± SD over cases",
         note=(f"Each patient counts once ({n_cases} test cases; {seeds_text} seed(s) per β, averaged over). "
-              "`(n=k)`: the metric is defined on k cases only. Lower is better for LFDR and HD95; best in bold."),
-        columns=[*keys, *(LABELS[m] for m in TABLE_METRICS), "n cases", "n seeds"],
-        rows=[[*_key_cells(r, extra_keys), *(cells(r, m, m, f"{m}_sd_cases", f"{m}_n") for m in TABLE_METRICS),
+              "`(n=k)`: the metric is defined on k cases only. 'at tuned t': at each run's threshold tuned on "
+              "its validation cases (next table). Lower is better for LFDR, HD95 and ECE; best in bold."),
+        columns=[*keys, *(LABELS[m] for m in METRICS), *(LABELS[f"{m}_tuned"] for m in TUNED_METRICS),
+                 *(LABELS[m] for m in LESION_METRICS), "n cases", "n seeds"],
+        rows=[[*_key_cells(r, extra_keys), *(cells(r, m, m, f"{m}_sd_cases", f"{m}_n") for m in METRICS),
+               *(c for m in TUNED_METRICS for c in tuned_cells(r, m)),
+               *(cells(r, m, m, f"{m}_sd_cases", f"{m}_n") for m in LESION_METRICS),
                (str(r["n_cases"]), False), (str(r["n_seeds"]), False)] for r in rows],
+    )
+    threshold = rows[0].get("threshold", 0.5)
+
+    def threshold_cell(row, tuned):
+        text = fmt(row[f"threshold_{tuned}"])
+        if not math.isnan(row[f"threshold_{tuned}_sd_seeds"]):
+            text += f" ± {fmt(row[f'threshold_{tuned}_sd_seeds'])}"
+        return text, False
+
+    operating = Table(
+        title="Operating points: the configured threshold against thresholds tuned on validation",
+        note=(f"Per-case means over the test cases. Left: every run at p ≥ {threshold:g}. Then each run's "
+              "threshold maximising the mean DSC (t_DSC) or F2 (t_F2) over its own validation cases — chosen "
+              "without the test cases; ± SD over seeds — and the test metrics at it. If a larger β only moved "
+              "the operating point, the tuned columns of all β would agree."),
+        columns=[*keys, f"DSC @{threshold:g}", f"F2 @{threshold:g}", f"sens. @{threshold:g}",
+                 f"prec. @{threshold:g}", "t_DSC", "DSC @t_DSC", "sens. @t_DSC", "prec. @t_DSC",
+                 "t_F2", "F2 @t_F2", "sens. @t_F2", "prec. @t_F2"],
+        rows=[[*_key_cells(r, extra_keys), *(cells(r, m, m) for m in CURVE_METRICS),
+               *(c for tuned in TUNED_METRICS for c in (
+                   threshold_cell(r, tuned),
+                   *(cells(r, m, f"{m}_at_t{tuned}") for m in (tuned, "sensitivity", "precision"))))]
+              for r in rows],
     )
     pooled = Table(
         title="Pooled over all test voxels and lesions",
@@ -279,7 +387,7 @@ def tables(rows: list[dict], extra_keys: list[str]) -> list[Table]:
         rows=[[*_key_cells(r, extra_keys),
                *(cells(r, m, f"{m}_pooled", f"{m}_pooled_sd_seeds") for m in POOLED_METRICS)] for r in rows],
     )
-    out = [per_case, pooled]
+    out = [per_case, operating, pooled]
     if max(seeds) >= 2:
         out.append(Table(
             title="Repeats: mean ± SD over seeds of each run's per-case mean",
@@ -313,6 +421,40 @@ def stats_table(result: dict) -> Table:
     )
 
 
+def tuning_verdict(rows: list[dict], labels: list[str], stats_result: dict) -> list[str]:
+    """Sentences answering "is a larger β more than a lower threshold?" from the table and the tests.
+
+    Each row may carry `<m>_best_on_test`: the maximum of its test curve over the threshold grid, an
+    optimistic bound (the threshold is chosen on the test cases) that shows what tuning could reach."""
+    if all(math.isnan(r[f"{m}_at_t{m}"]) for r in rows for m in TUNED_METRICS):
+        return ["No run has thresholds tuned on validation cases (no validation cases?): the question cannot "
+                "be answered by this sweep."]
+    lines = []
+    for m in TUNED_METRICS:
+        fixed, tuned = [r[m] for r in rows], [r[f"{m}_at_t{m}"] for r in rows]
+        parts = []
+        for name, values in ((f"at p ≥ {rows[0]['threshold']:g}", fixed), ("at the tuned thresholds", tuned)):
+            finite = _finite(values)
+            if not finite:
+                continue
+            best = max(finite)
+            who = ", ".join(lab for lab, v in zip(labels, values) if v == best)
+            parts.append(f"{name} the best is {who} ({fmt(best)}), range over the configurations "
+                         f"{fmt(max(finite) - min(finite))}")
+        oracle = _finite(r.get(f"{m}_best_on_test", math.nan) for r in rows)
+        if len(oracle) == len(rows) > 1:
+            parts.append(f"at each configuration's best threshold for the test cases themselves (optimistic) "
+                         f"{fmt(min(oracle))}–{fmt(max(oracle))}, range {fmt(max(oracle) - min(oracle))}")
+        claims = {key: [c["label"] + ": " + c["verdict"] for c in stats_result["comparisons"]
+                        if c["metric"] == key and "than baseline" in c["verdict"]] for key in (m, f"{m}_tuned")}
+        if len(rows) > 1:
+            parts.append(f"against β = 0.5, {len(claims[m])} significant difference(s) at the fixed threshold "
+                         f"and {len(claims[f'{m}_tuned'])} at the tuned thresholds"
+                         + (f" ({'; '.join(claims[f'{m}_tuned'])})" if claims[f"{m}_tuned"] else ""))
+        lines.append(f"{LABELS[m]}: " + "; ".join(parts) + ".")
+    return lines
+
+
 def to_csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
@@ -332,8 +474,8 @@ def best_betas(rows: list[dict], labels: list[str]) -> dict[str, str]:
 
 
 def to_markdown(name: str, all_tables: list[Table], best: dict[str, str], stats_result: dict,
-                missing: list[str]) -> str:
-    lines = [f"# Sweep report: {name}", ""]
+                missing: list[str], verdict: list[str]) -> str:
+    lines = [f"# Sweep report: {name}", "", f"## {VERDICT_TITLE}", "", *(f"- {v}" for v in verdict), ""]
     for table in all_tables:
         lines += [f"## {table.title}", "", table.note, "", render_markdown_table(table), ""]
     lines += ["Best per-case mean: " + "; ".join(f"{LABELS[m]} {b}" for m, b in best.items()) + ".", ""]
@@ -347,10 +489,15 @@ def to_markdown(name: str, all_tables: list[Table], best: dict[str, str], stats_
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+VERDICT_TITLE = "Is a larger β more than a lower threshold?"
+
+
 def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     """Write the report of the finished runs of a sweep into `<sweep_dir>/report/`; return that folder."""
     sweep_dir = Path(sweep_dir)
-    runs, missing = collect_runs(sweep_dir)
+    runs, missing_ids = collect_runs(sweep_dir)
+    states = {rid: run_state(sweep_dir / "runs" / rid) for rid in missing_ids}
+    missing = [f"{rid} ({state})" for rid, state in states.items()]
     if not runs:
         raise LesionsegError(f"no finished runs in {sweep_dir / 'runs'}; nothing to report")
     groups = group_runs(runs)
@@ -360,18 +507,27 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     stats_result = compare_to_baseline(groups, n_boot=n_boot)
     all_tables = tables(rows, extra_keys)
     best = best_betas(rows, labels)
+    for group, row in zip(groups, rows):  # the best each configuration reaches on its test curve (optimistic)
+        curves = [c for c in (read_threshold_curves(r["dir"]) for r in group["runs"]) if c is not None]
+        for m in TUNED_METRICS:
+            finite = _finite(mean_over_cases([c[m] for c in curves])) if curves else []
+            row[f"{m}_best_on_test"] = max(finite) if finite else math.nan
+    verdict = tuning_verdict(rows, labels, stats_result)
     pngs = figures.draw_all(groups, rows, lambda r: read_pr_curve(r["dir"]), size_bins(runs[0]["summary"]))
+    pngs["metrics_vs_threshold.png"] = figures.metrics_vs_threshold(groups, rows,
+                                                                    lambda r: read_threshold_curves(r["dir"]))
+    pngs["reliability.png"] = figures.reliability(groups, rows, lambda r: read_calibration(r["dir"]))
 
     out = sweep_dir / "report"
     write_text(out / "summary.csv", to_csv(rows))
-    write_json(out / "stats.json", {**stats_result, "best": best, "missing": missing,
-                                    "n_runs": len(runs)})
+    write_json(out / "stats.json", {**stats_result, "best": best, "missing": missing_ids, "missing_state": states,
+                                    "n_runs": len(runs), "threshold_tuning": verdict})
     for fname, png in pngs.items():
         write_atomic(out / fname, lambda tmp, png=png: tmp.write_bytes(png))
-    write_text(out / "summary.md", to_markdown(sweep_dir.name, all_tables, best, stats_result, missing))
+    write_text(out / "summary.md", to_markdown(sweep_dir.name, all_tables, best, stats_result, missing, verdict))
     config = (sweep_dir / "sweep.yaml").read_text(encoding="utf-8")
     page = render_html(f"Sweep report: {sweep_dir.name}", [*all_tables, stats_table(stats_result)], best,
                        {f: (pngs[f], text) for f, text in FIGURES.items()}, config, missing,
-                       stats_result["notes"], LABELS)
+                       stats_result["notes"], LABELS, verdict=(VERDICT_TITLE, verdict))
     write_text(out / "report.html", page)
     return out

@@ -66,6 +66,7 @@ def render_html(
     missing: list[str],
     notes: list[str],
     labels: dict[str, str],
+    verdict: tuple[str, list[str]] | None = None,
 ) -> str:
     """The whole report page. `figures`: file name → (PNG bytes, caption); `best`: metric → configuration."""
     parts = [
@@ -78,6 +79,10 @@ def render_html(
     if missing:
         parts.append(f"<p><strong>Missing runs (not finished, not counted):</strong> "
                      f"{html.escape(', '.join(missing))}</p>")
+    if verdict is not None:
+        title, lines = verdict
+        parts.append(f"<h2>{html.escape(title)}</h2>\n<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in lines)
+                     + "</ul>")
     parts += [_html_table(t) for t in tables]
     if notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")

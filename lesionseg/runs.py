@@ -14,7 +14,7 @@ import torch
 
 from lesionseg.config import Config, dump_yaml
 from lesionseg.errors import LesionsegError
-from lesionseg.files import write_json, write_text
+from lesionseg.files import disk_error, write_json, write_text
 
 DONE = "DONE"
 
@@ -47,7 +47,7 @@ def start_run_dir(run_dir: Path, cfg: Config) -> Path:
     try:
         run_dir.mkdir(parents=True)
     except OSError as err:
-        raise LesionsegError(f"cannot create run folder {run_dir}: {err.strerror}") from None
+        raise disk_error(run_dir, err, action="create run folder") from None
     write_text(run_dir / "config.yaml", dump_yaml(cfg))
     write_json(run_dir / "env.json", environment())
     return run_dir
@@ -73,7 +73,7 @@ def move_aside(folder: Path) -> Path | None:
     try:
         folder.rename(aside)
     except OSError as err:
-        raise LesionsegError(f"cannot move {folder} aside to {aside}: {err.strerror}") from None
+        raise disk_error(aside, err, action=f"move {folder} aside to") from None
     return aside
 
 

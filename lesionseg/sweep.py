@@ -3,6 +3,9 @@
 ```
 experiments/<name>/sweep.yaml         the resolved sweep config
 experiments/<name>/runs/<run-id>/     one folder per configuration, e.g. beta=0.7_seed=0
+    metrics/                          the test cases at eval.threshold (lesionseg.evaluate)
+    thresholds.json                   the thresholds maximising validation DSC and F2 (operating_points)
+    metrics-tuned-dsc/, -tuned-f2/    the test cases again at those thresholds
 experiments/<name>/report/            summary.md/.csv, stats.json, report.html, figures (lesionseg.report)
 ```
 A run folder with a `DONE` marker is finished and skipped when the sweep is started again; an unfinished
@@ -11,18 +14,21 @@ one is resumed from its last checkpoint, or set aside (`<run-id>.old-<timestamp>
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from lesionseg.backends import run_all
+from lesionseg import operating_points
 from lesionseg.config import Config, dump_yaml, expand_sweep
 from lesionseg.checks import check_configs
-from lesionseg.data import load_datalist
+from lesionseg.data import load_datalist, split_train_val
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluate import evaluate_cases
-from lesionseg.files import write_text
-from lesionseg.predict import load_model, predict_cases
+from lesionseg.files import write_json, write_text
+from lesionseg.predict import load_model, predict_cases, validation_tables
 from lesionseg.report import write_report
 from lesionseg.runs import is_done, mark_done, move_aside, start_run_dir
 from lesionseg.tensorboard_log import log_hparams
@@ -49,22 +55,49 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     trained = train_run(cfg, run_dir, progress=progress, lists=lists)
     device = resolve_device(cfg.train.device)
     model = load_model(run_dir, cfg, device)
+    thresholds = tune_thresholds(model, cfg, lists, run_dir, device, progress)
     paths = predict_cases(model, cfg, lists["test"], run_dir / "predictions", device, progress=progress)
     cases = [(e["case"], p, Path(e["label"])) for e, p in zip(lists["test"], paths)]
-    summary = evaluate_cases(
-        cases, run_dir / "metrics", threshold=cfg.eval.threshold, device=str(device), progress=progress,
-        lesion_min_voxels=cfg.eval.lesion_min_voxels, lesion_min_overlap=cfg.eval.lesion_min_overlap,
-        size_bins_ml=cfg.eval.size_bins_ml, masks=masks,
-    )
-    log_hparams(run_dir, cfg, summary)  # this run's row in TensorBoard's HParams dashboard
+    # the calibration figures count the brain: its mask, else the non-zero voxels of the skull-stripped image
+    brains = [e["mask"] or e["image"][0] for e in lists["test"]]
+    options = dict(device=str(device), progress=progress, lesion_min_voxels=cfg.eval.lesion_min_voxels,
+                   lesion_min_overlap=cfg.eval.lesion_min_overlap, size_bins_ml=cfg.eval.size_bins_ml,
+                   masks=masks, brains=brains, calibration_bins=cfg.eval.calibration_bins)
+    summary = evaluate_cases(cases, run_dir / "metrics", threshold=cfg.eval.threshold, **options)
+    tuned = {  # the same test cases at the thresholds chosen on the validation cases
+        m: evaluate_cases(cases, run_dir / f"metrics-tuned-{m}", threshold=thresholds[m]["threshold"], **options)
+        for m in operating_points.TUNED_METRICS if math.isfinite(thresholds[m]["threshold"])
+    }
+    log_hparams(run_dir, cfg, summary, tuned)  # this run's row in TensorBoard's HParams dashboard
     seconds = round(time.monotonic() - started, 1)
     mark_done(run_dir, {"seconds": seconds, "best_iteration": trained["best"]["iteration"]})
     return summary
 
 
+def tune_thresholds(model, cfg: Config, lists: dict, run_dir: Path, device, progress: bool = True) -> dict:
+    """The thresholds maximising the mean validation DSC and F2 (`operating_points`), in `thresholds.json`.
+
+    The validation cases are the run's own (`split.json`); the test cases play no part. Without
+    validation cases both thresholds are NaN and the run is evaluated at `eval.threshold` only.
+    """
+    _, val_cases = split_train_val(lists["training"], cfg)
+    tables = validation_tables(model, cfg, val_cases, device, progress) if val_cases else []
+    result = {
+        "configured": cfg.eval.threshold,
+        "method": "maximum of the mean per-case metric over the validation cases, at every distinct "
+                  "validation probability (highest threshold among ties); prob >= threshold is lesion",
+        "validation_cases": [e["case"] for e in val_cases],
+        **{m: operating_points.tune_threshold(tables, m) for m in operating_points.TUNED_METRICS},
+    }
+    write_json(run_dir / "thresholds.json", result)
+    return result
+
+
 def run_sweep(cfg: Config, progress: bool = True, force: bool = False) -> Path:
     """Run every configuration not finished yet, then write the report; returns the report folder.
 
+    The runs go to `sweep.backend` (`lesionseg.backends`): `sweep.parallel` at once, each its own process.
+    A failed run does not stop the others; after the report of the finished ones, `LesionsegError` names it.
     `force`: start the whole sweep over, moving an existing sweep folder aside (never deleting it).
     """
     runs = expand_sweep(cfg) if cfg.sweep else [("run", cfg)]
@@ -77,13 +110,18 @@ def run_sweep(cfg: Config, progress: bool = True, force: bool = False) -> Path:
     todo = [(rid, c) for rid, c in runs if not is_done(sweep_dir / "runs" / rid)]
     if len(todo) < len(runs):
         tqdm.write(f"{len(runs) - len(todo)} of {len(runs)} runs already finished in {sweep_dir / 'runs'}")
-    for i, (rid, run_cfg) in enumerate(todo, 1):
-        tqdm.write(f"run {i}/{len(todo)}: {rid}")
-        summary = run_one(run_cfg, sweep_dir / "runs" / rid, progress=progress)
-        pc = summary["per_case"]
-        tqdm.write(
-            f"[{rid}] test: DSC {pc['dsc']['mean']:.3f}, F2 {pc['f2']['mean']:.3f}, "
-            f"sensitivity {pc['sensitivity']['mean']:.3f}, precision {pc['precision']['mean']:.3f}, "
-            f"APR {pc['apr']['mean']:.3f}"
-        )
-    return write_report(sweep_dir)
+    failed = run_all(todo, sweep_dir, cfg.sweep_options, progress=progress) if todo else {}
+    if len(failed) == len(runs):
+        raise LesionsegError(_failures(failed, sweep_dir))
+    report = write_report(sweep_dir)
+    if failed:
+        raise LesionsegError(f"{_failures(failed, sweep_dir)}\nThe report of the finished runs is in {report}.")
+    return report
+
+
+def _failures(failed: dict[str, str], sweep_dir: Path) -> str:
+    lines = [f"{len(failed)} run(s) of {sweep_dir} failed:"]
+    lines += [f"  {rid}: {message}" for rid, message in failed.items()]
+    lines.append("Fix the cause and run the same command again: finished runs are skipped, the failed ones "
+                 "resume from their last checkpoint or start again.")
+    return "\n".join(lines)

@@ -42,12 +42,18 @@ def hparam_values(cfg: Config) -> dict[str, float | str | bool]:
     return out
 
 
-def log_hparams(run_dir: Path, cfg: Config, summary: dict) -> dict[str, float]:
+def log_hparams(run_dir: Path, cfg: Config, summary: dict, tuned: dict[str, dict] | None = None) -> dict[str, float]:
     """Write the run's hyperparameters and final test metrics (`test/<metric>`: per-case means, and
-    `test/apr_pooled`) into `run_dir`'s events; returns the metrics written."""
+    `test/apr_pooled`, `test/ece_pooled`; with `tuned` — metric → the evaluation summary at the threshold
+    tuned on validation for it — also `test/<metric>_tuned` and `threshold/<metric>`) into `run_dir`'s
+    events; returns the metrics written."""
     per_case = summary.get("per_case", {})
     metrics = {f"test/{m}": float(per_case[m]["mean"]) for m in TEST_METRICS if m in per_case}
     metrics["test/apr_pooled"] = float(summary.get("pooled", {}).get("apr", math.nan))
+    metrics["test/ece_pooled"] = float(summary.get("pooled", {}).get("ece", math.nan))
+    for m, at_tuned in (tuned or {}).items():
+        metrics[f"test/{m}_tuned"] = float(at_tuned["per_case"][m]["mean"])
+        metrics[f"threshold/{m}"] = float(at_tuned["threshold"])
     experiment, start, end = hparams(hparam_values(cfg), metrics)
     with SummaryWriter(log_dir=str(run_dir)) as writer:
         for proto in (experiment, start, end):

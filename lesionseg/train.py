@@ -1,7 +1,9 @@
 """One training run: Adam on lesion-weighted patches, sliding-window validation, checkpoints, TensorBoard.
 
-The loop counts iterations, not epochs (a lesion dataset has few, large volumes). The step never waits on
-the host: the loss is accumulated on the device and read back only every `train.log_every` iterations.
+The loop counts iterations, not epochs (a lesion dataset has few, large volumes). Batch `it` is a pure
+function of (seed, it) (`batches.py`), so a resumed run trains on the same batches as one left alone. The
+step never waits on the host: the loss is accumulated on the device and read back only every
+`train.log_every` iterations (fp16's gradient scaler is the exception: it checks for overflow each step).
 """
 
 from __future__ import annotations
@@ -41,10 +43,22 @@ def resolve_device(name: str) -> torch.device:
 
 
 def amp_dtype(device: torch.device, setting: str) -> torch.dtype | None:
-    """bf16 where the GPU has it, else fp16 (with a gradient scaler); None means full precision."""
-    if device.type != "cuda" or setting == "off":
+    """The autocast dtype for `train.amp`; None means full precision (fp32).
+
+    auto: bf16 on a GPU that has it, else fp16 (with a gradient scaler); fp32 on the CPU. bf16 and fp16
+    ask for that dtype (bf16 also on the CPU; fp16 only on CUDA).
+    """
+    if setting == "off" or (setting == "auto" and device.type != "cuda"):
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if setting == "auto":
+        return torch.bfloat16 if bf16_ok else torch.float16
+    if setting == "bf16" and not bf16_ok:
+        raise LesionsegError(f"train.amp: bf16 is not supported on {device} ({torch.cuda.get_device_name(device)}); "
+                             "use auto or fp16")
+    if setting == "fp16" and device.type != "cuda":
+        raise LesionsegError(f"train.amp: fp16 needs a CUDA device, not {device}; use auto, bf16 or off")
+    return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -64,9 +78,30 @@ def seed_everything(cfg: Config, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed patch size: let cuDNN pick kernels
 
 
+def train_step(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, loss_fn, optimizer,
+               scaler: torch.amp.GradScaler, dtype: torch.dtype | None) -> torch.Tensor:
+    """One optimiser step on one batch; the loss comes back detached, on the device (nothing is read back)."""
+    with autocast(image.device, dtype):
+        logits = model(image)
+    loss = loss_fn(logits.float(), label)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+def to_memory_format(batch: dict[str, torch.Tensor], channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's image and label, in channels_last_3d layout when `train.channels_last` asks for it."""
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    return batch["image"].contiguous(memory_format=fmt), batch["label"].contiguous(memory_format=fmt)
+
+
 def infer_volume(model: torch.nn.Module, image: torch.Tensor, cfg: Config, device: torch.device) -> torch.Tensor:
-    """Lesion probabilities `(1, D, H, W)` for one preprocessed volume `(C, D, H, W)`, by sliding window."""
-    with torch.no_grad(), autocast(device, amp_dtype(device, cfg.train.amp)):
+    """Lesion probabilities `(1, D, H, W)` for one preprocessed volume `(C, D, H, W)`, by sliding window
+    (in the training AMP dtype on CUDA; in fp32 on the CPU)."""
+    dtype = amp_dtype(device, cfg.train.amp) if device.type == "cuda" else None
+    with torch.no_grad(), autocast(device, dtype):
         logits = sliding_window_inference(
             image.unsqueeze(0).to(device),
             roi_size=cfg.data.patch_size,
@@ -138,11 +173,15 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     """Train one model into `run_dir` (which holds config.yaml already); return the validation summary.
 
     A `checkpoints/last.pt` already in `run_dir` (an interrupted run) is resumed: weights, optimiser,
-    schedule, scaler, RNG states, iteration and best metric. The data stream starts afresh, so a resumed
-    run is not yet bitwise identical to an uninterrupted one.
+    schedule, scaler, RNG states, iteration and best metric; batch `it` does not depend on the batches
+    before it, so with `deterministic: true` on the CPU the resumed run ends bitwise where an uninterrupted
+    one would.
     """
     device = resolve_device(cfg.train.device)
     seed_everything(cfg, device)
+    if cfg.deterministic and device.type == "cuda":
+        tqdm.write(f"[{run_dir.name}] deterministic: true on {device}: cuDNN autotuning is off and only "
+                   "deterministic kernels run; this can slow 3D convolution training noticeably")
     lists = lists if lists is not None else load_datalist(cfg)  # the caller may have read it already
     train_cases, val_cases = split_train_val(lists["training"], cfg)
     write_json(run_dir / "inputs.json", file_checksums(lists))
@@ -153,6 +192,10 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     )
 
     model = build_model(cfg).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    # Validation and checkpoints use `model`; the compiled wrapper shares its parameters.
+    step_model = torch.compile(model) if cfg.train.compile else model
     loss_fn = build_loss(cfg.loss)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if cfg.train.lr_schedule == "cosine":
@@ -174,7 +217,7 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
         start, best, last = state["iteration"] + 1, state["best"], state["val"]
         tqdm.write(f"[{run_dir.name}] resuming after iteration {state['iteration']} from {checkpoint}")
 
-    batches = train_batches(train_cases, cfg, pin_memory=device.type == "cuda")
+    batches = train_batches(train_cases, cfg, device)
     val_data = volume_dataset(val_cases, cfg, with_label=True) if val_cases else None
     writer = SummaryWriter(log_dir=str(run_dir))
     loss_sum = torch.zeros((), device=device)
@@ -183,18 +226,10 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
                leave=False, initial=start - 1, total=cfg.train.iterations)
     stop = StopRequest()
     for it in bar:
-        batch = next(batches)
-        image = batch["image"].to(device, non_blocking=True)
-        label = batch["label"].to(device, non_blocking=True)
-        with autocast(device, dtype):
-            logits = model(image)
-        loss = loss_fn(logits.float(), label)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        image, label = to_memory_format(batches(it), cfg.train.channels_last)
+        loss = train_step(step_model, image, label, loss_fn, optimizer, scaler, dtype)
         scheduler.step()
-        loss_sum += loss.detach()
+        loss_sum += loss
         loss_count += 1
 
         if it % cfg.train.log_every == 0 or it == cfg.train.iterations:

@@ -48,6 +48,13 @@ def test_two_beta_sweep_through_the_cli(tmp_path):
         assert list(rows[0])[:7] == ["case", "dsc", "f2", "sensitivity", "precision", "specificity", "apr"]
         summary = json.loads((run / "metrics" / "summary.json").read_text())
         assert summary["n_cases"] == 2 and 0 <= summary["per_case"]["dsc"]["mean"] <= 1
+        assert summary["calibration"]["voxels"].startswith("brain") and 0 <= summary["pooled"]["ece"] <= 1
+        thresholds = json.loads((run / "thresholds.json").read_text())
+        split = json.loads((run / "split.json").read_text())
+        assert thresholds["validation_cases"] == split["validation"] and thresholds["configured"] == 0.5
+        for m in ("dsc", "f2"):  # tuned on validation, then the test cases evaluated again at it
+            tuned = json.loads((run / f"metrics-tuned-{m}" / "summary.json").read_text())
+            assert 0 < thresholds[m]["threshold"] <= 1 and tuned["threshold"] == thresholds[m]["threshold"]
 
     report = list(csv.DictReader((sweep / "report" / "summary.csv").read_text().splitlines()))
     assert [(float(r["beta"]), float(r["alpha"])) for r in report] == [(0.5, 0.5), (0.8, 0.2)]
@@ -55,7 +62,7 @@ def test_two_beta_sweep_through_the_cli(tmp_path):
         summary = json.loads((sweep / "runs" / rid / "metrics" / "summary.json").read_text())
         for metric in ("dsc", "f2", "sensitivity", "precision", "apr"):
             assert float(row[metric]) == pytest.approx(summary["per_case"][metric]["mean"], nan_ok=True)
-    assert (sweep / "report" / "summary.md").is_file()
+    assert "## Is a larger β more than a lower threshold?" in (sweep / "report" / "summary.md").read_text()
 
     # A re-run finds both runs finished and only rebuilds the report.
     again = lesionseg("sweep", REPO / "configs" / "sweep_beta.yaml", *overrides, "-q", cwd=tmp_path)
@@ -67,7 +74,7 @@ def test_two_beta_sweep_through_the_cli(tmp_path):
     for case in ("case_003", "case_004"):
         shutil.copy(tmp_path / "data" / "labels" / f"{case}.nii.gz", tmp_path / "test_labels")
     lesionseg("evaluate", "--pred", run / "predictions", "--ref", tmp_path / "test_labels", "--out",
-              tmp_path / "eval", cwd=tmp_path)
+              tmp_path / "eval", "--brain-dir", tmp_path / "data" / "masks", cwd=tmp_path)
     assert (tmp_path / "eval" / "cases.csv").read_text() == (run / "metrics" / "cases.csv").read_text()
 
 

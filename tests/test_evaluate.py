@@ -499,3 +499,46 @@ def test_evaluate_dirs_with_mask_dir(dataset, tmp_path):
     (tmp_path / "masks" / "c_empty.nii.gz").unlink()
     with pytest.raises(LesionsegError, match=r"cases without a brain mask in .*masks: c1, c_empty"):
         evaluate_dirs(pred_dir, ref_dir, tmp_path / "out", mask_dir=tmp_path / "masks")
+
+
+def test_threshold_curves_agree_with_the_evaluation_at_each_threshold(dataset, tmp_path):
+    pred_dir, ref_dir, arrays = dataset
+    evaluate_dirs(pred_dir, ref_dir, tmp_path / "curves", progress=False)
+    curves = {round(float(r["threshold"]), 2): r for r in read_csv(tmp_path / "curves" / "threshold_curves.csv")}
+    assert sorted(curves) == [round(0.01 * i, 2) for i in range(1, 100)]
+    assert list(next(iter(curves.values())))[:5] == ["threshold", "dsc", "f2", "sensitivity", "precision"]
+    for t in (0.2, 0.5, 0.7):
+        summary = evaluate_dirs(pred_dir, ref_dir, tmp_path / f"at{t}", threshold=t, progress=False)
+        for m in ("dsc", "f2", "sensitivity", "precision"):
+            assert float(curves[t][m]) == pytest.approx(summary["per_case"][m]["mean"], nan_ok=True), (t, m)
+            assert float(curves[t][f"{m}_pooled"]) == pytest.approx(summary["pooled"][m], nan_ok=True), (t, m)
+
+
+def test_calibration_over_the_brain_by_hand(masked_case):
+    tmp_path, (pred_path, ref_path, mask_path), (prob, ref, mask) = masked_case
+    cases = [("a", pred_path, ref_path)]
+
+    def ece_of(p, y):  # the definition, 10 equal-width bins (k/10, (k+1)/10], the first closed at 0
+        index = np.clip(np.ceil(p.astype(np.float64) * 10) - 1, 0, 9)
+        return sum((index == b).sum() / p.size * abs(y[index == b].mean() - p[index == b].mean())
+                   for b in range(10) if (index == b).any())
+
+    whole = evaluate_cases(cases, tmp_path / "whole", progress=False)
+    assert whole["calibration"] == {"bins": 10, "binning": "equal-width", "voxels": "every voxel"}
+    assert whole["pooled"]["ece"] == pytest.approx(ece_of(prob.ravel(), ref.ravel()))
+    brain = evaluate_cases(cases, tmp_path / "brain", progress=False, brains=[mask_path])
+    inside = mask == 1
+    assert brain["pooled"]["ece"] == pytest.approx(ece_of(prob[inside], ref[inside]))
+    assert brain["per_case"]["ece"]["mean"] == pytest.approx(brain["pooled"]["ece"])
+    assert brain["pooled"]["dsc"] == whole["pooled"]["dsc"]  # `brains` only changes the calibration voxels
+    masked = evaluate_cases(cases, tmp_path / "masked", progress=False, masks=[mask_path])
+    assert masked["pooled"]["ece"] == brain["pooled"]["ece"] and masked["calibration"]["voxels"] == "brain mask"
+    bins = read_csv(tmp_path / "brain" / "calibration.csv")
+    assert [int(b["n_voxels"]) for b in bins][0] == int(((prob[inside] <= 0.1)).sum())
+    assert sum(int(b["n_voxels"]) for b in bins) == int(inside.sum())
+    # a skull-stripped image works as the brain: its non-zero voxels
+    image = save(tmp_path / "t1.nii.gz", np.where(inside, 100.0 + np.arange(inside.size).reshape(SHAPE), 0.0))
+    assert evaluate_cases(cases, tmp_path / "img", progress=False, brains=[image])["pooled"]["ece"] == \
+        pytest.approx(brain["pooled"]["ece"])
+    with pytest.raises(LesionsegError, match="calibration_bins must be an integer >= 1"):
+        evaluate_cases(cases, tmp_path / "bad", progress=False, calibration_bins=0)

@@ -13,16 +13,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from scipy import stats as sps
 
 from lesionseg import stats
 from lesionseg.config import Config, dump_yaml, expand_sweep
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluate import evaluate_cases
-from lesionseg.report import LOWER_IS_BETTER, POOLED_METRICS, TABLE_METRICS, fmt, write_report
+from lesionseg.report import LABELS, LOWER_IS_BETTER, POOLED_METRICS, TABLE_METRICS, fmt, write_report
 from lesionseg.runs import mark_done
 
-COLUMNS = ["dsc", "f2", "sensitivity", "precision", "specificity", "apr", "hd95_mm", "ltpr", "lfdr", "lesion_f1"]
+COLUMNS = ["dsc", "f2", "sensitivity", "precision", "specificity", "apr", "hd95_mm", "ltpr", "lfdr", "lesion_f1",
+           "ece"]
 BINS = ["0-0.01ml", "0.01-0.1ml", "0.1-1ml", "1ml+"]
 
 
@@ -30,12 +32,14 @@ def case_values(rng: np.random.Generator, beta: float, case: int) -> dict[str, f
     """Metrics of one case; recall rises with β. Case 0 has no reference lesion (sensitivity undefined)."""
     if case == 0:
         return {"dsc": 0.0, "f2": 0.0, "sensitivity": math.nan, "precision": 0.0, "specificity": 0.999,
-                "apr": math.nan, "hd95_mm": math.nan, "ltpr": math.nan, "lfdr": 1.0, "lesion_f1": 0.0}
+                "apr": math.nan, "hd95_mm": math.nan, "ltpr": math.nan, "lfdr": 1.0, "lesion_f1": 0.0,
+                "ece": 0.001}
     sens = float(np.clip(0.4 + 0.6 * (beta - 0.5) + 0.05 * case / 10 + rng.normal(0, 0.03), 0, 1))
     prec = float(np.clip(0.9 - 0.8 * (beta - 0.5) + rng.normal(0, 0.03), 0, 1))
     return {"dsc": 2 * sens * prec / (sens + prec), "f2": 5 * sens * prec / (sens + 4 * prec),
             "sensitivity": sens, "precision": prec, "specificity": 0.999, "apr": float(rng.uniform(0.5, 0.7)),
-            "hd95_mm": float(rng.uniform(2, 12)), "ltpr": sens, "lfdr": 1 - prec, "lesion_f1": 0.5 * (sens + prec)}
+            "hd95_mm": float(rng.uniform(2, 12)), "ltpr": sens, "lfdr": 1 - prec, "lesion_f1": 0.5 * (sens + prec),
+            "ece": float(rng.uniform(0.001, 0.01) * (1 + beta))}
 
 
 def _stats(values: list[float]) -> dict:
@@ -46,35 +50,64 @@ def _stats(values: list[float]) -> dict:
             "n": len(defined), "n_undefined": len(values) - len(defined)}
 
 
-def write_run(run_dir: Path, cfg: Config, n_cases: int, rng: np.random.Generator) -> None:
-    rows = {f"case_{i:02d}": case_values(rng, cfg.loss.beta, i) for i in range(n_cases)}
-    metrics = run_dir / "metrics"
-    metrics.mkdir(parents=True)
+def write_run(run_dir: Path, cfg: Config, n_cases: int, rng: np.random.Generator, tuned: bool = True) -> None:
+    """A finished run's files as `run_one` writes them; `tuned`: with thresholds tuned on validation, where
+    every β reaches the same operating point (the β effect is only a threshold shift, by construction)."""
+    beta = cfg.loss.beta
+    run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    write_metrics(run_dir / "metrics", {f"case_{i:02d}": case_values(rng, beta, i) for i in range(n_cases)}, beta,
+                  rng, 0.5)
+    grid = np.round(np.arange(1, 100) / 100, 2)
+    curves = {"dsc": 0.8 - (grid - 0.6 + beta / 3) ** 2, "f2": 0.85 - (grid - 0.4 + beta / 3) ** 2,
+              "sensitivity": 1 - grid ** (2 - beta), "precision": grid ** (0.5 + beta)}
+    lines = "".join(",".join(repr(float(v)) for v in [t, *(curves[m][i] for m in curves), *(curves[m][i] for m in curves)])
+                    + "\n" for i, t in enumerate(grid))
+    names = ",".join(curves)
+    (run_dir / "metrics" / "threshold_curves.csv").write_text(
+        f"threshold,{names},{','.join(f'{m}_pooled' for m in curves)}\n" + lines)
+    edges = np.linspace(0, 1, 11)
+    counts = [100_000, 500, 200, 100, 80, 60, 50, 40, 30, int(20 + 100 * beta)]
+    (run_dir / "metrics" / "calibration.csv").write_text(
+        "bin_low,bin_high,n_voxels,confidence,observed\n" + "".join(
+            f"{edges[b]:.17g},{edges[b + 1]:.17g},{counts[b]},{edges[b] + 0.05:.17g},{min(1.0, edges[b] + 0.05 * (1 - beta)):.17g}\n"
+            for b in range(10)))
+    if tuned:
+        thresholds = {"configured": 0.5}
+        for m, base in (("dsc", 0.7), ("f2", 0.5)):
+            t = round(base - 0.5 * (beta - 0.5) + float(rng.normal(0, 0.01)), 4)
+            thresholds[m] = {"threshold": t, "value": 0.7}
+            write_metrics(run_dir / f"metrics-tuned-{m}",
+                          {f"case_{i:02d}": case_values(rng, 0.6, i) for i in range(n_cases)}, 0.6, rng, t)
+        (run_dir / "thresholds.json").write_text(json.dumps(thresholds))
+    mark_done(run_dir)
+
+
+def write_metrics(metrics: Path, rows: dict, beta: float, rng: np.random.Generator, threshold: float) -> None:
+    metrics.mkdir(parents=True)
     with (metrics / "cases.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case", *COLUMNS])
         writer.writerows([case, *(repr(v[c]) if not math.isnan(v[c]) else "nan" for c in COLUMNS)]
                          for case, v in rows.items())
-    sens, prec = 0.5 + 0.5 * (cfg.loss.beta - 0.5), 0.8 - 0.5 * (cfg.loss.beta - 0.5)
+    sens, prec = 0.5 + 0.5 * (beta - 0.5), 0.8 - 0.5 * (beta - 0.5)
     n_ref = {"0-0.01ml": 8, "0.01-0.1ml": 12, "0.1-1ml": 6, "1ml+": 0}
     n_det = {"0-0.01ml": int(rng.integers(2, 8)), "0.01-0.1ml": int(rng.integers(6, 12)), "0.1-1ml": 6, "1ml+": 0}
     pooled = {"dsc": 2 * sens * prec / (sens + prec), "f2": 5 * sens * prec / (sens + 4 * prec),
               "sensitivity": sens, "precision": prec, "apr": float(rng.uniform(0.5, 0.7)),
-              "n_ref_lesions": 26, "ltpr": 0.7, "lfdr": 0.3, "lesion_f1": 0.7}
+              "n_ref_lesions": 26, "ltpr": 0.7, "lfdr": 0.3, "lesion_f1": 0.7, "ece": 0.004 * (1 + beta)}
     for b in BINS:
         pooled.update({f"n_ref_{b}": n_ref[b], f"n_detected_{b}": n_det[b],
                        f"ltpr_{b}": n_det[b] / n_ref[b] if n_ref[b] else math.nan})
-    summary = {"threshold": 0.5, "n_cases": n_cases,
+    summary = {"threshold": threshold, "n_cases": len(rows),
                "per_case": {c: _stats([v[c] for v in rows.values()]) for c in COLUMNS}, "pooled": pooled}
     (metrics / "summary.json").write_text(json.dumps(summary))
     curve = [(0.1, 0.2, 0.95), (0.5, prec, sens), (0.9, 0.97, 0.2), (math.inf, 1.0, 0.0)]
     lines = "".join(f"{t},{p},{r}\n" for t, p, r in curve)
     (metrics / "pr_curve.csv").write_text("threshold,precision,recall\n" + lines)
-    mark_done(run_dir)
 
 
-def make_sweep(root: Path, betas, seeds=None, n_cases: int = 8, skip=()) -> Path:
+def make_sweep(root: Path, betas, seeds=None, n_cases: int = 8, skip=(), tuned: bool = True) -> Path:
     sweep = {"loss.beta": list(betas), **({"seed": list(seeds)} if seeds else {})}
     cfg = Config.model_validate({"name": "hand", "sweep": sweep})
     sweep_dir = root / "hand"
@@ -82,7 +115,7 @@ def make_sweep(root: Path, betas, seeds=None, n_cases: int = 8, skip=()) -> Path
     (sweep_dir / "sweep.yaml").write_text(dump_yaml(cfg))
     for i, (rid, run_cfg) in enumerate(expand_sweep(cfg)):
         if rid not in skip:
-            write_run(sweep_dir / "runs" / rid, run_cfg, n_cases, np.random.default_rng(i))
+            write_run(sweep_dir / "runs" / rid, run_cfg, n_cases, np.random.default_rng(i), tuned)
     return sweep_dir
 
 
@@ -183,9 +216,20 @@ def test_missing_runs_are_listed_not_counted(tmp_path):
     assert [r["n_seeds"] for r in rows] == ["1", "1"]
     assert float(rows[0]["dsc"]) == pytest.approx(run_summary(sweep_dir, "beta=0.5_seed=0")["per_case"]["dsc"]["mean"])
     md = (sweep_dir / "report" / "summary.md").read_text()
-    assert "Missing (not finished, not counted): beta=0.5_seed=1, beta=0.7_seed=1" in md
+    assert ("Missing (not finished, not counted): beta=0.5_seed=1 (started, stopped before its first checkpoint), "
+            "beta=0.7_seed=1 (not started)") in md
     result = json.loads((sweep_dir / "report" / "stats.json").read_text())
     assert result["missing"] == ["beta=0.5_seed=1", "beta=0.7_seed=1"] and result["n_runs"] == 2
+    # an interrupted run with a checkpoint says after which iteration; a trained one that it awaits evaluation
+    run = sweep_dir / "runs" / "beta=0.5_seed=1"
+    (run / "checkpoints").mkdir()
+    torch.save({"iteration": 120, "model": {}}, run / "checkpoints" / "last.pt")
+    write_report(sweep_dir, n_boot=200)
+    states = json.loads((sweep_dir / "report" / "stats.json").read_text())["missing_state"]
+    assert states == {"beta=0.5_seed=1": "interrupted after iteration 120", "beta=0.7_seed=1": "not started"}
+    (run / "train_summary.json").write_text("{}")
+    assert "trained, prediction or evaluation unfinished" in write_report(sweep_dir, n_boot=200).joinpath(
+        "summary.md").read_text()
 
 
 def test_best_beta_per_metric_is_bold(tmp_path):
@@ -195,10 +239,11 @@ def test_best_beta_per_metric_is_bold(tmp_path):
     md = (sweep_dir / "report" / "summary.md").read_text()
     table = md.split("## Per-case means")[1].split("##")[0]
     lines = [line for line in table.splitlines() if line.startswith("| 0.")]
-    for i, m in enumerate(TABLE_METRICS):
+    header = table.splitlines()[4].split(" | ")
+    for m in TABLE_METRICS:
         values = [float(r[m]) for r in rows]
         best = int(np.argmin(values) if m in LOWER_IS_BETTER else np.argmax(values))
-        cells = [line.split(" | ")[2 + i] for line in lines]
+        cells = [line.split(" | ")[header.index(LABELS[m])] for line in lines]
         assert [c.startswith("**") for c in cells] == [j == best for j in range(len(rows))], m
     assert "sensitivity β = 0.8" in md and "precision β = 0.5" in md
 
@@ -257,27 +302,36 @@ def test_html_page_holds_every_figure_and_number(tmp_path):
     page.feed((report / "report.html").read_text(encoding="utf-8"))
     assert "http" not in (report / "report.html").read_text().replace("http-equiv", "")  # self-contained
 
-    figures = {"pr_curves.png", "metrics_vs_beta.png", "lesion_size.png"}
+    figures = {"pr_curves.png", "metrics_vs_beta.png", "lesion_size.png", "metrics_vs_threshold.png",
+               "reliability.png"}
     assert len(page.images) == len(figures)
     embedded = {base64.b64decode(src.removeprefix("data:image/png;base64,")) for src in page.images}
     assert all(src.startswith("data:image/png;base64,") for src in page.images)
     assert embedded == {(report / f).read_bytes() for f in figures}
     assert all(png.startswith(b"\x89PNG") and len(png) > 10_000 for png in embedded)
 
-    per_case, pooled, seeds, compared = page.tables
+    per_case, operating, pooled, seeds, compared = page.tables
     rows = read_rows(sweep_dir)
     for row, cells, pooled_cells, seed_cells in zip(rows, per_case[1:], pooled[1:], seeds[1:]):
         assert cells[:2] == [f"{float(row['beta']):g}", f"{float(row['alpha']):g}"]
         for i, m in enumerate(TABLE_METRICS):
-            assert cells[2 + i].startswith(f"{fmt(float(row[m]), m)} ± {fmt(float(row[m + '_sd_cases']), m)}")
+            cell = cells[per_case[0].index(LABELS[m])]
+            assert cell.startswith(f"{fmt(float(row[m]), m)} ± {fmt(float(row[m + '_sd_cases']), m)}")
             assert seed_cells[2 + i] == f"{fmt(float(row[m]), m)} ± {fmt(float(row[m + '_sd_seeds']), m)}"
+        for m in ("dsc", "f2"):
+            assert cells[per_case[0].index(LABELS[f"{m}_tuned"])].startswith(fmt(float(row[f"{m}_at_t{m}"])))
         assert cells[-2:] == [row["n_cases"], row["n_seeds"]]
         for i, m in enumerate(POOLED_METRICS):
             assert pooled_cells[2 + i].startswith(fmt(float(row[f"{m}_pooled"]), m))
-    assert "(n=6)" in per_case[1][TABLE_METRICS.index("sensitivity") + 2]  # defined on 6 of 7 cases
+    assert "(n=6)" in per_case[1][per_case[0].index("sensitivity")]  # defined on 6 of 7 cases
+    assert operating[0][2:] == ["DSC @0.5", "F2 @0.5", "sens. @0.5", "prec. @0.5", "t_DSC", "DSC @t_DSC",
+                                "sens. @t_DSC", "prec. @t_DSC", "t_F2", "F2 @t_F2", "sens. @t_F2", "prec. @t_F2"]
+    for row, cells in zip(rows, operating[1:]):
+        assert cells[6] == f"{fmt(float(row['threshold_dsc']))} ± {fmt(float(row['threshold_dsc_sd_seeds']))}"
+        assert cells[7].startswith(fmt(float(row["dsc_at_tdsc"]))) and cells[11].startswith(fmt(float(row["f2_at_tf2"])))
 
     result = json.loads((report / "stats.json").read_text())
-    assert len(compared) - 1 == len(result["comparisons"]) == 6
+    assert len(compared) - 1 == len(result["comparisons"]) == 10  # 2 βs × (3 fixed + 2 tuned metrics)
     for c, cells in zip(result["comparisons"], compared[1:]):
         assert cells[0] == c["label"] and cells[2] == str(c["n"]) and cells[-1] == c["verdict"]
         assert cells[6] == f"{c['mean_diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
@@ -318,3 +372,55 @@ def test_real_evaluator_output_reports(tmp_path):
             assert float(row[m]) == pytest.approx(summary["per_case"][m]["mean"], nan_ok=True)
     assert {p.name for p in report.iterdir()} >= {"summary.md", "summary.csv", "stats.json", "report.html",
                                                    "pr_curves.png", "metrics_vs_beta.png", "lesion_size.png"}
+
+
+def test_tuned_thresholds_and_their_statistics_come_from_the_runs_files(tmp_path):
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.7, 0.9], seeds=[0, 1], n_cases=9)
+    report = write_report(sweep_dir, n_boot=300)
+    rows = read_rows(sweep_dir)
+    for row in rows:
+        rids = [f"beta={float(row['beta']):g}_seed={s}" for s in (0, 1)]
+        for m in ("dsc", "f2"):
+            chosen = [json.loads((sweep_dir / "runs" / r / "thresholds.json").read_text())[m]["threshold"] for r in rids]
+            assert float(row[f"threshold_{m}"]) == pytest.approx(np.mean(chosen))
+            assert float(row[f"threshold_{m}_sd_seeds"]) == pytest.approx(np.std(chosen, ddof=1))
+            tuned = [json.loads((sweep_dir / "runs" / r / f"metrics-tuned-{m}" / "summary.json").read_text())
+                     for r in rids]
+            for k in ("dsc", "f2", "sensitivity", "precision"):
+                assert float(row[f"{k}_at_t{m}"]) == pytest.approx(np.mean([t["per_case"][k]["mean"] for t in tuned]))
+        assert float(row["ece_pooled"]) == pytest.approx(0.004 * (1 + float(row["beta"])))
+
+    result = json.loads((report / "stats.json").read_text())
+    for m in ("dsc", "f2"):
+        def per_case(rid, folder):
+            return {r["case"]: float(r[m]) for r in read_csv(sweep_dir / "runs" / rid / folder / "cases.csv")}
+        base = {c: np.mean([per_case(f"beta=0.5_seed={s}", f"metrics-tuned-{m}")[c] for s in (0, 1)])
+                for c in per_case("beta=0.5_seed=0", "metrics")}
+        other = {c: np.mean([per_case(f"beta=0.9_seed={s}", f"metrics-tuned-{m}")[c] for s in (0, 1)]) for c in base}
+        (found,) = [c for c in result["comparisons"] if c["metric"] == f"{m}_tuned" and c["beta"] == 0.9]
+        ids = sorted(base)
+        assert found["mean_diff"] == pytest.approx(np.mean([other[c] - base[c] for c in ids]))
+        assert found["p"] == pytest.approx(sps.wilcoxon([other[c] for c in ids], [base[c] for c in ids]).pvalue)
+        fixed = [c for c in result["comparisons"] if c["metric"] == m and c["beta"] == 0.9]
+        assert len(fixed) == 1 and fixed[0]["mean_diff"] != found["mean_diff"]
+
+    md = (report / "summary.md").read_text()
+    verdict = md.split("## Is a larger β more than a lower threshold?")[1].split("##")[0]
+    assert verdict.count("- ") == 2 and "at the tuned thresholds the best is" in verdict
+    assert "significant difference(s) at the fixed threshold" in verdict
+    assert result["threshold_tuning"] == [line[2:] for line in verdict.strip().splitlines()]
+    for name in ("metrics_vs_threshold.png", "reliability.png"):
+        png = (report / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 20_000
+
+
+def test_runs_without_tuned_thresholds_still_report(tmp_path):
+    """Runs without validation cases (or evaluated before tuning existed) give n/a, and the report says why."""
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.7], tuned=False)
+    report = write_report(sweep_dir, n_boot=200)
+    rows = read_rows(sweep_dir)
+    assert all(math.isnan(float(r["threshold_dsc"])) and math.isnan(float(r["dsc_at_tdsc"])) for r in rows)
+    result = json.loads((report / "stats.json").read_text())
+    assert [c["n"] for c in result["comparisons"] if c["metric"].endswith("_tuned")] == [0, 0]
+    assert result["threshold_tuning"][0].startswith("No run has thresholds tuned on validation cases")
+    assert "n/a" in (report / "summary.md").read_text().split("## Operating points")[1].split("##")[0]

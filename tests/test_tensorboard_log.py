@@ -25,10 +25,14 @@ def events(run_dir) -> EventAccumulator:
 def test_hparams_row_is_written_into_the_run_folder(tmp_path):
     cfg = Config.model_validate({"seed": 2, "loss": {"beta": 0.8}, "train": {"iterations": 30}})
     summary = {"per_case": {"dsc": {"mean": 0.61}, "f2": {"mean": 0.7}, "hd95_mm": {"mean": math.nan}},
-               "pooled": {"apr": 0.55}}
-    metrics = log_hparams(tmp_path, cfg, summary)
+               "pooled": {"apr": 0.55, "ece": 0.004}}
+    tuned = {"dsc": {"threshold": 0.31, "per_case": {"dsc": {"mean": 0.66}}},
+             "f2": {"threshold": 0.12, "per_case": {"f2": {"mean": 0.74}}}}
+    metrics = log_hparams(tmp_path, cfg, summary, tuned)
     assert metrics == pytest.approx({"test/dsc": 0.61, "test/f2": 0.7, "test/hd95_mm": math.nan,
-                                     "test/apr_pooled": 0.55}, nan_ok=True)
+                                     "test/apr_pooled": 0.55, "test/ece_pooled": 0.004, "test/dsc_tuned": 0.66,
+                                     "threshold/dsc": 0.31, "test/f2_tuned": 0.74, "threshold/f2": 0.12},
+                                    nan_ok=True)
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no timestamped sub-run (add_hparams does)
     acc = events(tmp_path)
     assert acc.Scalars("test/dsc")[0].value == pytest.approx(0.61) and acc.Scalars("test/dsc")[0].step == 30

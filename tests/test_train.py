@@ -4,6 +4,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lesionseg.config import Config
+from lesionseg.errors import LesionsegError
+from lesionseg.model import build_model
 from lesionseg.runs import start_run_dir
 from lesionseg.train import amp_dtype, resolve_device, train_run
 
@@ -40,6 +43,48 @@ def test_same_seed_same_weights_on_cpu(tiny_config, tmp_path):
 def test_cpu_runs_without_amp():
     assert resolve_device("cpu") == torch.device("cpu")
     assert amp_dtype(torch.device("cpu"), "auto") is None
+
+
+@pytest.mark.parametrize(
+    "setting, expected",
+    [("auto", None), ("off", None), ("bf16", torch.bfloat16), ("on", None), (False, None)],
+)
+def test_amp_settings_on_the_cpu(setting, expected):
+    amp = Config.model_validate({"train": {"amp": setting}}).train.amp  # YAML reads a bare on/off as a bool
+    assert amp in ("auto", "bf16", "fp16", "off")
+    assert amp_dtype(torch.device("cpu"), amp) == expected
+
+
+def test_fp16_asks_for_cuda():
+    with pytest.raises(LesionsegError, match=r"train.amp: fp16 needs a CUDA device, not cpu"):
+        amp_dtype(torch.device("cpu"), "fp16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_amp_auto_on_cuda_is_bf16_where_supported():
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert amp_dtype(torch.device("cuda"), "auto") == expected
+
+
+@pytest.mark.parametrize("option", ["train.channels_last=true", "train.amp=bf16"])
+def test_training_options_run_on_the_cpu(tiny_config, tmp_path, option):
+    cfg = tiny_config(option, "train.iterations=2")
+    run_dir = start_run_dir(tmp_path / "run", cfg)
+    summary = train_run(cfg, run_dir, progress=False)
+    assert torch.load(run_dir / "checkpoints" / "last.pt")["iteration"] == 2 and "dsc" in summary["last"]
+
+
+def test_compiled_training_runs_and_saves_plain_weights(tiny_config, tmp_path, monkeypatch):
+    # Inductor (the default backend) compiles C++ on the CPU: ~45 s cold on 2 cores, too slow for the suite.
+    # aot_eager traces the same graphs (Dynamo + AOTAutograd, forward and backward) without code generation.
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend="aot_eager"))
+    cfg = tiny_config("train.compile=true", "train.iterations=2")
+    run_dir = start_run_dir(tmp_path / "run", cfg)
+    train_run(cfg, run_dir, progress=False)
+    weights = torch.load(run_dir / "checkpoints" / "last.pt")["model"]
+    assert not any(key.startswith("_orig_mod.") for key in weights)  # loads into an uncompiled model
+    build_model(cfg).load_state_dict(weights)
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):

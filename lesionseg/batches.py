@@ -1,0 +1,134 @@
+"""Training batches as a pure function of (seed, iteration): patch sampling and augmentation in torch.
+
+Batch `it` of a run depends only on `cfg.seed`, `it` and the preprocessed training volumes, never on the
+batches before it, so a resumed run draws exactly the batches an uninterrupted one would have drawn.
+For batch `it`, a CPU `torch.Generator` seeded from `(seed, it)` (through NumPy's `SeedSequence`, so that
+neighbouring seeds and iterations give unrelated streams) decides:
+
+1. which volumes: `min(train.batch_size, n)` of the n training volumes, without replacement;
+2. for each of `data.samples_per_volume` patches per volume, its centre: with probability
+   `data.pos_fraction` a lesion voxel, else a brain voxel without lesion (MONAI's
+   `RandCropByPosNegLabeld` with precomputed indices; a volume without lesion gives brain centres), moved
+   inward so that the patch fits (volumes are padded to the patch size when cached);
+3. per patch, as the MONAI transforms did: a flip of each spatial axis with p = 0.5 (`RandFlipd`), image
+   × (1 + U(−0.1, 0.1)) with p = 0.5 (`RandScaleIntensityd(factors=0.1)`), image + U(−0.1, 0.1) with p = 0.5
+   (`RandShiftIntensityd(offsets=0.1)`), one factor and one offset for all channels of a patch.
+
+The random numbers are a few dozen scalars, drawn on the CPU so that crop positions are host integers:
+cropping is then plain slicing of the cached tensors and no step waits for the GPU to report a value.
+The voxel work (slice, flip, scale, shift) runs on the device the volumes are cached on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Volume:
+    """One preprocessed training case, padded to at least the patch size.
+
+    `image` `(C, D, H, W)` float32 and `label` `(1, D, H, W)` uint8 live on the cache device; `lesion` and
+    `brain` are flat indices into `(D, H, W)` of lesion voxels and of brain voxels without lesion, on the
+    CPU (they are only read to place crops).
+    """
+
+    image: torch.Tensor
+    label: torch.Tensor
+    lesion: torch.Tensor
+    brain: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.image, self.label))
+
+
+def batch_seed(seed: int, iteration: int) -> int:
+    """A 63-bit generator seed that depends on both numbers (any int seed; iteration ≥ 0)."""
+    state = np.random.SeedSequence([seed % 2**64, iteration]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def crop_box(flat: int, shape: Sequence[int], patch: Sequence[int]) -> tuple[slice, ...]:
+    """The patch around flat voxel index `flat` of a `shape` volume, moved inward to fit inside it.
+
+    The centre voxel is at `patch // 2` within the patch (MONAI's `correct_crop_centers` convention).
+    """
+    starts = []
+    for size, dim in zip(reversed(patch), reversed(shape)):  # unravel the flat index, last axis first
+        flat, centre = divmod(flat, dim)
+        starts.append(min(max(centre - size // 2, 0), dim - size))
+    return tuple(slice(start, start + size) for start, size in zip(reversed(starts), patch))
+
+
+class BatchSampler:
+    """`sampler(it)` → `{"image": (N, C, *patch), "label": (N, 1, *patch)}` float32 on `device`,
+    N = min(batch_size, len(volumes)) × samples_per_volume.
+
+    `volumes` is a sequence of `Volume`s: a list of cached ones, or a lazy sequence that preprocesses a
+    case when it is indexed (`data.cache: false`). Where the volumes are cached on the CPU and `device` is
+    a GPU, the batch is assembled in pinned memory and copied without blocking.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[Volume],
+        *,
+        seed: int,
+        patch_size: Sequence[int],
+        batch_size: int,
+        samples_per_volume: int,
+        pos_fraction: float,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if len(volumes) == 0:
+            raise ValueError("BatchSampler needs at least one training volume")
+        self.volumes = volumes
+        self.seed = seed
+        self.patch = tuple(int(p) for p in patch_size)
+        self.batch_size = min(batch_size, len(volumes))
+        self.samples = samples_per_volume
+        self.pos_fraction = pos_fraction
+        self.device = torch.device(device)
+
+    def __call__(self, iteration: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(batch_seed(self.seed, iteration))
+        chosen = torch.randperm(len(self.volumes), generator=g)[: self.batch_size].tolist()
+        images, labels = [], []
+        for index in chosen:
+            volume = self.volumes[index]
+            for _ in range(self.samples):
+                image, label = self._patch(volume, g)
+                images.append(image)
+                labels.append(label)
+        return {"image": self._stack(images, torch.float32), "label": self._stack(labels, torch.float32)}
+
+    def _patch(self, volume: Volume, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        # Always draw the same count of numbers, whichever branches are taken.
+        u = torch.rand(9, generator=g, dtype=torch.float64).tolist()
+        lesion_centred = u[0] < self.pos_fraction and volume.lesion.numel() > 0
+        centres = volume.lesion if lesion_centred or volume.brain.numel() == 0 else volume.brain
+        flat = int(centres[min(int(u[1] * centres.numel()), centres.numel() - 1)])
+        box = (slice(None), *crop_box(flat, volume.image.shape[1:], self.patch))
+        image, label = volume.image[box], volume.label[box]
+        flips = [axis + 1 for axis in range(3) if u[2 + axis] < 0.5]
+        if flips:
+            image, label = image.flip(flips), label.flip(flips)
+        if u[5] < 0.5:
+            image = image * (1.0 + (u[6] * 0.2 - 0.1))
+        if u[7] < 0.5:
+            image = image + (u[8] * 0.2 - 0.1)
+        return image, label
+
+    def _stack(self, patches: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        source = patches[0].device
+        pin = source.type == "cpu" and self.device.type == "cuda"
+        out = torch.empty((len(patches), *patches[0].shape), dtype=dtype, device=source, pin_memory=pin)
+        for i, patch in enumerate(patches):
+            out[i].copy_(patch)
+        # Non-blocking only towards the GPU: a copy back to host memory must be complete when returned.
+        return out.to(self.device, non_blocking=self.device.type == "cuda")

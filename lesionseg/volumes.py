@@ -1,0 +1,150 @@
+"""Reading the NIfTI files of an evaluation: a prediction, its reference and an optional brain mask, each
+checked to lie on the reference's grid, with errors that name both files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from lesionseg import metrics
+from lesionseg.errors import LesionsegError
+
+AFFINE_ATOL_MM = 1e-4
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _load(path: Path, role: str, other: Path) -> nib.Nifti1Image:
+    try:
+        return nib.load(str(path))
+    except FileNotFoundError as err:
+        raise LesionsegError(f"{role} {path} does not exist (paired with {other}).") from err
+    except Exception as err:  # nibabel raises many types for a damaged file
+        raise LesionsegError(f"cannot read {role} {path} (paired with {other}): {err}") from err
+
+
+def _array(img: nib.Nifti1Image, path: Path, role: str, other: Path) -> np.ndarray:
+    try:
+        return np.asanyarray(img.dataobj)
+    except Exception as err:  # truncated gzip, short file, …
+        raise LesionsegError(f"cannot read the voxels of {role} {path} (paired with {other}): {err}") from err
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """Tensor of a NIfTI array; big-endian files (some tools write them) are swapped to native order."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")))
+
+
+def _require_same_grid(img: nib.Nifti1Image, ref_img: nib.Nifti1Image, pair: str, fix: str) -> None:
+    """LesionsegError naming `pair` when the two images' shapes or affines (beyond tolerance) differ."""
+    if img.shape != ref_img.shape:
+        raise LesionsegError(f"{pair} have different shapes {img.shape} and {ref_img.shape}; {fix}")
+    if not np.allclose(img.affine, ref_img.affine, rtol=0, atol=AFFINE_ATOL_MM):
+        raise LesionsegError(
+            f"{pair} have different affines (tolerance {AFFINE_ATOL_MM} mm):\n{img.affine}\nand\n"
+            f"{ref_img.affine}\n{fix}"
+        )
+
+
+def _load_on_reference_grid(
+    path: Path, role: str, ref_path: Path, fix: str
+) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """The voxels of `path` (a prediction or mask) after checking it lies on the grid of `ref_path`;
+    also the reference image (header read, voxels not yet)."""
+    img = _load(path, role, ref_path)
+    ref_img = _load(ref_path, "reference", path)
+    _require_same_grid(img, ref_img, f"{role} {path} and reference {ref_path}", fix)
+    return _array(img, path, role, ref_path), ref_img
+
+
+def _values_found(array: np.ndarray) -> str:
+    found = np.unique(array)
+    return ", ".join(f"{v:g}" for v in found[:10]) + (", …" if found.size > 10 else "")
+
+
+def load_case(
+    pred_path: Path, ref_path: Path, device: str = "cpu", ref_label: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, tuple[float, ...]]:
+    """Load one prediction/reference pair and check that they can be compared.
+
+    Returns `(prob, ref, spacing_mm)`: probabilities (float32, or float64 if stored so) and a bool
+    reference on `device`, and the reference's voxel spacing. `ref_label`: the reference value that is
+    lesion when the reference holds several labels; otherwise it must be binary (0/1).
+    LesionsegError naming both files for unreadable files, shapes or affines that disagree, probabilities
+    outside [0, 1] or NaN, and a non-binary reference.
+    """
+    pred_path, ref_path = Path(pred_path), Path(ref_path)
+    pred_np, ref_img = _load_on_reference_grid(
+        pred_path, "prediction", ref_path, "predictions must be in the reference's geometry (resample them first)."
+    )
+    ref_np = _array(ref_img, ref_path, "reference", pred_path)
+    prob = _tensor(pred_np).to(device)
+    if prob.dtype != torch.float64:
+        prob = prob.to(torch.float32)
+    try:
+        metrics.check_probabilities(prob)
+    except ValueError as err:
+        raise LesionsegError(f"prediction {pred_path} (paired with {ref_path}): {err}") from err
+    ref_t = _tensor(ref_np).to(device)
+    if ref_label is not None:
+        ref = ref_t == ref_label
+    else:
+        if not bool(((ref_t == 0) | (ref_t == 1)).all()):
+            raise LesionsegError(
+                f"reference {ref_path} (paired with {pred_path}) is not binary: values found "
+                f"{_values_found(ref_np)}; "
+                "give the lesion label (ref_label) or binarise the reference."
+            )
+        ref = ref_t != 0
+    spacing = tuple(float(z) for z in ref_img.header.get_zooms()[: ref.ndim])
+    return prob, ref, spacing
+
+
+def load_mask(mask_path: Path, ref_path: Path, device: str = "cpu") -> torch.Tensor:
+    """Load a brain mask for the case whose reference is `ref_path`: a bool tensor on `device`.
+
+    LesionsegError naming both files for an unreadable mask, a shape or affine that differs from the
+    reference's (same tolerance as `load_case`), or values other than 0/1.
+    """
+    mask_path, ref_path = Path(mask_path), Path(ref_path)
+    mask_np, _ = _load_on_reference_grid(
+        mask_path, "brain mask", ref_path, "the brain mask must be on the reference's grid (resample it first)."
+    )
+    mask_t = _tensor(mask_np).to(device)
+    if not bool(((mask_t == 0) | (mask_t == 1)).all()):
+        raise LesionsegError(
+            f"brain mask {mask_path} (paired with {ref_path}) is not binary: values found {_values_found(mask_np)}."
+        )
+    return mask_t != 0
+
+
+def nifti_files(folder: Path, role: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise LesionsegError(f"{role} folder {folder} does not exist or is not a folder.")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        suffix = next((s for s in NIFTI_SUFFIXES if path.name.endswith(s)), None)
+        if suffix is None or not path.is_file():
+            continue
+        case = path.name[: -len(suffix)]
+        if case in found:
+            raise LesionsegError(
+                f"{role} folder {folder} holds case {case!r} twice: {found[case].name} and {path.name}."
+            )
+        found[case] = path
+    if not found:
+        raise LesionsegError(f"{role} folder {folder} holds no NIfTI files (<case>.nii.gz or <case>.nii).")
+    return found
+
+
+def load_region(path: Path, ref_path: Path, device: str = "cpu") -> torch.Tensor:
+    """The non-zero voxels of `path` (a brain mask or a skull-stripped image) as a bool tensor on
+    `device`, after checking that it lies on the grid of `ref_path`."""
+    path, ref_path = Path(path), Path(ref_path)
+    array, _ = _load_on_reference_grid(
+        path, "brain image", ref_path, "the brain image must be on the reference's grid (resample it first)."
+    )
+    return _tensor(array).to(device) != 0
