@@ -1,6 +1,6 @@
 """The sweep report: which β, and is the difference real?
 
-`write_report(sweep_dir)` reads the finished runs (with a `DONE` marker; the others are listed as missing,
+`write_report(sweep_dir)` reads the finished runs (`lesionseg.results`; the others are listed as missing,
 with where each stands: not started, interrupted after iteration N, …)
 and writes `report/`:
 
@@ -31,16 +31,14 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
-import yaml
 
 from lesionseg import figures, stats
-from lesionseg.operating_points import CURVE_METRICS, TUNED_METRICS, mean_over_cases
-from lesionseg.config import expand_sweep, validate
 from lesionseg.errors import LesionsegError
 from lesionseg.files import write_atomic, write_json, write_text
+from lesionseg.operating_points import CURVE_METRICS, TUNED_METRICS, mean_over_cases
 from lesionseg.report_html import Table, render_html, render_markdown_table
-from lesionseg.runs import is_done, read_json
+from lesionseg.results import (collect_runs, read_calibration, read_cases, read_pr_curve,
+                               read_threshold_curves, run_state)
 
 METRICS = ("dsc", "f2", "sensitivity", "precision", "apr")
 LESION_METRICS = ("lesion_f1", "ltpr", "lfdr", "hd95_mm", "ece")
@@ -68,105 +66,6 @@ FIGURES = {
     "reliability.png": "Reliability diagram per β over the brain voxels of the test cases (equal-width bins; "
                        "observed lesion frequency against mean predicted probability), ECE in the legend.",
 }
-
-
-# --------------------------------------------------------------------------------------------- reading
-def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
-    """Finished runs as `{"id", "dir", "assignment", "beta", "alpha", "summary"}`, and the ids missing."""
-    sweep_file = sweep_dir / "sweep.yaml"
-    if not sweep_file.is_file():
-        raise LesionsegError(f"{sweep_dir} is not a sweep folder (no sweep.yaml); run `lesionseg sweep` first")
-    cfg = validate(yaml.safe_load(sweep_file.read_text(encoding="utf-8")), source=str(sweep_file))
-    runs, missing = [], []
-    for rid, run_cfg in expand_sweep(cfg) if cfg.sweep else [("run", cfg)]:
-        run_dir = sweep_dir / "runs" / rid
-        if not is_done(run_dir):
-            missing.append(rid)
-            continue
-        assignment = {key: _get(run_cfg.model_dump(), key) for key in cfg.sweep}
-        runs.append({
-            "id": rid,
-            "dir": run_dir,
-            "assignment": assignment,
-            "beta": run_cfg.loss.beta,
-            "alpha": run_cfg.loss.resolved_alpha,
-            "summary": read_json(run_dir / "metrics" / "summary.json"),
-            "thresholds": read_json(run_dir / "thresholds.json") if (run_dir / "thresholds.json").is_file() else {},
-            "tuned": {m: read_json(path) for m in TUNED_METRICS
-                      if (path := run_dir / f"metrics-tuned-{m}" / "summary.json").is_file()},
-        })
-    return runs, missing
-
-
-def run_state(run_dir: Path) -> str:
-    """Where an unfinished run stands: not started, interrupted (after which iteration), or trained but
-    not yet evaluated; re-running the sweep resumes it from there."""
-    checkpoint = run_dir / "checkpoints" / "last.pt"
-    if not run_dir.is_dir():
-        return "not started"
-    if (run_dir / "train_summary.json").is_file():
-        return "trained, prediction or evaluation unfinished"
-    if checkpoint.is_file():
-        try:
-            iteration = torch.load(checkpoint, map_location="cpu", weights_only=True)["iteration"]
-        except Exception:  # a checkpoint we cannot read says nothing about the iteration; still unfinished
-            return "interrupted (checkpoint unreadable)"
-        return f"interrupted after iteration {iteration}"
-    return "started, stopped before its first checkpoint"
-
-
-def _get(tree: dict, key: str):
-    for part in key.split("."):
-        tree = tree[part]
-    return tree
-
-
-def _read_csv_rows(path: Path) -> list[dict[str, str]]:
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
-    except FileNotFoundError:
-        raise LesionsegError(f"missing file {path}") from None
-    except OSError as err:
-        raise LesionsegError(f"cannot read {path}: {err}") from None
-
-
-def _columns(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    try:
-        rows = _read_csv_rows(path)
-        return {k: np.array([float(r[k]) for r in rows]) for k in names}
-    except (ValueError, KeyError) as err:
-        raise LesionsegError(f"cannot read {path}: {err}") from None
-
-
-def read_cases(run_dir: Path, folder: str = "metrics") -> dict[str, dict[str, float]]:
-    """`<folder>/cases.csv` as `{case: {column: value}}` (`nan` read as NaN); `{}` when a tuned-threshold
-    folder does not exist (a run without validation cases, or from before tuning)."""
-    path = run_dir / folder / "cases.csv"
-    if folder != "metrics" and not path.is_file():
-        return {}
-    try:
-        return {r["case"]: {k: float(v) for k, v in r.items() if k != "case"} for r in _read_csv_rows(path)}
-    except (ValueError, KeyError) as err:
-        raise LesionsegError(f"cannot read {path}: {err}") from None
-
-
-def read_pr_curve(run_dir: Path) -> dict[str, np.ndarray]:
-    """`metrics/pr_curve.csv` as arrays `threshold, precision, recall`."""
-    return _columns(run_dir / "metrics" / "pr_curve.csv", ("threshold", "precision", "recall"))
-
-
-def read_threshold_curves(run_dir: Path) -> dict[str, np.ndarray] | None:
-    """`metrics/threshold_curves.csv` as arrays (`threshold` and the per-case means); None if absent."""
-    path = run_dir / "metrics" / "threshold_curves.csv"
-    return _columns(path, ("threshold", *CURVE_METRICS)) if path.is_file() else None
-
-
-def read_calibration(run_dir: Path) -> dict[str, np.ndarray] | None:
-    """`metrics/calibration.csv` as arrays; None if absent."""
-    path = run_dir / "metrics" / "calibration.csv"
-    names = ("bin_low", "bin_high", "n_voxels", "confidence", "observed")
-    return _columns(path, names) if path.is_file() else None
 
 
 # ----------------------------------------------------------------------------------------- aggregation

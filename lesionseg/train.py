@@ -131,7 +131,11 @@ def validate(
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: a full disk surfaces as the OSError it is
+            torch.save(state, handle)
+
+    write_atomic(path, write)
 
 
 def rng_state() -> dict:
@@ -274,7 +278,8 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     if val_data is None:
         # Nothing to choose with: the last weights are the best we know.
         best = {"iteration": cfg.train.iterations}
-        shutil.copyfile(run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt")
+        write_atomic(run_dir / "checkpoints" / "best.pt",
+                     lambda tmp: shutil.copyfile(run_dir / "checkpoints" / "last.pt", tmp))
     summary = {"best": best, "last": last, "device": str(device), "amp": str(dtype) if dtype else "off"}
     write_json(run_dir / "train_summary.json", summary)
     return summary
