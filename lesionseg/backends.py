@@ -30,6 +30,7 @@ import yaml
 
 from lesionseg.config import Config, SweepOptions, dump_yaml, validate
 from lesionseg.errors import LesionsegError
+from lesionseg.train import StopRequest
 
 Runs = list[tuple[str, Config]]
 RESUME = "Run the same command again to resume: finished runs are skipped, interrupted ones resume."
@@ -82,26 +83,20 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-class _Stop:
-    """While running children: SIGINT/SIGTERM are recorded and passed on to every running child."""
+class _Stop(StopRequest):
+    """While running children: SIGINT/SIGTERM are recorded (the first one) and passed on to every running child."""
 
     def __init__(self, children: dict) -> None:
-        self.requested: str | None = None
         self._children = children
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+        super().__init__()
 
     def _handle(self, signum, frame) -> None:
-        self.requested = self.requested or signal.Signals(signum).name
+        first = self.requested
+        super()._handle(signum, frame)
+        self.requested = first or self.requested
         for proc in list(self._children):
             if proc.poll() is None:
                 proc.send_signal(signum)
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _echo_prefixed(stream, rid: str, lock: threading.Lock) -> None:
@@ -200,6 +195,14 @@ class _Child:
         return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
 
 
+def _run_from_yaml(config_yaml: str, run_dir: Path, progress: bool) -> str:
+    """`sweep.run_one` of a run sent as config YAML (a child process or a Ray task); its summary line."""
+    from lesionseg.sweep import run_one
+
+    cfg = validate(yaml.safe_load(config_yaml), source=f"(sweep run {run_dir.name})")
+    return summary_line(run_dir.name, run_one(cfg, run_dir, progress=progress))
+
+
 def _child_main(argv: list[str]) -> int:
     """`python -m lesionseg.backends RUN_DIR --result-fd N [--progress]`, the run's config YAML on stdin."""
     import argparse
@@ -211,10 +214,7 @@ def _child_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     with os.fdopen(args.result_fd, "w", encoding="utf-8") as result:
         try:
-            from lesionseg.sweep import run_one
-
-            cfg = validate(yaml.safe_load(sys.stdin.read()), source=f"(sweep run {args.run_dir.name})")
-            summary = run_one(cfg, args.run_dir, progress=args.progress)
+            line = _run_from_yaml(sys.stdin.read(), args.run_dir, progress=args.progress)
         except LesionsegError as err:  # the sweep prints it, with the run id
             json.dump({"error": str(err)}, result)
             return 1
@@ -225,7 +225,7 @@ def _child_main(argv: list[str]) -> int:
             traceback.print_exc()
             json.dump({"error": f"{type(err).__name__}: {err}"}, result)
             return 1
-        print(summary_line(args.run_dir.name, summary), flush=True)
+        print(line, flush=True)
         json.dump({}, result)
     return 0
 
@@ -243,11 +243,7 @@ def _import_ray():
 
 def _ray_run(config_yaml: str, run_dir: str) -> str:
     """One run inside a Ray worker; returns its summary line."""
-    from lesionseg.sweep import run_one
-
-    cfg = validate(yaml.safe_load(config_yaml), source=f"(sweep run {Path(run_dir).name})")
-    summary = run_one(cfg, Path(run_dir), progress=False)
-    return summary_line(Path(run_dir).name, summary)
+    return _run_from_yaml(config_yaml, Path(run_dir), progress=False)
 
 
 def _ray_error(err: Exception) -> str:

@@ -24,6 +24,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _device_name(v: str) -> str:
+    """A device setting: auto, cpu, cuda or cuda:N (whether CUDA is there is checked when it is used)."""
+    if v not in ("auto", "cpu", "cuda") and not v.startswith("cuda:"):
+        raise ValueError(f"{v!r} is not one of auto, cpu, cuda, cuda:N")
+    return v
+
+
 class DataConfig(_Section):
     datalist: Path | None = Field(None, description="Decathlon-style datalist JSON")
     modalities: list[str] = Field(default_factory=lambda: ["flair", "t1", "t2"], min_length=1)
@@ -45,12 +52,7 @@ class DataConfig(_Section):
             raise ValueError(f"{v} has a side below 8 voxels")
         return v
 
-    @field_validator("cache_device")
-    @classmethod
-    def _cache_device_known(cls, v: str) -> str:
-        if v not in ("auto", "cpu", "cuda") and not v.startswith("cuda:"):
-            raise ValueError(f"{v!r} is not one of auto, cpu, cuda, cuda:N")
-        return v
+    _cache_device_known = field_validator("cache_device")(_device_name)
 
     @field_validator("spacing")
     @classmethod
@@ -112,12 +114,7 @@ class TrainConfig(_Section):
         # YAML 1.1 reads a bare on/off as a boolean; `on` is the earlier name of `auto`.
         return {True: "auto", False: "off", "on": "auto"}.get(v, v) if isinstance(v, (bool, str)) else v
 
-    @field_validator("device")
-    @classmethod
-    def _device_known(cls, v: str) -> str:
-        if v not in ("auto", "cpu", "cuda") and not v.startswith("cuda:"):
-            raise ValueError(f"{v!r} is not one of auto, cpu, cuda, cuda:N")
-        return v
+    _device_known = field_validator("device")(_device_name)
 
 
 class EvalConfig(_Section):

@@ -35,6 +35,7 @@ from monai.transforms.utils import map_binary_to_indices
 from lesionseg.batches import BatchSampler, Volume
 from lesionseg.checks import check_data_settings, inspect_dataset, raise_problems, require_datalist
 from lesionseg.config import Config
+from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
 from lesionseg.layouts import Lists, duplicate_problems, read_layout
 
@@ -198,14 +199,8 @@ def cache_device(cfg: Config, nbytes: int, device: torch.device) -> torch.device
     """Where the training volumes live: `data.cache_device`, or for `auto` the training device when the
     cache takes at most `GPU_CACHE_SHARE` of its free memory, else the CPU."""
     setting = cfg.data.cache_device
-    if setting == "cpu":
-        return torch.device("cpu")
     if setting != "auto":
-        if not torch.cuda.is_available():
-            raise LesionsegError(
-                f"data.cache_device: {setting!r} asked for, but PyTorch sees no CUDA device; use auto or cpu"
-            )
-        return torch.device(setting)
+        return resolve_device(setting, "data.cache_device")
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if nbytes <= GPU_CACHE_SHARE * free:

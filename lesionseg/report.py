@@ -230,14 +230,14 @@ def tables(rows: list[dict], extra_keys: list[str]) -> list[Table]:
     seeds = sorted({r["n_seeds"] for r in rows})
     seeds_text = "/".join(map(str, seeds))
 
-    def cells(row, metric, column, spread=None, n=None):
+    def cells(row, metric, column, spread=None, n=None, mark_best=True):
         value = row[column]
         text = fmt(value, metric)
         if spread is not None and not math.isnan(row[spread]):
             text += f" ± {fmt(row[spread], metric)}"
         if n is not None and row[n] < row["n_cases"]:
             text += f" (n={row[n]})"
-        best = _best(rows, column, metric)
+        best = _best(rows, column, metric) if mark_best else None
         return text, best is not None and value == best
 
     def tuned_cells(row, m):
@@ -257,12 +257,6 @@ def tables(rows: list[dict], extra_keys: list[str]) -> list[Table]:
     )
     threshold = rows[0].get("threshold", 0.5)
 
-    def threshold_cell(row, tuned):
-        text = fmt(row[f"threshold_{tuned}"])
-        if not math.isnan(row[f"threshold_{tuned}_sd_seeds"]):
-            text += f" ± {fmt(row[f'threshold_{tuned}_sd_seeds'])}"
-        return text, False
-
     operating = Table(
         title="Operating points: the configured threshold against thresholds tuned on validation",
         note=(f"Per-case means over the test cases. Left: every run at p ≥ {threshold:g}. Then each run's "
@@ -274,7 +268,7 @@ def tables(rows: list[dict], extra_keys: list[str]) -> list[Table]:
                  "t_F2", "F2 @t_F2", "sens. @t_F2", "prec. @t_F2"],
         rows=[[*_key_cells(r, extra_keys), *(cells(r, m, m) for m in CURVE_METRICS),
                *(c for tuned in TUNED_METRICS for c in (
-                   threshold_cell(r, tuned),
+                   cells(r, "", f"threshold_{tuned}", f"threshold_{tuned}_sd_seeds", mark_best=False),
                    *(cells(r, m, f"{m}_at_t{tuned}") for m in (tuned, "sensitivity", "precision"))))]
               for r in rows],
     )

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from lesionseg.config import Config
 from lesionseg.data import load_datalist, split_train_val, train_batches, volume_dataset
+from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
 from lesionseg.files import write_atomic, write_json
 from lesionseg.losses import build_loss
@@ -32,14 +33,6 @@ from lesionseg.metrics import confusion_counts, overlap_metrics
 from lesionseg.model import build_model
 from lesionseg.runs import file_checksums
 from lesionseg.tensorboard_log import log_validation_overlay, overlay_due
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LesionsegError(f"train.device: {name!r} asked for, but PyTorch sees no CUDA device; use auto or cpu")
-    return torch.device(name)
 
 
 def amp_dtype(device: torch.device, setting: str) -> torch.dtype | None:
