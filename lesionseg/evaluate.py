@@ -37,7 +37,7 @@ import io
 import math
 import numbers
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -119,22 +119,24 @@ def case_metrics(
     size_bins: Sequence[float] = lesionwise.DEFAULT_SIZE_BINS_ML,
     bins_in_voxels: bool = False,
     mask: torch.Tensor | None = None,
+    table: metrics.PRTable | None = None,
 ) -> tuple[dict, torch.Tensor, dict[str, int], metrics.PRTable]:
     """Every metric of one case from tensors already loaded (`load_case`): `(row, counts, lesion counts,
     pr table)`; the last three add up across cases for the pooled figures.
 
     `mask` (bool, `load_mask`): only the voxels inside it count; outside, prediction and reference are 0
-    for the surface distances and lesion-wise detection.
+    for the surface distances and lesion-wise detection. `table`: the case's precision-recall table when
+    it is known already (it does not depend on the threshold), else it is computed.
     """
     pred = prob >= threshold
     if mask is None:
         counts = metrics.confusion_counts(pred, ref)
-        table = metrics.pr_table(prob, ref)
+        table = metrics.pr_table(prob, ref) if table is None else table
     else:
         metrics._check_same_shape(mask, ref, "mask", "ref")
         metrics._check_bool(mask, "mask")
         counts = metrics.confusion_counts(pred[mask], ref[mask])
-        table = metrics.pr_table(prob[mask], ref[mask])
+        table = metrics.pr_table(prob[mask], ref[mask]) if table is None else table
         pred, ref = pred & mask, ref & mask
     row = {**metrics.overlap_metrics(counts), "apr": metrics.average_precision(table)}
     if metrics.f_beta_key(f_beta) != "f2":
@@ -162,9 +164,16 @@ def _check_options(threshold, f_beta, lesion_min_voxels, lesion_min_overlap, siz
 
 
 def evaluate_cases(
+    cases: Sequence[tuple[str, Path, Path]], out_dir: Path, threshold: float = 0.5, device: str = "cpu",
+    progress: bool = True, **options,
+) -> dict:
+    """`evaluate_cases_at` with one threshold: the outputs in `out_dir`, its summary returned."""
+    return evaluate_cases_at(cases, {Path(out_dir): threshold}, device, progress, **options)[Path(out_dir)]
+
+
+def evaluate_cases_at(
     cases: Sequence[tuple[str, Path, Path]],
-    out_dir: Path,
-    threshold: float = 0.5,
+    thresholds: Mapping[Path, float],
     device: str = "cpu",
     progress: bool = True,
     *,
@@ -179,11 +188,14 @@ def evaluate_cases(
     masks: Sequence[Path | None] | None = None,
     brains: Sequence[Path | None] | None = None,
     calibration_bins: int = calibration.DEFAULT_BINS,
-) -> dict:
-    """Evaluate `(case_id, prediction path, reference path)` pairs, write the three outputs, return the summary.
+) -> dict[Path, dict]:
+    """Evaluate `(case_id, prediction path, reference path)` pairs at each threshold of `thresholds` (output
+    folder → threshold), write the outputs into each folder, return `{folder: summary}`. Every case is
+    read once, and what does not depend on the threshold (precision-recall table and curve, threshold
+    curves, calibration) is computed once and written into every folder.
 
     Args:
-        threshold: a voxel is lesion when its probability is >= threshold, in (0, 1].
+        thresholds: a voxel is lesion when its probability is >= threshold, in (0, 1].
         device: where the metrics run (`"cpu"`, `"cuda"`, …).
         f_beta: β of an extra Fβ column `f{β:g}` (F2 is always reported).
         ref_label: lesion value in a multi-label reference; None requires a binary reference.
@@ -208,7 +220,11 @@ def evaluate_cases(
     """
     bins_in_voxels = size_bins_voxels is not None
     size_bins = list(size_bins_voxels if bins_in_voxels else size_bins_ml)
-    _check_options(threshold, f_beta, lesion_min_voxels, lesion_min_overlap, size_bins)
+    thresholds = {Path(folder): t for folder, t in thresholds.items()}
+    if not thresholds:
+        raise LesionsegError("no threshold to evaluate at: give at least one output folder and threshold.")
+    for threshold in thresholds.values():
+        _check_options(threshold, f_beta, lesion_min_voxels, lesion_min_overlap, size_bins)
     if not cases:
         raise LesionsegError("no cases to evaluate: the list of (case, prediction, reference) is empty.")
     ids = [c[0] for c in cases]
@@ -221,9 +237,10 @@ def evaluate_cases(
     brains = _per_case(brains, cases, "brains", "brain image")
     extra_f = [] if metrics.f_beta_key(f_beta) == "f2" else [metrics.f_beta_key(f_beta)]
 
-    rows: list[dict] = []
-    total_counts = torch.zeros(4, dtype=torch.int64)
-    total_lesions: dict[str, int] = {}
+    # per output folder: the rows of cases.csv, and confusion and lesion counts summed over the cases
+    rows: dict[Path, list[dict]] = {folder: [] for folder in thresholds}
+    total_counts = {folder: torch.zeros(4, dtype=torch.int64) for folder in thresholds}
+    total_lesions: dict[Path, dict[str, int]] = {folder: {} for folder in thresholds}
     curve_counts: list[torch.Tensor] = []  # per case: [tp, fp, fn] at each threshold of the curves
     total_bins = torch.zeros(calibration_bins, 3, dtype=torch.float64)
     merged: list[metrics.PRTable] = []  # one table, merged with `pending` once they are as long as it
@@ -232,19 +249,21 @@ def evaluate_cases(
             zip(cases, masks, brains), total=len(cases), desc="evaluate", unit="case", disable=not progress):
         prob, ref, spacing = load_case(pred_path, ref_path, device=device, ref_label=ref_label)
         mask = None if mask_path is None else load_mask(mask_path, ref_path, device=device)
-        row, counts, lesions, table = case_metrics(
-            prob, ref, spacing, threshold, f_beta=f_beta, surface=surface,
-            lesion_min_voxels=lesion_min_voxels, lesion_min_overlap=lesion_min_overlap,
-            size_bins=size_bins, bins_in_voxels=bins_in_voxels, mask=mask)
         region = mask if mask is not None or brain_path is None else load_region(brain_path, ref_path, device)
         bins = calibration.calibration_bins(prob if region is None else prob[region],
                                             ref if region is None else ref[region], calibration_bins)
-        row["ece"] = calibration.expected_calibration_error(bins)
         total_bins += bins
+        table = None  # computed at the first threshold, the same at the others
+        for folder, threshold in thresholds.items():
+            row, counts, lesions, table = case_metrics(
+                prob, ref, spacing, threshold, f_beta=f_beta, surface=surface,
+                lesion_min_voxels=lesion_min_voxels, lesion_min_overlap=lesion_min_overlap,
+                size_bins=size_bins, bins_in_voxels=bins_in_voxels, mask=mask, table=table)
+            row["ece"] = calibration.expected_calibration_error(bins)
+            rows[folder].append({"case": case_id, **row})
+            total_counts[folder] += counts.cpu()
+            total_lesions[folder] = {k: total_lesions[folder].get(k, 0) + v for k, v in lesions.items()}
         curve_counts.append(operating_points.counts_at(table, operating_points.CURVE_THRESHOLDS))
-        rows.append({"case": case_id, **row})
-        total_counts += counts.cpu()
-        total_lesions = {k: total_lesions.get(k, 0) + v for k, v in lesions.items()}
         pending.append(table)
         if sum(t[0].numel() for t in pending) >= sum(t[0].numel() for t in merged):  # O(n log n) overall
             merged = [metrics.merge_pr_tables(merged + pending)] if merged or len(pending) > 1 else pending
@@ -253,32 +272,39 @@ def evaluate_cases(
     pooled_table = metrics.merge_pr_tables(merged + pending) if pending else merged[0]
 
     columns = _columns(extra_f, surface, size_bins, bins_in_voxels)
-    pooled = {**metrics.overlap_metrics(total_counts), "apr": metrics.average_precision(pooled_table)}
-    if extra_f:
-        pooled.update(metrics.overlap_metrics(total_counts, f_beta=f_beta))
-    pooled.update(zip(COUNT_COLUMNS, total_counts.tolist()))
-    vol_ref, vol_pred = sum(r["vol_ref_ml"] for r in rows), sum(r["vol_pred_ml"] for r in rows)
-    pooled.update({"vol_ref_ml": vol_ref, "vol_pred_ml": vol_pred, "avd_ml": abs(vol_pred - vol_ref),
-                   "rvd": (vol_pred - vol_ref) / vol_ref if vol_ref > 0 else math.nan})
-    pooled.update(total_lesions)
-    pooled.update(lesionwise.lesion_metrics(total_lesions))
-    pooled["ece"] = calibration.expected_calibration_error(total_bins)
-    summary = {
-        "threshold": threshold,
-        "n_cases": len(rows),
-        "per_case": {c: _stats([float(r[c]) for r in rows]) for c in columns[1:]},
-        "pooled": {c: pooled[c] for c in columns[1:] if c in pooled},
-        "calibration": {"bins": calibration_bins, "binning": "equal-width",
-                        "voxels": _calibration_voxels(masks, brains)},
+    apr = metrics.average_precision(pooled_table)
+    shared = {  # the same in every folder
+        "pr_curve.csv": pr_curve_csv(pooled_table, pr_curve_max_points),
+        "threshold_curves.csv": threshold_curves_csv(curve_counts),
+        "calibration.csv": _csv_text(["bin_low", "bin_high", "n_voxels", "confidence", "observed"],
+                                     calibration.reliability_rows(total_bins)),
     }
-    out_dir = Path(out_dir)
-    write_text(out_dir / "cases.csv", _csv_text(columns, rows))
-    write_text(out_dir / "pr_curve.csv", pr_curve_csv(pooled_table, pr_curve_max_points))
-    write_text(out_dir / "threshold_curves.csv", threshold_curves_csv(curve_counts))
-    write_text(out_dir / "calibration.csv", _csv_text(
-        ["bin_low", "bin_high", "n_voxels", "confidence", "observed"], calibration.reliability_rows(total_bins)))
-    write_json(out_dir / "summary.json", summary)
-    return summary
+    summaries = {}
+    for folder, threshold in thresholds.items():
+        these, counts, lesions = rows[folder], total_counts[folder], total_lesions[folder]
+        pooled = {**metrics.overlap_metrics(counts), "apr": apr}
+        if extra_f:
+            pooled.update(metrics.overlap_metrics(counts, f_beta=f_beta))
+        pooled.update(zip(COUNT_COLUMNS, counts.tolist()))
+        vol_ref, vol_pred = sum(r["vol_ref_ml"] for r in these), sum(r["vol_pred_ml"] for r in these)
+        pooled.update({"vol_ref_ml": vol_ref, "vol_pred_ml": vol_pred, "avd_ml": abs(vol_pred - vol_ref),
+                       "rvd": (vol_pred - vol_ref) / vol_ref if vol_ref > 0 else math.nan})
+        pooled.update(lesions)
+        pooled.update(lesionwise.lesion_metrics(lesions))
+        pooled["ece"] = calibration.expected_calibration_error(total_bins)
+        summaries[folder] = {
+            "threshold": threshold,
+            "n_cases": len(these),
+            "per_case": {c: _stats([float(r[c]) for r in these]) for c in columns[1:]},
+            "pooled": {c: pooled[c] for c in columns[1:] if c in pooled},
+            "calibration": {"bins": calibration_bins, "binning": "equal-width",
+                            "voxels": _calibration_voxels(masks, brains)},
+        }
+        write_text(folder / "cases.csv", _csv_text(columns, these))
+        for name, text in shared.items():
+            write_text(folder / name, text)
+        write_json(folder / "summary.json", summaries[folder])
+    return summaries
 
 
 def _per_case(paths: Sequence[Path | None] | None, cases: Sequence, name: str, what: str) -> list[Path | None]:

@@ -26,7 +26,7 @@ from lesionseg.config import Config, dump_yaml, expand_sweep
 from lesionseg.checks import check_configs
 from lesionseg.data import load_datalist, split_train_val
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluate import evaluate_cases
+from lesionseg.evaluate import evaluate_cases_at
 from lesionseg.files import write_json, write_text
 from lesionseg.predict import load_model, predict_cases, validation_tables
 from lesionseg.report import write_report
@@ -63,11 +63,14 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     options = dict(device=str(device), progress=progress, lesion_min_voxels=cfg.eval.lesion_min_voxels,
                    lesion_min_overlap=cfg.eval.lesion_min_overlap, size_bins_ml=cfg.eval.size_bins_ml,
                    masks=masks, brains=brains, calibration_bins=cfg.eval.calibration_bins)
-    summary = evaluate_cases(cases, run_dir / "metrics", threshold=cfg.eval.threshold, **options)
-    tuned = {  # the same test cases at the thresholds chosen on the validation cases
-        m: evaluate_cases(cases, run_dir / f"metrics-tuned-{m}", threshold=thresholds[m]["threshold"], **options)
-        for m in operating_points.TUNED_METRICS if math.isfinite(thresholds[m]["threshold"])
-    }
+    # the test cases at eval.threshold and again at the thresholds chosen on the validation cases, in one pass
+    tuned_dirs = {m: run_dir / f"metrics-tuned-{m}" for m in operating_points.TUNED_METRICS
+                  if math.isfinite(thresholds[m]["threshold"])}
+    summaries = evaluate_cases_at(
+        cases, {run_dir / "metrics": cfg.eval.threshold,
+                **{folder: thresholds[m]["threshold"] for m, folder in tuned_dirs.items()}}, **options)
+    summary = summaries[run_dir / "metrics"]
+    tuned = {m: summaries[folder] for m, folder in tuned_dirs.items()}
     log_hparams(run_dir, cfg, summary, tuned)  # this run's row in TensorBoard's HParams dashboard
     seconds = round(time.monotonic() - started, 1)
     mark_done(run_dir, {"seconds": seconds, "best_iteration": trained["best"]["iteration"]})

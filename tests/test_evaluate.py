@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, precision_score
 
 from lesionseg import LesionsegError, metrics
-from lesionseg.evaluate import FIRST_COLUMNS, evaluate_cases, evaluate_dirs, load_case
+from lesionseg.evaluate import FIRST_COLUMNS, evaluate_cases, evaluate_cases_at, evaluate_dirs, load_case
 
 SHAPE = (6, 5, 4)
 SPACING = (1.0, 1.5, 2.0)
@@ -542,3 +542,16 @@ def test_calibration_over_the_brain_by_hand(masked_case):
         pytest.approx(brain["pooled"]["ece"])
     with pytest.raises(LesionsegError, match="calibration_bins must be an integer >= 1"):
         evaluate_cases(cases, tmp_path / "bad", progress=False, calibration_bins=0)
+
+
+def test_several_thresholds_in_one_pass_equal_separate_evaluations(dataset, tmp_path):
+    pred_dir, ref_dir, arrays = dataset
+    cases = [(c, pred_dir / f"{c}.nii.gz", ref_dir / f"{c}.nii.gz") for c in sorted(arrays)]
+    together = evaluate_cases_at(cases, {tmp_path / "a": 0.5, tmp_path / "b": 0.3}, progress=False)
+    for folder, threshold in (("a", 0.5), ("b", 0.3)):
+        alone = evaluate_cases(cases, tmp_path / f"{folder}-alone", threshold=threshold, progress=False)
+        assert json.dumps(together[tmp_path / folder]) == json.dumps(alone)
+        for name in ("cases.csv", "summary.json", "pr_curve.csv", "threshold_curves.csv", "calibration.csv"):
+            assert (tmp_path / folder / name).read_text() == (tmp_path / f"{folder}-alone" / name).read_text()
+    with pytest.raises(LesionsegError, match="no threshold to evaluate at"):
+        evaluate_cases_at(cases, {}, progress=False)
