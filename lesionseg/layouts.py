@@ -30,6 +30,8 @@ PATIENT_LABEL = "label"
 PATIENT_MASK = "brainmask"
 
 Lists = dict[str, list[dict[str, Any]]]
+ID_SOURCE = ("a case's id is its 'case' key (Decathlon), its folder (patient folders) or its file names "
+             "(nnU-Net); without a 'case' key, the file name of its first image, or its folders where names repeat")
 
 
 def case_id_from_path(path: str | Path) -> str:
@@ -82,6 +84,7 @@ def read_decathlon(path: Path, raw: Any, modalities: list[str]) -> Lists:
         channels = list(range(len(modalities)))
     root = path.parent
     out: Lists = {}
+    first_images: list[tuple[dict, Path]] = []  # entries without a 'case' key, and their first listed image
     for split in ("training", "test"):
         entries = []
         for i, item in enumerate(raw.get(split) or []):
@@ -98,14 +101,34 @@ def read_decathlon(path: Path, raw: Any, modalities: list[str]) -> Lists:
                 raise LesionsegError(f"{where}: training cases need a 'label'")
             entries.append(
                 {
-                    "case": str(item.get("case") or case_id_from_path(images[0])),
+                    "case": str(item["case"]) if item.get("case") else None,  # None: derived below
                     "image": [str(root / images[c]) for c in channels],
                     "label": str(root / item["label"]) if item.get("label") else None,
                     "mask": str(root / item["mask"]) if item.get("mask") else None,
                 }
             )
+            if not item.get("case"):
+                first_images.append((entries[-1], root / images[0]))
         out[split] = entries
+    _default_case_ids(first_images, root)
     return out
+
+
+def _default_case_ids(first_images: list[tuple[dict, Path]], root: Path) -> None:
+    """Case ids for entries without a 'case' key: the first image's file name without its suffix, or, where
+    that name repeats among such cases (`p07/flair.nii.gz`, `p19/flair.nii.gz`), as many of its folders as
+    make the ids unique (`p07`, `p19`; deeper ones joined by `_`)."""
+    unnamed = [entry for entry, _ in first_images]
+    paths = [path for _, path in first_images]
+    parts = [p.relative_to(root).parts if p.is_relative_to(root) else p.parts for p in paths]
+    ids = [case_id_from_path(p) for p in paths]
+    for depth in range(1, max((len(x) for x in parts), default=1)):
+        if len(set(ids)) == len(ids):
+            break
+        repeated = {i for i in ids if ids.count(i) > 1}
+        ids = ["_".join(x[-1 - depth:-1]) if i in repeated and len(x) > depth else i for i, x in zip(ids, parts)]
+    for entry, case in zip(unnamed, ids):
+        entry["case"] = case
 
 
 def read_nnunet(path: Path, raw: dict, modalities: list[str]) -> Lists:
@@ -187,9 +210,11 @@ def duplicate_problems(lists: Lists) -> list[str]:
     for case, places in where.items():
         splits = {p.split("[")[0] for p in places}
         if len(splits) > 1:
-            problems.append(f"{case}: the case is in both the training and the test list ({', '.join(places)})")
+            problems.append(f"{case}: the case is in both the training and the test list ({', '.join(places)}); "
+                            f"{ID_SOURCE}: if they are different patients, give each a unique 'case'")
         elif len(places) > 1:
-            problems.append(f"{case}: duplicate case ids ({', '.join(places)}); give each case a unique 'case'")
+            problems.append(f"{case}: duplicate case ids ({', '.join(places)}); {ID_SOURCE}: give each case a "
+                            "unique 'case'")
     owner: dict[str, str] = {}
     for entries in lists.values():
         for e in entries:
