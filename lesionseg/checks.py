@@ -216,13 +216,28 @@ def inspect_case(entry: dict[str, Any], split: str, modalities: list[str],
     return summary, [f"{entry['case']}: {p}" for p in problems]
 
 
+def hold_out(lists: Lists, test_cases: list[str]) -> tuple[Lists, list[str]]:
+    """`lists` with the training cases named in `test_cases` moved to the end of the test list (in the
+    order given), and a problem for each name that is not a training case."""
+    training = {e["case"]: e for e in lists["training"]}
+    problems = [f"data.test_cases names {name!r}, which is not a training case of the dataset "
+                f"(its training cases: {', '.join(training) or 'none'})" for name in test_cases if name not in training]
+    held = [training[name] for name in test_cases if name in training]
+    moved = {e["case"] for e in held}
+    return {"training": [e for e in lists["training"] if e["case"] not in moved],
+            "test": [*lists["test"], *held]}, problems
+
+
 def inspect_dataset(
-    datalist: str | Path, modalities: list[str], read_voxels: bool = True
+    datalist: str | Path, modalities: list[str], read_voxels: bool = True, test_cases: list[str] = ()
 ) -> tuple[Lists, DatasetReport]:
-    """The dataset's cases and a report of every problem in them; raises only if the datalist is unreadable."""
+    """The dataset's cases and a report of every problem in them; raises only if the datalist is unreadable.
+
+    `test_cases` (`data.test_cases`): training cases held out as test cases."""
     lists, layout = read_layout(datalist, modalities)
+    lists, held_problems = hold_out(lists, list(test_cases))
     report = DatasetReport(str(datalist), layout, list(modalities))
-    report.problems += duplicate_problems(lists)
+    report.problems += held_problems + duplicate_problems(lists)
     if not lists["training"]:
         report.problems.append(f"{datalist}: no training cases")
     for split in ("training", "test"):
@@ -260,7 +275,7 @@ def check_data_settings(cfg: Config) -> None:
 def check_dataset(cfg: Config) -> DatasetReport:
     """Read every file of the configured dataset once; raise `LesionsegError` listing every problem."""
     require_datalist(cfg)
-    _, report = inspect_dataset(cfg.data.datalist, cfg.data.modalities)
+    _, report = inspect_dataset(cfg.data.datalist, cfg.data.modalities, test_cases=cfg.data.test_cases)
     raise_problems(report)
     return report
 

@@ -16,7 +16,8 @@ from lesionseg.files import describe_os_error, is_disk_error
 def _demo_data(args: argparse.Namespace) -> None:
     from lesionseg.phantom import write_demo_dataset
 
-    path = write_demo_dataset(args.out_dir, cases=args.cases, size=args.size, seed=args.seed, spacing=args.spacing)
+    path = write_demo_dataset(args.out_dir, cases=args.cases, size=args.size, seed=args.seed, spacing=args.spacing,
+                              lesions=args.lesions)
     print(f"wrote {args.cases} phantom cases and {path}")
 
 
@@ -26,7 +27,7 @@ def _check(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     require_datalist(cfg)
-    _, report = inspect_dataset(cfg.data.datalist, cfg.data.modalities)
+    _, report = inspect_dataset(cfg.data.datalist, cfg.data.modalities, test_cases=cfg.data.test_cases)
     print(report.table())
     raise_problems(report)
     print(f"\nconfig {args.config}: valid; dataset {cfg.data.datalist}: every file read, no problem found")
@@ -63,7 +64,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.pred, args.ref, out, threshold=args.threshold, device=args.device,
         lesion_min_voxels=args.lesion_min_voxels, lesion_min_overlap=args.lesion_min_overlap,
         size_bins_ml=args.size_bins_ml, ref_label=args.ref_label, mask_dir=args.mask_dir,
-        brain_dir=args.brain_dir, calibration_bins=args.calibration_bins,
+        brain_dir=args.brain_dir, calibration_bins=args.calibration_bins, min_component_ml=args.min_component_ml,
     )
     pc = summary["per_case"]
     print(f"{summary['n_cases']} cases: " + ", ".join(f"{m} {pc[m]['mean']:.4f}" for m in
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="voxels along the first axis (shape S × 1.2S × S)")
     p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lesions", choices=["ms", "large"], default="ms",
+                   help="ms: small MS-like white-matter lesions; large: tumour-like masses of tens of mL")
     p.set_defaults(func=_demo_data)
 
     with_config("check", "validate the config and read every data file: all problems, then a dataset summary", _check)
@@ -152,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="<case>.nii.gz whose non-zero voxels are the brain (masks or skull-stripped images): the "
                         "voxels of the calibration figures (default: --mask-dir, else every voxel)")
     p.add_argument("--calibration-bins", type=int, default=10, help="equal-width bins of the ECE")
+    p.add_argument("--min-component-ml", type=float, default=0.0, metavar="ML",
+                   help="post-processing: remove predicted lesions smaller than this volume before scoring")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("report", help="rebuild a sweep's report from its finished runs")

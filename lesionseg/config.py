@@ -37,11 +37,19 @@ class DataConfig(_Section):
     spacing: list[float] | None = Field(None, description="resample to this spacing (mm); null keeps the input grid")
     clip_percentiles: list[float] | None = Field(None, min_length=2, max_length=2, description="[low, high] %")
     orientation: str = "RAS"
+    normalize: Literal["zscore", "median"] = Field("zscore", description="per channel over the brain: z-score, "
+                                                   "or x / median - 1")
     patch_size: list[int] = Field(default_factory=lambda: [64, 64, 64], min_length=3, max_length=3)
     pos_fraction: float = Field(0.67, ge=0.0, le=1.0, description="share of patches centred on a lesion voxel")
     samples_per_volume: int = Field(2, ge=1)
+    rotate_degrees: float = Field(0.0, ge=0.0, le=180.0, description="spatial augmentation: rotation about each axis")
+    scale_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="spatial augmentation: zoom in [1 - s, 1 + s]")
+    intensity_scale: float = Field(0.1, ge=0.0, lt=1.0, description="image × (1 + U(-a, a)) in half the patches")
+    intensity_shift: float = Field(0.1, ge=0.0, description="image + U(-b, b) in half the patches")
+    spatial_prob: float = Field(0.2, ge=0.0, le=1.0, description="share of patches rotated/zoomed (when either is on)")
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     val_cases: int | None = Field(None, ge=1, description="number of validation cases; overrides val_fraction")
+    test_cases: list[str] = Field(default_factory=list, description="training cases held out as test cases")
     cache: bool = Field(True, description="preprocess each training case once and keep it (else on every draw)")
     cache_device: str = Field("auto", description="auto | cpu | cuda | cuda:N: where cached training volumes live")
 
@@ -68,7 +76,7 @@ class ModelConfig(_Section):
     res_units: int = Field(2, ge=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     norm: Literal["instance", "batch"] = "instance"
-    prior: float = Field(0.01, gt=0.0, lt=1.0, description="initial lesion probability of the output")
+    prior: float = Field(0.5, gt=0.0, lt=1.0, description="initial lesion probability of the output")
 
     @model_validator(mode="after")
     def _strides_match(self) -> ModelConfig:
@@ -84,7 +92,7 @@ class LossConfig(_Section):
     name: Literal["tversky", "dice"] = "tversky"
     beta: float = Field(0.7, gt=0.0, lt=1.0, description="weight of false negatives")
     alpha: float | None = Field(None, gt=0.0, description="weight of false positives; null means 1 - beta")
-    batch: bool = Field(True, description="sum TP/FP/FN over the whole batch rather than per sample")
+    batch: bool = Field(False, description="sum TP/FP/FN over the whole batch rather than per patch")
     smooth: float = Field(1e-5, ge=0.0)
 
     @property
@@ -121,11 +129,21 @@ class EvalConfig(_Section):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
     sw_batch_size: int = Field(4, ge=1)
+    tta: bool = Field(False, description="test-time flips: mean probability over the 8 mirrorings (8× the time)")
     lesion_min_voxels: int = Field(1, ge=1, description="components smaller than this are not lesions")
     lesion_min_overlap: float = Field(0.0, ge=0.0, le=1.0, description="share of a lesion overlapped to detect it")
     size_bins_ml: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], description="lesion-size bin edges")
     restrict_to_mask: bool = Field(False, description="score only the voxels inside each test case's brain mask")
     calibration_bins: int = Field(10, ge=2, description="equal-width bins of the reliability diagram and ECE")
+    min_component_ml: float | Literal["tune"] = Field(
+        0.0, description="remove predicted lesions smaller than this (mL) before scoring; tune: chosen on validation")
+
+    @field_validator("min_component_ml")
+    @classmethod
+    def _volume_or_tune(cls, v: float | str) -> float | str:
+        if v != "tune" and not 0 <= v < float("inf"):
+            raise ValueError(f"{v!r} is not a volume >= 0 (mL) or 'tune'")
+        return v
 
 
 # How a sweep is executed, written beside the dotted keys of the `sweep:` block. These names are not config
@@ -226,6 +244,21 @@ def deep_merge(base: dict, child: dict) -> dict:
     return merged
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                    "keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
@@ -233,8 +266,10 @@ def _read_yaml(path: Path) -> dict:
         raise LesionsegError(f"config file not found: {path}") from None
     except OSError as err:
         raise LesionsegError(f"cannot read config file {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise LesionsegError(f"config file {path} is not a text file (not UTF-8); give a YAML config") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise LesionsegError(f"config file {path} is not valid YAML: {err}") from None
     if data is None:

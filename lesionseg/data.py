@@ -59,7 +59,8 @@ def load_datalist(cfg: Config) -> Lists:
     the voxels too (NaN, empty or non-binary labels, truncated files).
     """
     require_datalist(cfg)
-    lists, report = inspect_dataset(cfg.data.datalist, cfg.data.modalities, read_voxels=False)
+    lists, report = inspect_dataset(cfg.data.datalist, cfg.data.modalities, read_voxels=False,
+                                    test_cases=cfg.data.test_cases)
     raise_problems(report, "names files that do not exist or do not fit")
     return lists
 
@@ -96,15 +97,19 @@ class BrainIndicesd:
 
 
 class BrainZScored:
-    """Z-score each image channel over the brain, optionally after clipping it to percentiles of the brain.
+    """Normalise each image channel over the brain, optionally after clipping it to percentiles of the brain.
 
+    `zscore`: (x − mean) / SD over the brain (MONAI's `NormalizeIntensity(nonzero=True, channel_wise=True)`;
+    a channel of one value is only centred). `median`: x / median − 1 over the brain, the brain's median at
+    0 and a lesion 30 % brighter than it at 0.3: MR intensities have an arbitrary *scale*, and a ratio to a
+    robust level does not move with the lesion load or atrophy as the SD does (see bench/RESULTS.md).
     The brain is the case's mask where it has one (voxels outside it become 0, as in nnU-Net), else the
-    channel's non-zero voxels (which stay 0: MONAI's `NormalizeIntensity(nonzero=True, channel_wise=True)`).
-    A channel of one value is only centred. The mask is dropped afterwards; nothing downstream needs it.
+    channel's non-zero voxels (which stay 0). The mask is dropped afterwards; nothing downstream needs it.
     """
 
-    def __init__(self, clip_percentiles: tuple[float, float] | None = None) -> None:
+    def __init__(self, clip_percentiles: tuple[float, float] | None = None, method: str = "zscore") -> None:
         self.clip_percentiles = clip_percentiles
+        self.method = method
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
@@ -119,8 +124,12 @@ class BrainZScored:
             if self.clip_percentiles is not None:
                 low, high = np.percentile(values.numpy(), self.clip_percentiles)
                 values = values.clamp(float(low), float(high))
-            std = values.std(correction=0)
-            channel[region] = ((values - values.mean()) / (std if std > 0 else 1.0)).to(channel.dtype)
+            if self.method == "median":
+                median = float(np.median(values.numpy()))
+                channel[region] = (values / (median if median != 0 else 1.0) - 1.0).to(channel.dtype)
+            else:
+                std = values.std(correction=0)
+                channel[region] = ((values - values.mean()) / (std if std > 0 else 1.0)).to(channel.dtype)
             if mask is not None:
                 channel[~region] = 0.0
         d["image"] = out
@@ -149,7 +158,7 @@ def preprocessing(cfg: Config, with_label: bool, with_indices: bool = False) -> 
     check_data_settings(cfg)
     clip = cfg.data.clip_percentiles
     steps += [
-        BrainZScored(None if clip is None else (clip[0], clip[1])),
+        BrainZScored(None if clip is None else (clip[0], clip[1]), cfg.data.normalize),
         EnsureTyped(keys=keys, dtype=np.float32, track_meta=not with_indices),
     ]
     return Compose(steps)
@@ -230,6 +239,11 @@ def train_batches(entries: list[dict], cfg: Config, device: torch.device | str =
         batch_size=cfg.train.batch_size,
         samples_per_volume=cfg.data.samples_per_volume,
         pos_fraction=cfg.data.pos_fraction,
+        rotate_degrees=cfg.data.rotate_degrees,
+        scale_fraction=cfg.data.scale_fraction,
+        spatial_prob=cfg.data.spatial_prob,
+        intensity_scale=cfg.data.intensity_scale,
+        intensity_shift=cfg.data.intensity_shift,
         device=device,
     )
 

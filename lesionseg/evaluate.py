@@ -120,15 +120,22 @@ def case_metrics(
     bins_in_voxels: bool = False,
     mask: torch.Tensor | None = None,
     table: metrics.PRTable | None = None,
+    min_component_ml: float = 0.0,
 ) -> tuple[dict, torch.Tensor, dict[str, int], metrics.PRTable]:
     """Every metric of one case from tensors already loaded (`load_case`): `(row, counts, lesion counts,
     pr table)`; the last three add up across cases for the pooled figures.
 
     `mask` (bool, `load_mask`): only the voxels inside it count; outside, prediction and reference are 0
     for the surface distances and lesion-wise detection. `table`: the case's precision-recall table when
-    it is known already (it does not depend on the threshold), else it is computed.
+    it is known already (it does not depend on the threshold), else it is computed. `min_component_ml`:
+    predicted lesions (26-connected components of `prob >= threshold`, inside `mask`) smaller than this
+    volume are removed before anything is counted; the APR, a figure of the probabilities, is unaffected.
     """
+    voxel_ml = math.prod(spacing) / 1000.0
     pred = prob >= threshold
+    if min_component_ml > 0:
+        pred = lesionwise.remove_small_components(pred if mask is None else pred & mask,
+                                                  lesionwise.min_component_voxels(min_component_ml, voxel_ml))
     if mask is None:
         counts = metrics.confusion_counts(pred, ref)
         table = metrics.pr_table(prob, ref) if table is None else table
@@ -142,7 +149,6 @@ def case_metrics(
     if metrics.f_beta_key(f_beta) != "f2":
         row.update(metrics.overlap_metrics(counts, f_beta=f_beta))
     row.update(zip(COUNT_COLUMNS, counts.tolist()))
-    voxel_ml = math.prod(spacing) / 1000.0
     row.update(metrics.volume_metrics(counts, voxel_ml))
     if surface:
         row.update(surface_distances(pred, ref, spacing))
@@ -188,6 +194,7 @@ def evaluate_cases_at(
     masks: Sequence[Path | None] | None = None,
     brains: Sequence[Path | None] | None = None,
     calibration_bins: int = calibration.DEFAULT_BINS,
+    min_component_ml: float = 0.0,
 ) -> dict[Path, dict]:
     """Evaluate `(case_id, prediction path, reference path)` pairs at each threshold of `thresholds` (output
     folder → threshold), write the outputs into each folder, return `{folder: summary}`. Every case is
@@ -210,6 +217,8 @@ def evaluate_cases_at(
             skull-stripped image, on the reference's grid): the voxels of the calibration figures when the
             case has no `masks` entry. Neither: every voxel.
         calibration_bins: equal-width bins of the reliability diagram and the ECE (`lesionseg.calibration`).
+        min_component_ml: post-processing: predicted lesions smaller than this (mL) are removed before
+            scoring (`case_metrics`); recorded in `summary.json` when > 0.
 
     Columns after `case, dsc, f2, sensitivity, precision, specificity, apr`: `iou`, [`f<β>`],
     `tp, fp, fn, tn`, `vol_ref_ml, vol_pred_ml, avd_ml, rvd`, `hd95_mm, assd_mm`, `n_ref_lesions,
@@ -231,6 +240,8 @@ def evaluate_cases_at(
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise LesionsegError(f"case names must be unique; repeated: {', '.join(duplicates)}.")
+    if not (isinstance(min_component_ml, numbers.Real) and 0 <= min_component_ml < math.inf):
+        raise LesionsegError(f"min_component_ml must be a volume >= 0 in mL, got {min_component_ml!r}.")
     if not (isinstance(calibration_bins, int) and calibration_bins >= 1):
         raise LesionsegError(f"calibration_bins must be an integer >= 1, got {calibration_bins!r}.")
     masks = _per_case(masks, cases, "masks", "brain mask")
@@ -258,7 +269,8 @@ def evaluate_cases_at(
             row, counts, lesions, table = case_metrics(
                 prob, ref, spacing, threshold, f_beta=f_beta, surface=surface,
                 lesion_min_voxels=lesion_min_voxels, lesion_min_overlap=lesion_min_overlap,
-                size_bins=size_bins, bins_in_voxels=bins_in_voxels, mask=mask, table=table)
+                size_bins=size_bins, bins_in_voxels=bins_in_voxels, mask=mask, table=table,
+                min_component_ml=min_component_ml)
             row["ece"] = calibration.expected_calibration_error(bins)
             rows[folder].append({"case": case_id, **row})
             total_counts[folder] += counts.cpu()
@@ -300,6 +312,8 @@ def evaluate_cases_at(
             "calibration": {"bins": calibration_bins, "binning": "equal-width",
                             "voxels": _calibration_voxels(masks, brains)},
         }
+        if min_component_ml > 0:  # absent otherwise, so that summaries without it read as before
+            summaries[folder]["postprocessing"] = {"min_component_ml": min_component_ml}
         write_text(folder / "cases.csv", _csv_text(columns, these))
         for name, text in shared.items():
             write_text(folder / name, text)

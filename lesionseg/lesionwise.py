@@ -74,6 +74,22 @@ def _components(mask: np.ndarray, min_voxels: int) -> tuple[np.ndarray, np.ndarr
     return labels, sizes, labels > 0
 
 
+def min_component_voxels(min_ml: float, voxel_ml: float) -> int:
+    """The fewest voxels a component of voxels of `voxel_ml` mL needs to reach `min_ml` mL (1 for 0)."""
+    if min_ml <= 0:
+        return 1
+    return max(1, math.ceil(round(min_ml / voxel_ml, 9)))  # round: 0.03 / 0.001 is 29.999999999999996
+
+
+def remove_small_components(mask: torch.Tensor, min_voxels: int) -> torch.Tensor:
+    """Post-processing of a predicted mask: its 26-connected components of fewer than `min_voxels`
+    voxels set to False (labelled on CPU; the result is on `mask`'s device)."""
+    if min_voxels <= 1:
+        return mask
+    kept = _components(mask.cpu().numpy(), min_voxels)[2]
+    return torch.from_numpy(kept).to(mask.device)
+
+
 def _hits(labels: np.ndarray, sizes: np.ndarray, other: np.ndarray, min_overlap: float) -> np.ndarray:
     """Bool per component (1..n): does `other` cover at least max(1, min_overlap × size) of it?"""
     overlap = np.bincount(labels[other], minlength=sizes.size)[1:]

@@ -9,7 +9,9 @@ What is modelled, and why it is enough for a β sweep to mean something:
   (Pareto) size distribution (many small, few large), irregular shapes (a union of overlapping ellipsoids
   deformed by smooth noise), some placed touching a previous one (confluent), and ~25 % of them of low
   contrast (a fraction of the full contrast): those small, faint lesions are what a higher Tversky β finds.
-  The lesion load is drawn per case (median ~1 % of brain voxels, a few low-load cases) and is never zero.
+  The lesion load is drawn per case, spread as widely as between real patients (median 0.6 % of brain
+  voxels, from 0.05 % to 5 %), and is never zero: with loads of ~1 % everywhere (the earlier phantoms), a
+  batch-summed loss that ignores low-load cases looked fine on the demo and failed on real scans.
 - Image formation: tissue fractions with one-voxel soft edges (partial volume), per-tissue FLAIR/T1/T2
   intensities in scanner-like units, mild tissue texture, a Gaussian point-spread blur, a smooth
   multiplicative bias field per modality, Rician noise of a few % of white matter, and zero outside the brain.
@@ -143,11 +145,33 @@ def _anatomy(shape: tuple[int, int, int], rng: np.random.Generator) -> dict[str,
             "lesionable": np.where(septum, 0, fracs["wm"]).astype(np.float32), "radius": np.float32(radius)}
 
 
+class LesionKind(NamedTuple):
+    """How the lesions of a phantom are drawn: their load, size and where they may grow."""
+
+    load: tuple[float, float, float, float]  # share of brain voxels: lognormal median, sigma, clipped to [lo, hi]
+    radius: tuple[float, float]  # base lesion radius (× brain radius) and its cap; Pareto tail between
+    confluent: float  # chance that a lesion touches the previous one
+    periventricular: bool  # centres mostly near the ventricles (MS) or anywhere in deep tissue
+    grey_matter: bool  # may grow into grey matter (tumours), not only white matter
+    low_contrast: float  # share of lesions of faint contrast
+
+
+LESION_KINDS = {
+    # MS: many small white-matter lesions, mostly periventricular; loads spread as between real patients
+    # (median 0.6 % of the brain, 0.05 … 5 %: the open MS patients hold 0.12 % and 4.5 %).
+    "ms": LesionKind((0.006, 1.1, 0.0005, 0.05), (0.045, 0.15), 0.3, True, False, 0.25),
+    # Tumour-like: one to a few large lobulated masses of tens of mL (4 … 15 % of the brain).
+    "large": LesionKind((0.07, 0.4, 0.04, 0.15), (0.16, 0.3), 0.7, False, True, 0.1),
+}
+
+
 def _lesions(
-    anat: dict[str, np.ndarray], rng: np.random.Generator
+    anat: dict[str, np.ndarray], rng: np.random.Generator, kind: LesionKind = LESION_KINDS["ms"]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lesion fraction (clipped to WM), and per-voxel FLAIR/T2 and T1 contrast shares, all float32."""
+    """Lesion fraction (clipped to WM, or WM and GM), and per-voxel FLAIR/T2 and T1 contrast shares, float32."""
     wm, radius = anat["lesionable"], float(anat["radius"])
+    if kind.grey_matter:
+        wm = np.clip(wm + anat["gm"], 0.0, 1.0)
     shape = wm.shape
     # Distance to the ventricles on a coarse grid (EDT is the slow step at size 160; weights need no more).
     step = max(1, round(min(shape) / 48))
@@ -158,17 +182,19 @@ def _lesions(
     if candidates.size == 0:  # only at toy sizes, where the cortex leaves no deep white matter
         candidates = np.flatnonzero(wm > 0.5)
     near = np.exp(-dist.ravel()[candidates] / 0.1)
-    weight = (near + 0.02) / (near + 0.02).sum()  # mostly periventricular, some deep WM
+    weight = (near + 0.02) if kind.periventricular else np.ones_like(near)  # MS: mostly periventricular
+    weight /= weight.sum()
 
     lesion, contrast, t1_share = (np.zeros(shape, np.float32) for _ in range(3))
     bumps = _smooth_field(rng, shape, max(2.0, 0.06 * radius))  # deforms lesion outlines
-    target = np.clip(np.exp(rng.normal(np.log(0.009), 0.7)), 0.002, 0.035) * float(anat["brain"].sum())
+    median, sigma, lo, hi = kind.load
+    target = np.clip(np.exp(rng.normal(np.log(median), sigma)), lo, hi) * float(anat["brain"].sum())
     load, previous = 0, None
     for _ in range(400):
         if load >= max(target, 1):
             break
-        r = float(min(0.045 * radius * (1 + rng.pareto(1.8)), 0.15 * radius))  # voxels; heavy tail
-        if previous is not None and rng.random() < 0.3:  # confluent: touching the previous lesion
+        r = float(min(kind.radius[0] * radius * (1 + rng.pareto(1.8)), kind.radius[1] * radius))  # heavy tail
+        if previous is not None and rng.random() < kind.confluent:  # confluent: touching the previous lesion
             direction = rng.normal(size=3)
             c0 = previous[0] + direction / np.linalg.norm(direction) * 0.8 * (previous[1] + r)
         else:
@@ -193,7 +219,7 @@ def _lesions(
         before = int((lesion[box] >= 0.5).sum())
         newer = frac > lesion[box]
         lesion[box] = np.maximum(lesion[box], frac)
-        share = rng.uniform(0.25, 0.5) if rng.random() < 0.25 else rng.uniform(0.75, 1.0)
+        share = rng.uniform(0.25, 0.5) if rng.random() < kind.low_contrast else rng.uniform(0.75, 1.0)
         contrast[box] = np.where(newer, share, contrast[box])
         t1_share[box] = np.where(newer, share * rng.uniform(0.0, 1.0), t1_share[box])
         load += int((lesion[box] >= 0.5).sum()) - before
@@ -203,13 +229,16 @@ def _lesions(
     return lesion, contrast, t1_share
 
 
-def render_phantom(shape: tuple[int, int, int], rng: np.random.Generator) -> Phantom:
-    """One phantom with its tissue fractions (for tests and inspection); `make_phantom` returns part of it."""
+def render_phantom(shape: tuple[int, int, int], rng: np.random.Generator, lesions: str = "ms") -> Phantom:
+    """One phantom with its tissue fractions (for tests and inspection); `make_phantom` returns part of it.
+
+    `lesions`: a key of `LESION_KINDS` (ms: small MS-like lesions; large: tumour-like masses)."""
     shape = tuple(int(n) for n in shape)
     anat = _anatomy(shape, rng)
-    lesion, contrast, t1_share = _lesions(anat, rng)
-    tissues = {"csf": anat["csf"], "gm": anat["gm"], "wm": anat["wm"] - lesion, "lesion": lesion,
-               "ventricles": anat["ventricles"]}
+    lesion, contrast, t1_share = _lesions(anat, rng, LESION_KINDS[lesions])
+    from_wm = np.minimum(lesion, anat["wm"])  # a lesion replaces white matter, then (tumours) grey matter
+    tissues = {"csf": anat["csf"], "gm": anat["gm"] - (lesion - from_wm), "wm": anat["wm"] - from_wm,
+               "lesion": lesion, "ventricles": anat["ventricles"]}
     mask = (anat["brain"] >= 0.5).astype(np.uint8)
     label = ((lesion >= 0.5) & (mask > 0)).astype(np.uint8)
     texture = 1 + 0.02 * _smooth_field(rng, shape, 3.0)  # mild tissue inhomogeneity
@@ -232,13 +261,13 @@ def render_phantom(shape: tuple[int, int, int], rng: np.random.Generator) -> Pha
 
 
 def make_phantom(
-    shape: tuple[int, int, int], rng: np.random.Generator
+    shape: tuple[int, int, int], rng: np.random.Generator, lesions: str = "ms"
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Return ({modality: float32 image}, label uint8 {0,1}, brain mask uint8 {0,1}), all of `shape`.
 
     The label always holds at least one lesion. The same `rng` state gives the same phantom.
     """
-    phantom = render_phantom(shape, rng)
+    phantom = render_phantom(shape, rng, lesions)
     return phantom.images, phantom.label, phantom.mask
 
 
@@ -261,6 +290,7 @@ def write_demo_dataset(
     seed: int = 0,
     spacing: float = 2.0,
     test_fraction: float = 0.25,
+    lesions: str = "ms",
 ) -> Path:
     """Write phantoms as NIfTI and a Decathlon-style datalist; return the datalist path.
 
@@ -281,6 +311,8 @@ def write_demo_dataset(
         raise LesionsegError(f"demo data: spacing={spacing!r} must be a positive number of millimetres")
     if not (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1):
         raise LesionsegError(f"demo data: test_fraction={test_fraction!r} is not in (0, 1)")
+    if lesions not in LESION_KINDS:
+        raise LesionsegError(f"demo data: lesions={lesions!r} is not one of {', '.join(LESION_KINDS)}")
     n_test = max(1, math.ceil(cases * test_fraction))
     if cases - n_test < 1:
         raise LesionsegError(
@@ -292,7 +324,7 @@ def write_demo_dataset(
     entries = []
     for i in range(cases):
         case = f"case_{i:03d}"
-        images, label, mask = make_phantom(shape, np.random.default_rng([seed, i]))
+        images, label, mask = make_phantom(shape, np.random.default_rng([seed, i]), lesions)
         files = {f"images/{case}_{m}.nii.gz": images[m] for m in MODALITIES}
         files[f"labels/{case}.nii.gz"] = label
         files[f"masks/{case}.nii.gz"] = mask
@@ -305,7 +337,8 @@ def write_demo_dataset(
     datalist = {
         "name": "lesionseg phantoms",
         "description": (
-            f"synthetic MS-like lesion phantoms (lesionseg.phantom): seed={seed}, size={size}, "
+            f"synthetic {'MS-like' if lesions == 'ms' else 'tumour-like'} lesion phantoms (lesionseg.phantom): "
+            f"lesions={lesions}, seed={seed}, size={size}, "
             f"shape={list(shape)}, spacing={float(spacing)} mm, LAS"
         ),
         "modalities": list(MODALITIES),

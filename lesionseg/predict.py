@@ -7,6 +7,8 @@ affine of the case's first image and overlays it in any viewer.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -20,7 +22,8 @@ from lesionseg.data import load_datalist, preprocessing, volume_dataset
 from lesionseg.errors import LesionsegError
 from lesionseg.files import write_atomic
 from lesionseg.layouts import case_id_from_path
-from lesionseg.metrics import PRTable, pr_table
+from lesionseg.lesionwise import min_component_voxels, remove_small_components
+from lesionseg.metrics import PRTable, confusion_counts, overlap_metrics, pr_table
 from lesionseg.model import build_model
 from lesionseg.train import infer_volume, resolve_device
 
@@ -56,7 +59,7 @@ def predict_cases(
     for entry in tqdm(entries, desc="predict", disable=not progress, leave=False):
         item = pre({"image": entry["image"], **({"mask": entry["mask"]} if entry.get("mask") else {})})
         image: MetaTensor = item["image"]
-        prob = infer_volume(model, image, cfg, device).cpu()
+        prob = infer_volume(model, image, cfg, device, tta=cfg.eval.tta).cpu()
         # Carry the input's transform history so that the inverse undoes reorientation and resampling.
         restored = pre.inverse({"image": MetaTensor(prob, meta=image.meta, applied_operations=image.applied_operations)})
         array = restored["image"][0].numpy()
@@ -67,15 +70,21 @@ def predict_cases(
 
 
 def validation_tables(model: torch.nn.Module, cfg: Config, entries: list[dict], device: torch.device,
-                      progress: bool = True) -> list[PRTable]:
+                      progress: bool = True, sizes_ml: Sequence[float] = ()) -> tuple[list[PRTable], np.ndarray]:
     """Predict the validation cases (labelled) in the training geometry and reduce each to its
-    precision-recall table (`metrics.pr_table`), from which thresholds are tuned (`operating_points`)."""
-    tables = []
+    precision-recall table (`metrics.pr_table`), from which thresholds are tuned (`operating_points`),
+    and to its DSC at `eval.threshold` after removing predicted lesions smaller than each of `sizes_ml`
+    (`(cases, sizes)`; the size filter is tuned from it)."""
+    tables, dsc = [], []
     for item in tqdm(volume_dataset(entries, cfg, with_label=True), desc="validation", disable=not progress,
                      leave=False):
-        prob = infer_volume(model, item["image"], cfg, device)[0]
-        tables.append(pr_table(prob, item["label"][0].to(device) > 0.5))
-    return tables
+        prob = infer_volume(model, item["image"], cfg, device, tta=cfg.eval.tta)[0]
+        label = item["label"][0].to(device) > 0.5
+        tables.append(pr_table(prob, label))
+        voxel_ml = math.prod(item["image"].pixdim[:3].tolist()) / 1000.0
+        dsc.append([overlap_metrics(confusion_counts(remove_small_components(
+            prob >= cfg.eval.threshold, min_component_voxels(size, voxel_ml)), label))["dsc"] for size in sizes_ml])
+    return tables, np.asarray(dsc, dtype=np.float64).reshape(len(tables), len(sizes_ml))
 
 
 def predict_run(run_dir: Path, images: list[str] | None = None, out_dir: Path | None = None,

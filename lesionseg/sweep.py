@@ -18,6 +18,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from lesionseg.backends import run_all
@@ -62,7 +63,8 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     brains = [e["mask"] or e["image"][0] for e in lists["test"]]
     options = dict(device=str(device), progress=progress, lesion_min_voxels=cfg.eval.lesion_min_voxels,
                    lesion_min_overlap=cfg.eval.lesion_min_overlap, size_bins_ml=cfg.eval.size_bins_ml,
-                   masks=masks, brains=brains, calibration_bins=cfg.eval.calibration_bins)
+                   masks=masks, brains=brains, calibration_bins=cfg.eval.calibration_bins,
+                   min_component_ml=thresholds.get("component_filter", {}).get("min_component_ml", 0.0))
     # the test cases at eval.threshold and again at the thresholds chosen on the validation cases, in one pass
     tuned_dirs = {m: run_dir / f"metrics-tuned-{m}" for m in operating_points.TUNED_METRICS
                   if math.isfinite(thresholds[m]["threshold"])}
@@ -77,14 +79,33 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     return summary
 
 
+# The sizes `eval.min_component_ml: tune` chooses from (mL; 0: no post-processing).
+COMPONENT_SIZES_ML = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+
 def tune_thresholds(model, cfg: Config, lists: dict, run_dir: Path, device, progress: bool = True) -> dict:
-    """The thresholds maximising the mean validation DSC and F2 (`operating_points`), in `thresholds.json`.
+    """The thresholds maximising the mean validation DSC and F2 (`operating_points`), in `thresholds.json`,
+    and the smallest-lesion size of the post-processing (`eval.min_component_ml`).
 
     The validation cases are the run's own (`split.json`); the test cases play no part. Without
-    validation cases both thresholds are NaN and the run is evaluated at `eval.threshold` only.
+    validation cases both thresholds are NaN and the run is evaluated at `eval.threshold` only. With
+    `min_component_ml: tune`, the size of `COMPONENT_SIZES_ML` maximising the mean validation DSC at
+    `eval.threshold` (the smallest among ties; 0 without validation cases); otherwise the configured one.
     """
     _, val_cases = split_train_val(lists["training"], cfg)
-    tables = validation_tables(model, cfg, val_cases, device, progress) if val_cases else []
+    tune_size = cfg.eval.min_component_ml == "tune"
+    sizes = COMPONENT_SIZES_ML if tune_size else ()
+    tables, dsc = validation_tables(model, cfg, val_cases, device, progress, sizes) if val_cases else ([], None)
+    if not tune_size:
+        component = {"min_component_ml": cfg.eval.min_component_ml, "method": "configured"}
+    elif dsc is None or dsc.size == 0:
+        component = {"min_component_ml": 0.0, "method": "tune: no validation case, none removed"}
+    else:
+        means = np.nanmean(dsc, axis=0)  # DSC is defined for every case (1 when both masks are empty)
+        best = int(np.argmax(means))  # the first maximum: the smallest size
+        component = {"min_component_ml": sizes[best], "method": "tune: the size maximising the mean validation "
+                     "DSC at eval.threshold (smallest among ties)",
+                     "validation_dsc": dict(zip(map(str, sizes), means.round(6).tolist()))}
     result = {
         "configured": cfg.eval.threshold,
         "method": "maximum of the mean per-case metric over the validation cases, at every distinct "
@@ -92,6 +113,8 @@ def tune_thresholds(model, cfg: Config, lists: dict, run_dir: Path, device, prog
         "validation_cases": [e["case"] for e in val_cases],
         **{m: operating_points.tune_threshold(tables, m) for m in operating_points.TUNED_METRICS},
     }
+    if tune_size or cfg.eval.min_component_ml > 0:  # absent otherwise, as before the size filter existed
+        result["component_filter"] = component
     write_json(run_dir / "thresholds.json", result)
     return result
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -90,20 +91,37 @@ def to_memory_format(batch: dict[str, torch.Tensor], channels_last: bool) -> tup
     return batch["image"].contiguous(memory_format=fmt), batch["label"].contiguous(memory_format=fmt)
 
 
-def infer_volume(model: torch.nn.Module, image: torch.Tensor, cfg: Config, device: torch.device) -> torch.Tensor:
+# Test-time flips (`eval.tta`): every subset of the three spatial axes of a (B, C, D, H, W) batch, the
+# identity first — the 8 mirrorings nnU-Net averages over.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
+
+
+def infer_volume(model: torch.nn.Module, image: torch.Tensor, cfg: Config, device: torch.device,
+                 tta: bool = False) -> torch.Tensor:
     """Lesion probabilities `(1, D, H, W)` for one preprocessed volume `(C, D, H, W)`, by sliding window
-    (in the training AMP dtype on CUDA; in fp32 on the CPU)."""
+    (in the training AMP dtype on CUDA; in fp32 on the CPU).
+
+    `tta`: the mean of the probabilities over the 8 mirrorings of the volume (`TTA_FLIPS`), each flipped
+    back before averaging (8 times the work).
+    """
     dtype = amp_dtype(device, cfg.train.amp) if device.type == "cuda" else None
+    volume = image.as_tensor() if isinstance(image, MetaTensor) else image
+    volume = volume.unsqueeze(0).to(device)
+    total = None
     with torch.no_grad(), autocast(device, dtype):
-        logits = sliding_window_inference(
-            image.unsqueeze(0).to(device),
-            roi_size=cfg.data.patch_size,
-            sw_batch_size=cfg.eval.sw_batch_size,
-            predictor=model,
-            overlap=cfg.eval.overlap,
-            mode="gaussian",
-        )
-    return torch.sigmoid(logits.float())[0]
+        for axes in TTA_FLIPS if tta else TTA_FLIPS[:1]:
+            logits = sliding_window_inference(
+                volume.flip(axes) if axes else volume,
+                roi_size=cfg.data.patch_size,
+                sw_batch_size=cfg.eval.sw_batch_size,
+                predictor=model,
+                overlap=cfg.eval.overlap,
+                mode="gaussian",
+            )
+            prob = torch.sigmoid(logits.float())
+            prob = prob.flip(axes) if axes else prob
+            total = prob if total is None else total + prob
+    return (total / (len(TTA_FLIPS) if tta else 1))[0]
 
 
 def validate(

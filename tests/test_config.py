@@ -26,10 +26,10 @@ def test_base_yaml_lists_every_default():
 
 
 def test_extends_merges_deeply_and_child_wins(tmp_path):
-    write(tmp_path / "parent.yaml", "seed: 3\nloss: {beta: 0.6, batch: false}\ntrain: {lr: 0.01}\n")
+    write(tmp_path / "parent.yaml", "seed: 3\nloss: {beta: 0.6, batch: true}\ntrain: {lr: 0.01}\n")
     child = write(tmp_path / "child.yaml", "extends: parent.yaml\nloss: {beta: 0.8}\n")
     cfg = load_config(child)
-    assert (cfg.seed, cfg.loss.beta, cfg.loss.batch, cfg.train.lr) == (3, 0.8, False, 0.01)
+    assert (cfg.seed, cfg.loss.beta, cfg.loss.batch, cfg.train.lr) == (3, 0.8, True, 0.01)
 
 
 def test_overrides_are_yaml_and_win_over_files(tmp_path):
@@ -94,3 +94,21 @@ def test_sweep_values_are_validated(tmp_path):
 def test_parse_overrides_nests_and_run_id():
     assert parse_overrides(["a.b=1", "a.c=[1, 2]", "d=x"]) == {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
     assert run_id({"loss.beta": 0.7, "seed": 0}) == "beta=0.7_seed=0"
+
+
+def test_a_key_given_twice_is_an_error(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: a\ntrain:\n  lr: 0.1\n  iterations: 3\n  lr: 0.2\n")
+    with pytest.raises(LesionsegError, match=r"key 'lr' is given twice \(lines 3 and 5\); keep one"):
+        load_config(path)
+
+
+def test_a_binary_file_as_config_or_extends_is_one_clear_error(tmp_path):
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(LesionsegError, match=r"model.pt is not a text file"):
+        load_config(binary)
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: model.pt\n")
+    with pytest.raises(LesionsegError, match=r"model.pt is not a text file"):
+        load_config(child)

@@ -106,3 +106,47 @@ def test_a_brain_mask_sets_the_normalisation_region(tmp_path):
         # Without a mask, every non-zero voxel (here all of them) is the brain.
         everywhere = unmasked[c].numpy()
         assert abs(everywhere.mean()) < 1e-5 and everywhere.std() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_decathlon_ids_of_per_patient_folders_are_the_folders(tmp_path):
+    """`p07/flair.nii.gz`, `p19/flair.nii.gz` without 'case' keys are p07 and p19, not three `flair`s."""
+    def entry(folder):
+        return {"image": [f"{folder}/flair.nii.gz", f"{folder}/t1.nii.gz", f"{folder}/t2.nii.gz"],
+                "label": f"{folder}/label.nii.gz"}
+
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"modalities": ["flair", "t1", "t2"],
+                                "training": [entry("p07"), entry("site2/p19"), entry("site1/p19")],
+                                "test": [entry("p21"), {**entry("p22"), "case": "named"}]}))
+    lists = read_datalist(path, ["flair", "t1", "t2"])
+    assert [e["case"] for e in lists["training"]] == ["p07", "site2_p19", "site1_p19"]
+    assert [e["case"] for e in lists["test"]] == ["p21", "named"]
+    # unique file names keep the file-name ids, as before
+    path.write_text(json.dumps({"modalities": ["flair"], "training": [{"image": "a/x1.nii.gz", "label": "l1"},
+                                                                     {"image": "a/x2.nii.gz", "label": "l2"}]}))
+    assert [e["case"] for e in read_datalist(path, ["flair"])["training"]] == ["x1", "x2"]
+
+
+def test_a_real_id_collision_says_where_ids_come_from(tmp_path):
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"modalities": ["flair"],
+                                "training": [{"case": "p1", "image": "a.nii.gz", "label": "la"},
+                                             {"case": "p1", "image": "b.nii.gz", "label": "lb"}]}))
+    with pytest.raises(LesionsegError, match=r"p1: duplicate case ids \(training\[0\], training\[1\]\); a case's id "
+                                             r"is its 'case' key .* give each case a unique 'case'"):
+        read_datalist(path, ["flair"])
+
+
+def test_test_cases_are_held_out_of_the_training_list(tmp_path):
+    for case in ("patient01", "patient02", "patient03"):
+        for m in ("flair", "t1", "t2"):
+            save(tmp_path / case / f"{m}.nii.gz", volume(len(m)))
+        save(tmp_path / case / "label.nii.gz", volume(0, lesion=True))
+    lists = load_datalist(config(tmp_path, "data.test_cases=[patient03, patient01]"))
+    assert [e["case"] for e in lists["training"]] == ["patient02"]
+    assert [e["case"] for e in lists["test"]] == ["patient03", "patient01"]
+    report = check_dataset(config(tmp_path, "data.test_cases=[patient03]"))
+    assert [(c.case, c.split) for c in report.cases][-1] == ("patient03", "test")
+    with pytest.raises(LesionsegError, match=r"data.test_cases names 'patient9', which is not a training case of "
+                                             r"the dataset \(its training cases: patient01, patient02, patient03\)"):
+        load_datalist(config(tmp_path, "data.test_cases=[patient9]"))

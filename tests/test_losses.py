@@ -48,8 +48,8 @@ def test_alpha_weighs_false_positives_and_beta_false_negatives():
 
 
 def test_beta_half_is_soft_dice():
-    tversky = build_loss(LossConfig(name="tversky", beta=0.5, smooth=0.0))(logit(PROBS), LABEL)
-    dice = build_loss(LossConfig(name="dice", smooth=0.0))(logit(PROBS), LABEL)
+    tversky = build_loss(LossConfig(name="tversky", beta=0.5, batch=True, smooth=0.0))(logit(PROBS), LABEL)
+    dice = build_loss(LossConfig(name="dice", batch=True, smooth=0.0))(logit(PROBS), LABEL)
     tp, fp, fn = (PROBS * LABEL).sum(), (PROBS * (1 - LABEL)).sum(), ((1 - PROBS) * LABEL).sum()
     assert float(tversky) == pytest.approx(float(dice), rel=1e-9)
     assert float(dice) == pytest.approx(float(1 - 2 * tp / (2 * tp + fp + fn)), rel=1e-9)

@@ -16,9 +16,15 @@ def test_shapes_and_prior_offset():
     assert model.offset.detach().item() == pytest.approx(math.log(0.02 / 0.98))
 
 
-def test_offset_sets_the_initial_mean_probability():
+@pytest.mark.parametrize("prior, low, high", [(0.01, 0.0, 0.1), (0.5, 0.3, 0.7)])
+def test_offset_sets_the_initial_mean_probability(prior, low, high):
     torch.manual_seed(0)
-    cfg = Config.model_validate({"data": {"patch_size": [16, 16, 16]}, "model": {"channels": [4, 8], "strides": [2]}})
+    cfg = Config.model_validate({"data": {"patch_size": [16, 16, 16]},
+                                 "model": {"channels": [4, 8], "strides": [2], "prior": prior}})
     with torch.no_grad():
         probs = torch.sigmoid(build_model(cfg).eval()(torch.randn(1, 3, 16, 16, 16)))
-    assert float(probs.median()) < 0.1
+    assert low < float(probs.median()) < high
+
+
+def test_the_default_prior_starts_the_offset_at_zero():
+    assert build_model(Config()).offset.detach().item() == 0.0

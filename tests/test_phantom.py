@@ -181,3 +181,26 @@ def test_bad_arguments_raise(tmp_path, kwargs, match):
     with pytest.raises(LesionsegError, match=match):
         write_demo_dataset(tmp_path, **{"cases": 3, "size": 16, **kwargs})
     assert not (tmp_path / "datalist.json").exists()
+
+
+@pytest.mark.parametrize("case", [0, 1, 2, 3])
+def test_large_lesions_are_tumour_like_masses(case):
+    phantom = render_phantom(phantom_shape(64), np.random.default_rng([0, case]), lesions="large")
+    label, tissues = phantom.label > 0, phantom.tissues
+    volume_ml = label.sum() * 8 / 1000  # the demo's 2 mm voxels
+    assert 15 < volume_ml < 90, volume_ml  # tens of mL
+    components, count = ndimage.label(label, CONNECT_26)
+    sizes = np.bincount(components.ravel())[1:]
+    assert sizes.max() * 8 / 1000 > 5, "one mass of several mL at least"
+    assert np.all(tissues["ventricles"][label] < 0.5) and np.all(phantom.mask[label] == 1)
+    fractions = tissues["csf"] + tissues["gm"] + tissues["wm"] + tissues["lesion"]
+    assert np.all(fractions <= 1 + 1e-5) and min(t.min() for t in tissues.values()) >= -1e-6
+    flair = phantom.images["flair"]
+    assert flair[label].mean() > 1.2 * flair[(tissues["wm"] > 0.95)].mean()
+    ms = render_phantom(phantom_shape(64), np.random.default_rng([0, case]))
+    assert label.sum() > 3 * ms.label.sum()
+
+
+def test_unknown_lesion_kind_is_an_error(tmp_path):
+    with pytest.raises(LesionsegError, match="lesions='huge' is not one of ms, large"):
+        write_demo_dataset(tmp_path, cases=2, size=16, lesions="huge")

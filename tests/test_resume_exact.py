@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL and resumed ends bitwise where the same run left alone ends (CPU, deterministic)."""
+"""A run killed with SIGKILL and resumed ends bitwise where the same run left alone ends (CPU, deterministic),
+with every augmentation on (flips, intensity, rotation and zoom)."""
 
 import json
 import os
@@ -20,7 +21,8 @@ ITERATIONS = 30
 def _train(folder, datalist):
     args = [sys.executable, "-m", "lesionseg", "train", str(REPO / "configs" / "demo.yaml"), f"data.datalist={datalist}",
             "output_dir=experiments", "name=run", *TINY, "deterministic=true", "train.device=cpu",
-            f"train.iterations={ITERATIONS}", "train.val_every=10", "train.val_images_every=0", "-q"]
+            f"train.iterations={ITERATIONS}", "train.val_every=10", "train.val_images_every=0",
+            "data.rotate_degrees=15", "data.scale_fraction=0.1", "data.spatial_prob=0.5", "-q"]
     # One thread each: the two runs go side by side without fighting over the cores (and both sums are
     # reduced in the same order, which bitwise equality needs).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
