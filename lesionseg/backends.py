@@ -123,7 +123,7 @@ def run_local(runs: Runs, sweep_dir: Path, parallel: int, progress: bool = True)
         where = f"GPUs {','.join(gpus)}" if gpus else f"CPU, {threads} thread{'s' if threads > 1 else ''} each"
         print(f"running {len(runs)} runs, {parallel} at once ({where})", flush=True)
     try:
-        while pending or children:
+        while (pending and not stop.requested) or children:  # told to stop: wait for the running runs only
             while pending and free_slots and not stop.requested:
                 i, (rid, cfg) = pending.pop(0)
                 slot = free_slots.pop(0)

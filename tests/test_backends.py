@@ -181,6 +181,27 @@ def test_sigterm_reaches_every_run_and_the_same_command_resumes_them(tmp_path, t
         assert (runs / rid / "DONE").is_file()
 
 
+@pytest.mark.slow
+def test_sigterm_with_runs_still_waiting_returns_at_once(tmp_path, tiny_dataset):
+    """One run at a time, three waiting: the stop must not wait for runs that will never start."""
+    args = [sys.executable, "-m", "lesionseg", "sweep", REPO / "configs" / "demo.yaml",
+            f"data.datalist={tiny_dataset}", "output_dir=experiments", "name=queue", *TINY,
+            "sweep={loss.beta: [0.5, 0.6, 0.7, 0.8]}", "train.iterations=60", "train.val_every=3",
+            "--parallel", "1", "-q"]
+    runs = tmp_path / "experiments" / "queue" / "runs"
+    proc = subprocess.Popen(list(map(str, args)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 300
+    while not (runs / "beta=0.5" / "checkpoints" / "last.pt").is_file():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)  # it hung here for ever before
+    assert proc.returncode == 1 and "sweep stopped by SIGTERM" in err
+    assert not (runs / "beta=0.6").exists() and not list(runs.glob("*/DONE"))
+
+
 # --------------------------------------------------------------------------------------------- ray
 
 @pytest.fixture
