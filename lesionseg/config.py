@@ -76,7 +76,7 @@ class ModelConfig(_Section):
     res_units: int = Field(2, ge=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     norm: Literal["instance", "batch"] = "instance"
-    prior: float = Field(0.5, gt=0.0, lt=1.0, description="initial lesion probability of the output")
+    prior: float = Field(0.01, gt=0.0, lt=1.0, description="initial lesion probability of the output")
 
     @model_validator(mode="after")
     def _strides_match(self) -> ModelConfig:
@@ -92,7 +92,7 @@ class LossConfig(_Section):
     name: Literal["tversky", "dice"] = "tversky"
     beta: float = Field(0.7, gt=0.0, lt=1.0, description="weight of false negatives")
     alpha: float | None = Field(None, gt=0.0, description="weight of false positives; null means 1 - beta")
-    batch: bool = Field(False, description="sum TP/FP/FN over the whole batch rather than per patch")
+    batch: bool = Field(True, description="sum TP/FP/FN over the whole batch rather than per patch")
     smooth: float = Field(1e-5, ge=0.0)
 
     @property

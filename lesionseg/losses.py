@@ -7,14 +7,14 @@ convolutional deep networks"): with p = sigmoid(logits) and g the binary label,
     loss = 1 − (TP + s) / (TP + α·FP + β·FN + s)
 
 α weights false positives, β false negatives; α = 1 − β unless `loss.alpha` is given, and α = β = 0.5 is
-the soft Dice loss. With `loss.batch: false` (the default) the index is computed per patch and the
-losses averaged; with `true` the sums run over the whole batch (one index per batch).
+the soft Dice loss. With `loss.batch: true` (the default) the sums run over the whole batch (one index
+per batch); with `false` the index is computed per patch and the losses averaged.
 
-Why per patch: a summed index weighs every case by its lesion volume, so in a batch that mixes a
-heavy-load case with a light one the light one's lesions hardly count, and the network learns to miss
-them; the per-patch mean weighs patches alike, as the per-case mean DSC of the evaluation weighs
-patients alike (Eelbode et al. 2020 make the same point for per-image vs batch Dice). Measured on real
-MS scans (bench/RESULTS.md): with the batch sum, the low-load patient's lesions were not found at all.
+A summed index weighs every case by its lesion volume, so in a batch that mixes a heavy-load case with a
+light one the light one's lesions hardly count; the per-patch mean weighs patches alike, as the per-case
+mean DSC of the evaluation weighs patients alike (Eelbode et al. 2020 make the same point for per-image
+vs batch Dice). On real MS scans (bench/RESULTS.md) the low-load patient's lesions were found only with
+the per-patch index (and `model.prior` 0.5, which needs a long run); `configs/examples/` use both.
 What the loss does to calibration: at its optimum a voxel whose lesion probability under the training
 patches is q is predicted lesion when q > α·T, T the Tversky index reached on the training patches
 (for Dice, Lipton et al.'s F*/2) — a larger β lowers that bar, and so does a harder training set.

@@ -13,12 +13,12 @@ from lesionseg.config import Config
 class LesionUNet(torch.nn.Module):
     """A U-Net with a learned output offset initialised at logit(`model.prior`).
 
-    Freshly initialised, a network outputs probability ≈ 0.5 on every voxel. A prior below 0.5 (the
-    focal-loss initialisation of Lin et al. 2017) starts from "few lesions" instead. On the phantoms 0.01
-    sped up the first hundred iterations; on real MS scans it left the network under-segmenting: with
-    the per-patch loss, the low-load patient's test DSC was 0.02 from 0.01 and 0.13 from 0.5, the
-    issue's short runs found 8 % of the lesion voxels (bench/RESULTS.md). The default is 0.5: the offset
-    starts at 0, as in a plain MONAI U-Net.
+    Freshly initialised, a network outputs probability ≈ 0.5 on every voxel; with lesions at 1 % of a patch,
+    a Tversky or Dice loss then starts from a sea of false positives, and needs many iterations to leave it
+    (the 400-iteration demo does not: DSC 0.1, sensitivity 0.99). An offset at logit(0.01) (the focal-loss
+    initialisation of Lin et al. 2017, the default) starts from "few lesions" instead. On real scans with
+    a per-patch loss and 1500 iterations, prior 0.5 found the low-load patient's lesions where 0.01 did not
+    (test DSC 0.13 vs 0.02; bench/RESULTS.md): `configs/examples/` use 0.5 for their long runs.
     """
 
     def __init__(self, unet: torch.nn.Module, prior: float):

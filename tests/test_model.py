@@ -26,5 +26,6 @@ def test_offset_sets_the_initial_mean_probability(prior, low, high):
     assert low < float(probs.median()) < high
 
 
-def test_the_default_prior_starts_the_offset_at_zero():
-    assert build_model(Config()).offset.detach().item() == 0.0
+def test_prior_one_half_starts_the_offset_at_zero():
+    cfg = Config.model_validate({"model": {"prior": 0.5}})
+    assert build_model(cfg).offset.detach().item() == 0.0
