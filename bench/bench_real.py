@@ -161,11 +161,12 @@ def lesionseg_run(train: list[dict], tests: list[dict], beta: float, iterations:
 
 # --- the comparison -----------------------------------------------------------------------------------------
 
-def score(tests: list[dict], pred_dir: Path, masks: Path, out_dir: Path, min_component_ml: float = 0.0) -> dict:
-    """Mean over the test cases of each metric (one case: its value), lesions summed over them."""
+def score(tests: list[dict], pred_dir: Path, masks: list[Path], out_dir: Path, min_component_ml: float = 0.0) -> dict:
+    """Mean over the test cases of each metric (one case: its value), lesions summed over them; `masks`:
+    each test case's brain mask (`brain_mask`)."""
     cases = [(t["case"], pred_dir / f"{t['case']}.nii.gz", Path(t["label"])) for t in tests]
-    summary = evaluate_cases(cases, out_dir, masks=[brain_mask(t, masks) for t in tests], progress=False,
-                             surface=False, min_component_ml=min_component_ml)
+    summary = evaluate_cases(cases, out_dir, masks=masks, progress=False, surface=False,
+                             min_component_ml=min_component_ml)
     means, pooled = summary["per_case"], summary["pooled"]
     with open(out_dir / "cases.csv", newline="") as handle:
         per_case = {row["case"]: {k: float(row[k]) for k in ("dsc", "sensitivity", "precision", "apr")}
@@ -243,7 +244,6 @@ def main() -> None:
     if missing:
         print(f"skipped: patient folder(s) {', '.join(missing)} not in {args.data}")
         return
-    torch.set_num_threads(torch.get_num_threads())
     rows = []
     for direction in args.directions:
         train_ids, test_ids = (part.split("+") for part in direction.split(":"))
@@ -255,7 +255,9 @@ def main() -> None:
                 tests.append({**case(test_id, links), "case": f"{test_id}-again"})
             else:
                 tests.append(case(test_id, args.data))
-        short = "+".join(p.removeprefix("patient") for p in train_ids) + "→" + "+".join(p.removeprefix("patient") for p in test_ids)
+        short = "→".join("+".join(p.removeprefix("patient") for p in ids) for ids in (train_ids, test_ids))
+        mask_dir = Path(tempfile.mkdtemp())
+        masks = [brain_mask(t, mask_dir) for t in tests]
         for beta in args.betas:
             with tempfile.TemporaryDirectory() as tmp:
                 tmp = Path(tmp)
@@ -277,7 +279,7 @@ def main() -> None:
                         label = (args.label if arm == "lesionseg" else "tutorial") + suffix
                         row = {"direction": short, "beta": beta, "label": label,
                                "overrides": args.overrides if arm == "lesionseg" else [], **run,
-                               **score(tests, folder, tmp / arm, tmp / arm / f"metrics{i}", ml)}
+                               **score(tests, folder, masks, tmp / arm / f"metrics{i}", ml)}
                         rows.append(row)
                         print(row_text(row), flush=True)
                         args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -145,7 +145,8 @@ class BatchSampler:
     def __call__(self, iteration: int) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(batch_seed(self.seed, iteration))
         # The spatial augmentation has a generator of its own, so that turning it on changes no crop or flip.
-        spatial = torch.Generator().manual_seed(batch_seed(self.seed, iteration, stream=1))
+        spatial = (torch.Generator().manual_seed(batch_seed(self.seed, iteration, stream=1))
+                   if self.spatial_prob > 0 else None)
         chosen = torch.randperm(len(self.volumes), generator=g)[: self.batch_size].tolist()
         images, labels = [], []
         for index in chosen:
@@ -156,7 +157,7 @@ class BatchSampler:
                 labels.append(label)
         return {"image": self._stack(images, torch.float32), "label": self._stack(labels, torch.float32)}
 
-    def _patch(self, volume: Volume, g: torch.Generator, spatial: torch.Generator
+    def _patch(self, volume: Volume, g: torch.Generator, spatial: torch.Generator | None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         # Always draw the same count of numbers, whichever branches are taken.
         u = torch.rand(9, generator=g, dtype=torch.float64).tolist()
@@ -165,7 +166,7 @@ class BatchSampler:
         flat = int(centres[min(int(u[1] * centres.numel()), centres.numel() - 1)])
         box = crop_box(flat, volume.image.shape[1:], self.patch)
         image, label = volume.image[(slice(None), *box)], volume.label[(slice(None), *box)]
-        if self.spatial_prob > 0:
+        if spatial is not None:
             v = torch.rand(5, generator=spatial, dtype=torch.float64).tolist()
             if v[0] < self.spatial_prob:
                 degrees = [(2 * x - 1) * self.rotate_degrees for x in v[1:4]]

@@ -81,6 +81,14 @@ def min_component_voxels(min_ml: float, voxel_ml: float) -> int:
     return max(1, math.ceil(round(min_ml / voxel_ml, 9)))  # round: 0.03 / 0.001 is 29.999999999999996
 
 
+def component_sizes(mask: torch.Tensor) -> torch.Tensor:
+    """Each voxel's 26-connected component size in voxels (0 outside `mask`), int64 on `mask`'s device;
+    `component_sizes(mask) >= n` is `remove_small_components(mask, n)` for every n, from one labelling."""
+    labels, sizes, _ = _components(mask.cpu().numpy(), 1)
+    sizes[0] = 0
+    return torch.from_numpy(sizes[labels]).to(mask.device)
+
+
 def remove_small_components(mask: torch.Tensor, min_voxels: int) -> torch.Tensor:
     """Post-processing of a predicted mask: its 26-connected components of fewer than `min_voxels`
     voxels set to False (labelled on CPU; the result is on `mask`'s device)."""

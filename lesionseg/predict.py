@@ -22,7 +22,7 @@ from lesionseg.data import load_datalist, preprocessing, volume_dataset
 from lesionseg.errors import LesionsegError
 from lesionseg.files import write_atomic
 from lesionseg.layouts import case_id_from_path
-from lesionseg.lesionwise import min_component_voxels, remove_small_components
+from lesionseg.lesionwise import component_sizes, min_component_voxels
 from lesionseg.metrics import PRTable, confusion_counts, overlap_metrics, pr_table
 from lesionseg.model import build_model
 from lesionseg.train import infer_volume, resolve_device
@@ -82,8 +82,9 @@ def validation_tables(model: torch.nn.Module, cfg: Config, entries: list[dict], 
         label = item["label"][0].to(device) > 0.5
         tables.append(pr_table(prob, label))
         voxel_ml = math.prod(item["image"].pixdim[:3].tolist()) / 1000.0
-        dsc.append([overlap_metrics(confusion_counts(remove_small_components(
-            prob >= cfg.eval.threshold, min_component_voxels(size, voxel_ml)), label))["dsc"] for size in sizes_ml])
+        component = component_sizes(prob >= cfg.eval.threshold) if sizes_ml else None  # labelled once
+        dsc.append([overlap_metrics(confusion_counts(component >= min_component_voxels(size, voxel_ml), label))["dsc"]
+                    for size in sizes_ml])
     return tables, np.asarray(dsc, dtype=np.float64).reshape(len(tables), len(sizes_ml))
 
 

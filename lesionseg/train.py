@@ -107,9 +107,10 @@ def infer_volume(model: torch.nn.Module, image: torch.Tensor, cfg: Config, devic
     dtype = amp_dtype(device, cfg.train.amp) if device.type == "cuda" else None
     volume = image.as_tensor() if isinstance(image, MetaTensor) else image
     volume = volume.unsqueeze(0).to(device)
+    flips = TTA_FLIPS if tta else TTA_FLIPS[:1]
     total = None
     with torch.no_grad(), autocast(device, dtype):
-        for axes in TTA_FLIPS if tta else TTA_FLIPS[:1]:
+        for axes in flips:
             logits = sliding_window_inference(
                 volume.flip(axes) if axes else volume,
                 roi_size=cfg.data.patch_size,
@@ -121,7 +122,7 @@ def infer_volume(model: torch.nn.Module, image: torch.Tensor, cfg: Config, devic
             prob = torch.sigmoid(logits.float())
             prob = prob.flip(axes) if axes else prob
             total = prob if total is None else total + prob
-    return (total / (len(TTA_FLIPS) if tta else 1))[0]
+    return (total / len(flips))[0]
 
 
 def validate(

@@ -16,7 +16,7 @@ from scipy import ndimage
 from lesionseg.config import load_config
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluate import evaluate_cases
-from lesionseg.lesionwise import min_component_voxels, remove_small_components
+from lesionseg.lesionwise import component_sizes, min_component_voxels, remove_small_components
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,8 @@ def test_matches_scipy_labelling(seed, min_voxels):
     expected = mask & (sizes[labels] >= min_voxels)
     out = remove_small_components(torch.from_numpy(mask), min_voxels)
     assert out.dtype == torch.bool and np.array_equal(out.numpy(), expected)
+    assert np.array_equal((component_sizes(torch.from_numpy(mask)) >= min_voxels).numpy(), expected)
+    assert np.array_equal(component_sizes(torch.from_numpy(mask)).numpy(), np.where(mask, sizes[labels], 0))
 
 
 def test_min_voxels_from_volume():
