@@ -7,7 +7,9 @@ infinite intensities, all-zero or constant images, duplicate case ids, cases in 
 the test list, and training data without a single lesion. It raises `LesionsegError` with the whole list
 when anything is wrong; otherwise it returns a `DatasetReport` whose `table()` summarises the dataset
 (cases, shape and spacing ranges, orientation, lesions per case). `load_datalist` runs the cheap part
-(headers only) every time; `check_dataset` runs before training.
+(headers only) every time; `check_dataset` runs before training, `check_prediction_inputs` before
+prediction. What "on the same grid" means (shape, and affines within one tolerance) is `grid.grid_problem`'s,
+as in evaluation.
 """
 
 from __future__ import annotations
@@ -23,11 +25,9 @@ from scipy import ndimage
 
 from lesionseg.config import Config
 from lesionseg.errors import LesionsegError
+from lesionseg.grid import grid_problem, spatial_shape, volume_problem
 from lesionseg.layouts import Lists, duplicate_problems, read_layout
 
-# Largest difference allowed between two affines that should be equal: mm for the translation, mm per
-# voxel for the rest. Converters round affines differently (float32 qform/sform); 1 µm is far below a voxel.
-AFFINE_TOLERANCE = 1e-3
 LESION_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)  # 26-connected components
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 
@@ -107,21 +107,6 @@ def missing_files(entries: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
-def _grid(img: nib.Nifti1Image) -> tuple[tuple[int, ...], np.ndarray]:
-    return tuple(int(s) for s in img.shape[:3]), img.affine
-
-
-def _grid_problem(what: str, img: nib.Nifti1Image, ref_name: str, ref: nib.Nifti1Image) -> str | None:
-    (shape, affine), (ref_shape, ref_affine) = _grid(img), _grid(ref)
-    if shape != ref_shape:
-        return f"{what} has shape {shape} but {ref_name} has {ref_shape}"
-    worst = float(np.abs(affine - ref_affine).max())
-    if worst > AFFINE_TOLERANCE:
-        return (f"{what} has an affine that differs from {ref_name}'s by up to {worst:.4g} mm "
-                f"(tolerance {AFFINE_TOLERANCE:g}); resample or re-register it onto the same grid")
-    return None
-
-
 def _open(path: str) -> tuple[nib.Nifti1Image | None, str | None]:
     if not Path(path).is_file():
         return None, f"missing file {path}"
@@ -129,9 +114,8 @@ def _open(path: str) -> tuple[nib.Nifti1Image | None, str | None]:
         img = nib.load(path)
     except _READ_ERRORS as err:
         return None, f"unreadable file {path}: {err}"
-    if len(img.shape) < 3 or any(s != 1 for s in img.shape[3:]):
-        return None, f"{path} has shape {img.shape}; one 3D volume per file is expected"
-    return img, None
+    problem = volume_problem(path, img)
+    return (None, problem) if problem else (img, None)
 
 
 def _voxels(img: nib.Nifti1Image, path: str) -> tuple[np.ndarray | None, str | None]:
@@ -181,11 +165,11 @@ def inspect_case(entry: dict[str, Any], split: str, modalities: list[str],
             continue
         if ref is None:
             ref = (f"{modality} image {path}", img)
-            summary.shape, _ = _grid(img)
+            summary.shape = spatial_shape(img)
             summary.spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
             summary.orientation = "".join(nib.aff2axcodes(img.affine))
-        elif problem := _grid_problem(f"{modality} image {path}", img, *ref):
-            problems.append(problem)
+        elif problem := grid_problem(f"{modality} image {path}", img, *ref):
+            problems.append(f"{problem}; resample or re-register it onto the same grid")
         if read_voxels:
             data, problem = _voxels(img, path)
             problems += [problem] if data is None else _image_problems(data, path)
@@ -198,8 +182,8 @@ def inspect_case(entry: dict[str, Any], split: str, modalities: list[str],
             problems.append(problem)
             continue
         what = "label" if role == "label" else "brain mask"
-        if ref is not None and (problem := _grid_problem(f"{what} {path}", img, *ref)):
-            problems.append(f"{problem}; it must lie on its images' voxel grid")
+        if ref is not None and (problem := grid_problem(f"{what} {path}", img, *ref)):
+            problems.append(f"{problem}; it must lie on its images' voxel grid (resample or re-register it)")
         if not read_voxels:
             continue
         data, problem = _voxels(img, path)
@@ -252,10 +236,22 @@ def inspect_dataset(
     return lists, report
 
 
-def raise_problems(report: DatasetReport, what: str = "has problems") -> None:
+def raise_problems(report: DatasetReport, what: str = "has problems", subject: str | None = None) -> None:
+    """LesionsegError listing every problem of `report`, headed `<subject> <what> (n):` (default subject:
+    `dataset <source>`)."""
     if report.problems:
-        raise LesionsegError(
-            f"dataset {report.source} {what} ({len(report.problems)}):\n  " + "\n  ".join(report.problems))
+        raise LesionsegError(f"{subject or f'dataset {report.source}'} {what} ({len(report.problems)}):\n  "
+                             + "\n  ".join(report.problems))
+
+
+def check_prediction_inputs(entries: list[dict[str, Any]], modalities: list[str], source: str) -> None:
+    """The checks training runs (`inspect_case`, voxels read) on the cases about to be predicted, every
+    problem at once. Labels are left out: prediction does not read them, and test cases may have none.
+    `source` names where the cases come from (`--images`, `the test cases of dataset <datalist>`)."""
+    report = DatasetReport(source, "", list(modalities))
+    for entry in entries:
+        report.problems += inspect_case({**entry, "label": None}, "test", modalities, read_voxels=True)[1]
+    raise_problems(report, "cannot be predicted; fix or replace these files first", subject=source)
 
 
 def require_datalist(cfg: Config) -> None:
@@ -278,13 +274,3 @@ def check_dataset(cfg: Config) -> DatasetReport:
     _, report = inspect_dataset(cfg.data.datalist, cfg.data.modalities, test_cases=cfg.data.test_cases)
     raise_problems(report)
     return report
-
-
-def check_configs(cfgs: list[Config]) -> None:
-    """`check_dataset` once for each distinct (datalist, modalities) among `cfgs` (the runs of a sweep)."""
-    seen = set()
-    for cfg in cfgs:
-        key = (cfg.data.datalist, tuple(cfg.data.modalities))
-        if key not in seen:
-            seen.add(key)
-            check_dataset(cfg)

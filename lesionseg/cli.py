@@ -15,32 +15,43 @@ from lesionseg.files import describe_os_error, is_disk_error
 
 def _demo_data(args: argparse.Namespace) -> None:
     from lesionseg.phantom import write_demo_dataset
+    from lesionseg.runs import claim_output
 
+    if aside := claim_output(args.out_dir, args.force, "write the phantoms to another folder"):
+        print(f"--force: moved the earlier dataset to {aside}")
     path = write_demo_dataset(args.out_dir, cases=args.cases, size=args.size, seed=args.seed, spacing=args.spacing,
                               lesions=args.lesions)
-    print(f"wrote {args.cases} phantom cases and {path}")
+    print(f"wrote {_count(args.cases, 'phantom case')} and {path}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _check(args: argparse.Namespace) -> None:
-    from lesionseg.checks import inspect_dataset, raise_problems, require_datalist
-    from lesionseg.config import load_config
+    from lesionseg.config import expand_sweep, load_config
+    from lesionseg.data import load_datalist
+    from lesionseg.preflight import evaluation_problems, preflight
 
     cfg = load_config(args.config, args.overrides)
-    require_datalist(cfg)
-    _, report = inspect_dataset(cfg.data.datalist, cfg.data.modalities, test_cases=cfg.data.test_cases)
-    print(report.table())
-    raise_problems(report)
-    print(f"\nconfig {args.config}: valid; dataset {cfg.data.datalist}: every file read, no problem found")
+    # A config with a sweep: block is run by `lesionseg sweep`, which also evaluates: its checks; else train's.
+    runs = expand_sweep(cfg) if cfg.sweep else [(cfg.name, cfg)]
+    preflight(runs, evaluates=bool(cfg.sweep), show=lambda report: print(report.table()))
+    if not cfg.sweep and (notes := evaluation_problems(cfg, load_datalist(cfg))):
+        print("\nnote (train and predict are fine; `lesionseg sweep`, which evaluates, would refuse):\n  "
+              + "\n  ".join(notes))
+    what = f"{_count(len(runs), 'sweep run')} checked" if cfg.sweep else "the run checked"
+    print(f"\nconfig {args.config}: valid, {what}; dataset {cfg.data.datalist}: every file read, no problem found")
 
 
 def _train(args: argparse.Namespace) -> None:
     from lesionseg.config import load_config
-    from lesionseg.checks import check_dataset
+    from lesionseg.preflight import preflight
     from lesionseg.runs import mark_done, move_aside, start_run_dir
     from lesionseg.train import train_run
 
     cfg = load_config(args.config, args.overrides)
-    check_dataset(cfg)  # every file read once: bad data fails here, before a run folder exists
+    preflight([(cfg.name, cfg)], evaluates=False)  # every file read, every setting tried: before any folder exists
     if args.force and (aside := move_aside(cfg.output_dir / cfg.name)):
         print(f"--force: moved the earlier run to {aside}")
     run_dir = start_run_dir(cfg.output_dir / cfg.name, cfg)
@@ -52,14 +63,35 @@ def _train(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from lesionseg.predict import predict_run
 
-    paths = predict_run(args.run_dir, images=args.images, out_dir=args.out, progress=not args.quiet)
-    print(f"wrote {len(paths)} prediction(s) to {paths[0].parent}")
+    paths = predict_run(args.run_dir, images=args.images, out_dir=args.out, progress=not args.quiet,
+                        force=args.force)
+    print(f"wrote {_count(len(paths), 'prediction')} to {paths[0].parent}")
+
+
+def default_metrics_dir(pred: Path) -> Path:
+    """`evaluate`'s default --out: `metrics/` beside a run's `predictions/`, `metrics-<name>/` beside any
+    other prediction folder (two prediction folders with one parent get two metrics folders)."""
+    return pred.parent / ("metrics" if pred.name == "predictions" else f"metrics-{pred.name}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from lesionseg.config import check_device_name
+    from lesionseg.devices import resolve_device
     from lesionseg.evaluate import evaluate_dirs
+    from lesionseg.runs import claim_output, is_done
 
-    out = args.out or args.pred.parent / "metrics"
+    try:
+        check_device_name(args.device)
+    except ValueError as err:
+        raise LesionsegError(f"--device: {err}") from None
+    resolve_device(args.device, "--device")
+    out = args.out or default_metrics_dir(args.pred)
+    if is_done(out.parent) and out.name.startswith("metrics"):
+        raise LesionsegError(
+            f"{out} belongs to the finished run {out.parent}: its report reads it as that run's results at its "
+            "own settings; write this evaluation elsewhere with --out DIR")
+    if aside := claim_output(out, args.force, "write this evaluation elsewhere with --out DIR"):
+        print(f"--force: moved the earlier evaluation to {aside}")
     summary = evaluate_dirs(
         args.pred, args.ref, out, threshold=args.threshold, device=args.device,
         lesion_min_voxels=args.lesion_min_voxels, lesion_min_overlap=args.lesion_min_overlap,
@@ -67,7 +99,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         brain_dir=args.brain_dir, calibration_bins=args.calibration_bins, min_component_ml=args.min_component_ml,
     )
     pc = summary["per_case"]
-    print(f"{summary['n_cases']} cases: " + ", ".join(f"{m} {pc[m]['mean']:.4f}" for m in
+    print(f"{_count(summary['n_cases'], 'case')}: " + ", ".join(f"{m} {pc[m]['mean']:.4f}" for m in
           ("dsc", "f2", "sensitivity", "precision", "apr")) + f" (per-case means); wrote {out}")
 
 
@@ -93,8 +125,16 @@ def _report(args: argparse.Namespace) -> None:
     print((report / "summary.md").read_text(encoding="utf-8"))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits with status 1 like every other error (argparse's own is 2)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lesionseg",
         description="3D lesion segmentation in MRI: Tversky-loss β sweeps, evaluation, reports.")
     parser.add_argument("--version", action="version", version=f"lesionseg {__version__}")
@@ -119,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lesions", choices=["ms", "large"], default="ms",
                    help="ms: small MS-like white-matter lesions; large: tumour-like masses of tens of mL")
+    p.add_argument("--force", action="store_true", help="move an existing OUT_DIR aside first (never deleted)")
     p.set_defaults(func=_demo_data)
 
     with_config("check", "validate the config and read every data file: all problems, then a dataset summary", _check)
@@ -136,13 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--images", nargs="+", help="one case: one file per modality, in the run's modality order")
     p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/predictions)")
+    p.add_argument("--force", action="store_true", help="move an existing output folder aside first (never deleted)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("evaluate", help="metrics of <case>.nii.gz predictions against <case>.nii.gz references")
     p.add_argument("--pred", type=Path, required=True, help="folder of predictions (probabilities or masks)")
     p.add_argument("--ref", type=Path, required=True, help="folder of reference lesion masks")
-    p.add_argument("--out", type=Path, help="output folder (default: metrics/ beside PRED)")
+    p.add_argument("--out", type=Path, help="output folder (default: metrics/ beside a run's predictions/, "
+                   "metrics-<name>/ beside any other PRED folder)")
+    p.add_argument("--force", action="store_true", help="move an existing output folder aside first (never deleted)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--lesion-min-voxels", type=int, default=1, help="ignore components smaller than this")

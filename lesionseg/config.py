@@ -24,7 +24,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def _device_name(v: str) -> str:
+def check_device_name(v: str) -> str:
     """A device setting: auto, cpu, cuda or cuda:N (whether CUDA is there is checked when it is used)."""
     if v not in ("auto", "cpu", "cuda") and not v.startswith("cuda:"):
         raise ValueError(f"{v!r} is not one of auto, cpu, cuda, cuda:N")
@@ -60,7 +60,7 @@ class DataConfig(_Section):
             raise ValueError(f"{v} has a side below 8 voxels")
         return v
 
-    _cache_device_known = field_validator("cache_device")(_device_name)
+    _cache_device_known = field_validator("cache_device")(check_device_name)
 
     @field_validator("spacing")
     @classmethod
@@ -122,7 +122,7 @@ class TrainConfig(_Section):
         # YAML 1.1 reads a bare on/off as a boolean; `on` is the earlier name of `auto`.
         return {True: "auto", False: "off", "on": "auto"}.get(v, v) if isinstance(v, (bool, str)) else v
 
-    _device_known = field_validator("device")(_device_name)
+    _device_known = field_validator("device")(check_device_name)
 
 
 class EvalConfig(_Section):
@@ -170,7 +170,7 @@ class SweepOptions(_Section):
 
 class Config(_Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9._=+-]+$")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="NumPy, torch and MONAI take seeds in [0, 2**32)")
     deterministic: bool = False
     output_dir: Path = Path("experiments")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -217,20 +217,38 @@ class Config(_Section):
                 raise ValueError(f"sweep key {key!r} cannot sweep the sweep")
             if not values:
                 raise ValueError(f"sweep.{key} is an empty list")
+            repeated = [v for i, v in enumerate(values) if v in values[:i]]
+            if repeated:
+                raise ValueError(f"sweep.{key} lists {repeated[0]!r} more than once; give each value once "
+                                 "(repeats of one setting: sweep seed)")
         return v
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _format_errors(err: ValidationError, source: str, overrides: dict | None = None) -> str:
+    """One line per error, naming the dotted key; a key set by a command-line override says so."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        origin = " (given on the command line)" if _in_tree(overrides or {}, e["loc"]) else ""
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (check the spelling; see configs/base.yaml for every key)")
+            lines.append(f"  {key}: unknown key{origin} (check the spelling; see configs/base.yaml for every key)")
         else:
             value = e.get("input")
             shown = "" if isinstance(value, dict) else f" = {value!r}"
-            lines.append(f"  {key}{shown}: {e['msg']}")
+            lines.append(f"  {key}{shown}: {e['msg']}{origin}")
     return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def _in_tree(tree: dict, loc: tuple) -> bool:
+    """Whether the override tree sets the key at `loc` (or a mapping above it: `sweep=...`)."""
+    node: Any = tree
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+        if not isinstance(node, dict):
+            return True
+    return True
 
 
 def deep_merge(base: dict, child: dict) -> dict:
@@ -306,6 +324,8 @@ def parse_overrides(items: list[str]) -> dict:
             value = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise LesionsegError(f"override {item!r}: the value is not valid YAML: {err}") from None
+        if not isinstance(value, str) and value is not None and _holds_text(key):
+            value = text  # name=off, name=1e3: YAML would read a boolean or a number where text belongs
         node = tree
         *parents, leaf = key.split(".")
         for part in parents:
@@ -316,11 +336,24 @@ def parse_overrides(items: list[str]) -> dict:
     return tree
 
 
-def validate(raw: dict, source: str = "") -> Config:
+def _holds_text(key: str) -> bool:
+    """Whether the dotted config key holds a string (`name`, `train.device`, `data.orientation` …)."""
+    model: type[BaseModel] = Config
+    *parents, leaf = key.split(".")
+    for part in parents:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return False
+        model = field.annotation
+    field = model.model_fields.get(leaf)
+    return field is not None and field.annotation in (str, str | None)
+
+
+def validate(raw: dict, source: str = "", overrides: dict | None = None) -> Config:
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
-        raise LesionsegError(_format_errors(err, source)) from None
+        raise LesionsegError(_format_errors(err, source, overrides)) from None
     # Resolve paths now so that the saved config works from any directory.
     cfg.output_dir = cfg.output_dir.expanduser().resolve()
     if cfg.data.datalist is not None:
@@ -329,14 +362,16 @@ def validate(raw: dict, source: str = "") -> Config:
         try:
             _set_dotted(cfg.model_dump(mode="json"), key, None)
         except KeyError:
-            raise LesionsegError(f"invalid config {source}: sweep key {key!r} is not a config key") from None
+            origin = " (given on the command line)" if _in_tree(overrides or {}, ("sweep", key)) else ""
+            raise LesionsegError(f"invalid config {source}: sweep key {key!r} is not a config key{origin}") from None
     return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """The whole path from a YAML file (plus `key=value` overrides) to a validated `Config`."""
-    raw = deep_merge(load_raw(path), parse_overrides(overrides or []))
-    return validate(raw, source=str(path))
+    tree = parse_overrides(overrides or [])
+    raw = deep_merge(load_raw(path), tree)
+    return validate(raw, source=str(path) + (" with its command-line overrides" if tree else ""), overrides=tree)
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:

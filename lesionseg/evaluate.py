@@ -48,7 +48,7 @@ from lesionseg import calibration, lesionwise, metrics, operating_points
 from lesionseg.errors import LesionsegError
 from lesionseg.files import write_json, write_text
 from lesionseg.surface import surface_distances
-from lesionseg.volumes import load_case, load_mask, load_region, nifti_files
+from lesionseg.volumes import load_case, load_mask, load_region, nifti_files, require_label
 
 FIRST_COLUMNS = ["case", "dsc", "f2", "sensitivity", "precision", "specificity", "apr"]
 COUNT_COLUMNS = ["tp", "fp", "fn", "tn"]
@@ -205,7 +205,8 @@ def evaluate_cases_at(
         thresholds: a voxel is lesion when its probability is >= threshold, in (0, 1].
         device: where the metrics run (`"cpu"`, `"cuda"`, …).
         f_beta: β of an extra Fβ column `f{β:g}` (F2 is always reported).
-        ref_label: lesion value in a multi-label reference; None requires a binary reference.
+        ref_label: lesion value in a multi-label reference; None requires a binary reference. A case
+            without it has no lesion, but no reference holding it at all is a LesionsegError.
         surface: compute `hd95_mm` and `assd_mm` (`lesionseg.surface`: MONAI's definitions).
         lesion_min_voxels, lesion_min_overlap: lesion-wise detection parameters (`lesionseg.lesionwise`:
             ISBI 2015 definitions, 26-connectivity).
@@ -244,6 +245,8 @@ def evaluate_cases_at(
         raise LesionsegError(f"min_component_ml must be a volume >= 0 in mL, got {min_component_ml!r}.")
     if not (isinstance(calibration_bins, int) and calibration_bins >= 1):
         raise LesionsegError(f"calibration_bins must be an integer >= 1, got {calibration_bins!r}.")
+    if ref_label is not None:  # before hours of metrics against references that are all empty
+        require_label([(pred, ref) for _, pred, ref in cases], ref_label)
     masks = _per_case(masks, cases, "masks", "brain mask")
     brains = _per_case(brains, cases, "brains", "brain image")
     extra_f = [] if metrics.f_beta_key(f_beta) == "f2" else [metrics.f_beta_key(f_beta)]

@@ -85,12 +85,15 @@ def read_decathlon(path: Path, raw: Any, modalities: list[str]) -> Lists:
     root = path.parent
     out: Lists = {}
     first_images: list[tuple[dict, Path]] = []  # entries without a 'case' key, and their first listed image
+    if not isinstance(raw.get("test") or [], list):
+        raise LesionsegError(f"datalist {path}: 'test' must be a list of cases, not a {type(raw['test']).__name__}")
     for split in ("training", "test"):
         entries = []
         for i, item in enumerate(raw.get(split) or []):
             where = f"datalist {path}, {split}[{i}]"
             if not isinstance(item, dict) or "image" not in item:
                 raise LesionsegError(f"{where}: each case needs an 'image' (a path or a list of paths)")
+            _require_paths(item, where)
             images = [item["image"]] if isinstance(item["image"], str) else list(item["image"])
             expected = len(listed) if listed is not None else len(modalities)
             if len(images) != expected:
@@ -112,6 +115,18 @@ def read_decathlon(path: Path, raw: Any, modalities: list[str]) -> Lists:
         out[split] = entries
     _default_case_ids(first_images, root)
     return out
+
+
+def _require_paths(item: dict, where: str) -> None:
+    """A case's 'image' is a path or a list of paths, its 'label' and 'mask' (optional) a path each."""
+    images = item["image"]
+    if not (isinstance(images, str) and images) and not (
+            isinstance(images, list) and images and all(isinstance(x, str) and x for x in images)):
+        raise LesionsegError(f"{where}: 'image' is {images!r}; give a path or a list of paths (text, relative "
+                             "to the datalist)")
+    for key in ("label", "mask"):
+        if item.get(key) is not None and not (isinstance(item[key], str) and item[key]):
+            raise LesionsegError(f"{where}: {key!r} is {item[key]!r}; give a path (text, relative to the datalist)")
 
 
 def _default_case_ids(first_images: list[tuple[dict, Path]], root: Path) -> None:

@@ -17,6 +17,7 @@ import torch
 from monai.data import MetaTensor
 from tqdm import tqdm
 
+from lesionseg.checks import check_prediction_inputs
 from lesionseg.config import Config, load_config
 from lesionseg.data import load_datalist, preprocessing, volume_dataset
 from lesionseg.errors import LesionsegError
@@ -25,6 +26,7 @@ from lesionseg.layouts import case_id_from_path
 from lesionseg.lesionwise import component_sizes, min_component_voxels
 from lesionseg.metrics import PRTable, confusion_counts, overlap_metrics, pr_table
 from lesionseg.model import build_model
+from lesionseg.runs import claim_output, read_checkpoint
 from lesionseg.train import infer_volume, resolve_device
 
 
@@ -34,7 +36,7 @@ def load_model(run_dir: Path, cfg: Config, device: torch.device) -> torch.nn.Mod
         path = run_dir / "checkpoints" / name
         if path.is_file():
             model = build_model(cfg).to(device)
-            model.load_state_dict(torch.load(path, map_location=device)["model"])
+            model.load_state_dict(read_checkpoint(path, map_location=device)["model"])
             return model.eval()
     raise LesionsegError(f"no checkpoint in {run_dir / 'checkpoints'}: train the run first (lesionseg train)")
 
@@ -89,8 +91,13 @@ def validation_tables(model: torch.nn.Module, cfg: Config, entries: list[dict], 
 
 
 def predict_run(run_dir: Path, images: list[str] | None = None, out_dir: Path | None = None,
-                progress: bool = True) -> list[Path]:
-    """`lesionseg predict`: the run's test cases (or one case given as `images`, one file per modality)."""
+                progress: bool = True, force: bool = False) -> list[Path]:
+    """`lesionseg predict`: the run's test cases (or one case given as `images`, one file per modality).
+
+    Their files pass the checks of training first (`checks.check_prediction_inputs`: unreadable or
+    truncated files, 4D files, modalities off the first one's grid, NaN/infinite, empty or constant
+    images); any problem is a LesionsegError listing all of them, and nothing is written. An output folder
+    that holds files already is refused (`runs.claim_output`); `force` moves it aside first."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     if images:
@@ -99,14 +106,17 @@ def predict_run(run_dir: Path, images: list[str] | None = None, out_dir: Path | 
                 f"--images got {len(images)} file(s); this run was trained on {len(cfg.data.modalities)} "
                 f"modalities, in this order: {cfg.data.modalities}"
             )
-        missing = [p for p in images if not Path(p).is_file()]
-        if missing:
-            raise LesionsegError(f"--images: file(s) not found: {missing}")
         entries = [{"case": case_id_from_path(images[0]), "image": [str(Path(p).resolve()) for p in images]}]
+        source = "--images"
     else:
         entries = load_datalist(cfg)["test"]
         if not entries:
             raise LesionsegError(f"datalist {cfg.data.datalist} has no 'test' cases; pass --images instead")
+        source = f"the test cases of dataset {cfg.data.datalist}"
+    check_prediction_inputs(entries, cfg.data.modalities, source)  # before the model, before any output
     device = resolve_device(cfg.train.device)
     model = load_model(run_dir, cfg, device)
-    return predict_cases(model, cfg, entries, Path(out_dir or run_dir / "predictions"), device, progress)
+    out_dir = Path(out_dir or run_dir / "predictions")
+    if aside := claim_output(out_dir, force, "write the predictions elsewhere with --out DIR"):
+        tqdm.write(f"--force: moved the earlier predictions to {aside}")
+    return predict_cases(model, cfg, entries, out_dir, device, progress)

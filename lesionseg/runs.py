@@ -11,12 +11,19 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
+from tqdm import tqdm
 
 from lesionseg.config import Config, dump_yaml
 from lesionseg.errors import LesionsegError
 from lesionseg.files import disk_error, write_json, write_text
 
 DONE = "DONE"
+CHECKPOINT = Path("checkpoints") / "last.pt"  # the latest state of a run, from which it resumes
+
+# Where and how a run executes, never what it computes: a run is the same run whatever these say.
+EXECUTION_KEYS = frozenset({"name", "output_dir", "sweep", "train.device", "data.cache_device", "data.cache",
+                            "train.log_every", "train.val_images_every"})
 
 
 def is_done(run_dir: Path) -> bool:
@@ -32,17 +39,24 @@ def start_run_dir(run_dir: Path, cfg: Config) -> Path:
     """Create `run_dir` for a new run, saving the resolved config and the environment.
 
     A finished run is never touched: that is an error naming the folder. An interrupted run of the same
-    config with a checkpoint is kept as it is, for `train_run` to resume. Any other unfinished folder is
-    moved aside to `<name>.old-<timestamp>` (nothing is deleted), so the run starts clean and the partial
-    output stays inspectable.
+    config (`config_differences` finds none) with a readable checkpoint is kept as it is, for `train_run`
+    to resume. Any other unfinished folder — an unreadable checkpoint too, said aloud — is moved aside to
+    `<name>.old-<timestamp>` (nothing is deleted), so the run starts clean and the partial output stays
+    inspectable.
     """
     if is_done(run_dir):
         raise LesionsegError(
             f"{run_dir} holds a finished run; choose another name (name=...) or start over with --force "
             "(it moves that folder aside)"
         )
-    if (run_dir / "checkpoints" / "last.pt").is_file() and _saved_config(run_dir) == dump_yaml(cfg):
-        return run_dir  # an interrupted run of the same config: train_run resumes it
+    checkpoint = run_dir / CHECKPOINT
+    if checkpoint.is_file() and not config_differences(saved_config(run_dir), cfg):
+        try:
+            read_checkpoint(checkpoint)
+            return run_dir  # an interrupted run of the same config: train_run resumes it
+        except LesionsegError as err:
+            aside = move_aside(run_dir)
+            tqdm.write(f"[{run_dir.name}] {err}; moved the interrupted run to {aside} and starting it over")
     move_aside(run_dir)
     try:
         run_dir.mkdir(parents=True)
@@ -53,11 +67,74 @@ def start_run_dir(run_dir: Path, cfg: Config) -> Path:
     return run_dir
 
 
-def _saved_config(run_dir: Path) -> str | None:
+def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint's state dict; `LesionsegError` naming the file when it is truncated or not a checkpoint."""
     try:
-        return (run_dir / "config.yaml").read_text(encoding="utf-8")
-    except OSError:
+        state = torch.load(path, map_location=map_location)
+    except FileNotFoundError:
+        raise LesionsegError(f"missing checkpoint {path}") from None
+    except Exception as err:  # truncated zip, pickle garbage, a file of another program: torch says which
+        text = str(err).strip()
+        reason = text.splitlines()[0].split(". ")[0] if text else type(err).__name__
+        raise LesionsegError(f"checkpoint {path} cannot be read ({reason})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise LesionsegError(f"checkpoint {path} cannot be read (not a lesionseg checkpoint: no model weights)")
+    return state
+
+
+def saved_config(run_dir: Path) -> dict | None:
+    try:
+        return yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
         return None
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key != "sweep":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: dict | None, cfg: Config) -> list[str]:
+    """How a run's saved config (`config.yaml`, parsed) differs from `cfg`, one `key: run → now` line each.
+
+    `EXECUTION_KEYS` (where and how a run executes) are ignored. A key the saved config lacks — one added
+    to lesionseg after the run started — counts only where `cfg` sets it to something else than its
+    default (the default reproduces the old behaviour). An unreadable or missing config differs.
+    """
+    if not isinstance(saved, dict):
+        return ["config.yaml: missing or unreadable"]
+    old, new = _flatten(saved), _flatten(cfg.model_dump(mode="json"))
+    defaults = _flatten(Config().model_dump(mode="json"))
+    lines = []
+    for key in [*new, *(k for k in old if k not in new)]:
+        if key in EXECUTION_KEYS:
+            continue
+        if key not in old:
+            if new[key] != defaults.get(key):
+                lines.append(f"{key}: (not set; the run predates it) → {new[key]!r}")
+        elif key not in new:
+            lines.append(f"{key}: {old[key]!r} → (no longer a key)")
+        elif old[key] != new[key]:
+            lines.append(f"{key}: {old[key]!r} → {new[key]!r}")
+    return lines
+
+
+def claim_output(folder: Path, force: bool, elsewhere: str) -> Path | None:
+    """An output folder that must not be overwritten (predict, evaluate, demo-data): absent or empty, it is
+    used; else `LesionsegError` naming `elsewhere` and `--force`, which moves it aside (returned; never
+    deleted)."""
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return None
+    if not force:
+        raise LesionsegError(
+            f"{folder} already holds output; {elsewhere}, or pass --force to move it aside to "
+            f"{folder.name}.old-<timestamp> (nothing is deleted)")
+    return move_aside(folder)
 
 
 def move_aside(folder: Path) -> Path | None:

@@ -24,14 +24,14 @@ from tqdm import tqdm
 from lesionseg.backends import run_all
 from lesionseg import operating_points
 from lesionseg.config import Config, dump_yaml, expand_sweep
-from lesionseg.checks import check_configs
 from lesionseg.data import load_datalist, split_train_val
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluate import evaluate_cases_at
-from lesionseg.files import write_json, write_text
+from lesionseg.files import disk_error, write_json, write_text
 from lesionseg.predict import load_model, predict_cases, validation_tables
 from lesionseg.report import write_report
-from lesionseg.runs import is_done, mark_done, move_aside, start_run_dir
+from lesionseg.preflight import evaluation_problems, preflight
+from lesionseg.runs import config_differences, is_done, mark_done, move_aside, saved_config, start_run_dir
 from lesionseg.tensorboard_log import log_hparams
 from lesionseg.train import resolve_device, train_run
 
@@ -39,18 +39,9 @@ from lesionseg.train import resolve_device, train_run
 def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     """Train → predict the test cases → evaluate them, in `run_dir`; `DONE` is written last."""
     lists = load_datalist(cfg)
-    unlabelled = [e["case"] for e in lists["test"] if not e["label"]]
-    if not lists["test"] or unlabelled:
-        raise LesionsegError(
-            f"datalist {cfg.data.datalist}: a sweep evaluates on the 'test' cases, which need labels "
-            f"({'no test cases' if not lists['test'] else 'unlabelled: ' + ', '.join(unlabelled)})"
-        )
+    if problems := evaluation_problems(cfg, lists):  # checked by run_sweep already; a Ray worker checks again
+        raise LesionsegError("; ".join(problems))
     masks = [e["mask"] for e in lists["test"]] if cfg.eval.restrict_to_mask else None
-    if masks is not None and None in masks:
-        raise LesionsegError(
-            f"datalist {cfg.data.datalist}: eval.restrict_to_mask needs a brain mask for every test case; "
-            f"without one: {', '.join(e['case'] for e in lists['test'] if e['mask'] is None)}"
-        )
     started = time.monotonic()
     start_run_dir(run_dir, cfg)
     trained = train_run(cfg, run_dir, progress=progress, lists=lists)
@@ -128,10 +119,15 @@ def run_sweep(cfg: Config, progress: bool = True, force: bool = False) -> Path:
     """
     runs = expand_sweep(cfg) if cfg.sweep else [("run", cfg)]
     sweep_dir = cfg.output_dir / cfg.name
-    check_configs([c for _, c in runs])  # every file read once: bad data fails before the first run, not the third
-    if force and (aside := move_aside(sweep_dir)):
+    preflight(runs, evaluates=True)  # every file read once, every setting tried: nothing written or moved yet
+    if not force:
+        _refuse_relabelling(runs, sweep_dir)
+    elif aside := move_aside(sweep_dir):
         tqdm.write(f"--force: moved the earlier sweep to {aside}")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise disk_error(sweep_dir, err, action="create the sweep folder") from None
     write_text(sweep_dir / "sweep.yaml", dump_yaml(cfg))
     todo = [(rid, c) for rid, c in runs if not is_done(sweep_dir / "runs" / rid)]
     if len(todo) < len(runs):
@@ -143,6 +139,22 @@ def run_sweep(cfg: Config, progress: bool = True, force: bool = False) -> Path:
     if failed:
         raise LesionsegError(f"{_failures(failed, sweep_dir)}\nThe report of the finished runs is in {report}.")
     return report
+
+
+def _refuse_relabelling(runs: list[tuple[str, Config]], sweep_dir: Path) -> None:
+    """A finished run counts as finished for this sweep only if it was trained with the run's config now
+    (`runs.config_differences`); otherwise the sweep would report it under settings it never had."""
+    changed = {}
+    for rid, run_cfg in runs:
+        run_dir = sweep_dir / "runs" / rid
+        if is_done(run_dir) and (lines := config_differences(saved_config(run_dir), run_cfg)):
+            changed[rid] = lines
+    if changed:
+        details = "\n".join(f"  {rid}: " + "; ".join(lines) for rid, lines in changed.items())
+        raise LesionsegError(
+            f"{len(changed)} finished run(s) of {sweep_dir} were trained with another config (run → now):\n"
+            f"{details}\nA finished run is never relabelled: undo the change, give the sweep another name "
+            "(name=...), or start it over with --force (moves the sweep folder aside; nothing is deleted).")
 
 
 def _failures(failed: dict[str, str], sweep_dir: Path) -> str:

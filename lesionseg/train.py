@@ -32,7 +32,7 @@ from lesionseg.files import write_atomic, write_json
 from lesionseg.losses import build_loss
 from lesionseg.metrics import confusion_counts, overlap_metrics
 from lesionseg.model import build_model
-from lesionseg.runs import file_checksums
+from lesionseg.runs import CHECKPOINT, file_checksums, read_checkpoint
 from lesionseg.tensorboard_log import log_validation_overlay, overlay_due
 
 
@@ -222,9 +222,9 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     start, best, last = 1, {"iteration": 0, "dsc": -math.inf}, {}
-    checkpoint = run_dir / "checkpoints" / "last.pt"
+    checkpoint = run_dir / CHECKPOINT
     if checkpoint.is_file():  # an interrupted run: go on from its last checkpoint
-        state = torch.load(checkpoint, map_location=device)
+        state = read_checkpoint(checkpoint, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -1,9 +1,11 @@
 """Reading the NIfTI files of an evaluation: a prediction, its reference and an optional brain mask, each
-checked to lie on the reference's grid, with errors that name both files.
+one 3D volume checked to lie on the reference's grid (`grid.grid_problem`: the tolerance and the words of
+`lesionseg check`), with errors that name both files.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -12,23 +14,27 @@ import torch
 
 from lesionseg import metrics
 from lesionseg.errors import LesionsegError
+from lesionseg.grid import grid_problem, spatial_shape, volume_problem
 
-AFFINE_ATOL_MM = 1e-4
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def _load(path: Path, role: str, other: Path) -> nib.Nifti1Image:
     try:
-        return nib.load(str(path))
+        img = nib.load(str(path))
     except FileNotFoundError as err:
         raise LesionsegError(f"{role} {path} does not exist (paired with {other}).") from err
     except Exception as err:  # nibabel raises many types for a damaged file
         raise LesionsegError(f"cannot read {role} {path} (paired with {other}): {err}") from err
+    if problem := volume_problem(f"{role} {path} (paired with {other})", img):
+        raise LesionsegError(problem)
+    return img
 
 
 def _array(img: nib.Nifti1Image, path: Path, role: str, other: Path) -> np.ndarray:
+    """The voxels as a 3D array (trailing axes of length 1 dropped)."""
     try:
-        return np.asanyarray(img.dataobj)
+        return np.asanyarray(img.dataobj).reshape(spatial_shape(img))
     except Exception as err:  # truncated gzip, short file, …
         raise LesionsegError(f"cannot read the voxels of {role} {path} (paired with {other}): {err}") from err
 
@@ -38,17 +44,6 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")))
 
 
-def _require_same_grid(img: nib.Nifti1Image, ref_img: nib.Nifti1Image, pair: str, fix: str) -> None:
-    """LesionsegError naming `pair` when the two images' shapes or affines (beyond tolerance) differ."""
-    if img.shape != ref_img.shape:
-        raise LesionsegError(f"{pair} have different shapes {img.shape} and {ref_img.shape}; {fix}")
-    if not np.allclose(img.affine, ref_img.affine, rtol=0, atol=AFFINE_ATOL_MM):
-        raise LesionsegError(
-            f"{pair} have different affines (tolerance {AFFINE_ATOL_MM} mm):\n{img.affine}\nand\n"
-            f"{ref_img.affine}\n{fix}"
-        )
-
-
 def _load_on_reference_grid(
     path: Path, role: str, ref_path: Path, fix: str
 ) -> tuple[np.ndarray, nib.Nifti1Image]:
@@ -56,13 +51,35 @@ def _load_on_reference_grid(
     also the reference image (header read, voxels not yet)."""
     img = _load(path, role, ref_path)
     ref_img = _load(ref_path, "reference", path)
-    _require_same_grid(img, ref_img, f"{role} {path} and reference {ref_path}", fix)
+    if problem := grid_problem(f"{role} {path}", img, f"reference {ref_path}", ref_img):
+        raise LesionsegError(f"{problem}; {fix}")
     return _array(img, path, role, ref_path), ref_img
 
 
 def _values_found(array: np.ndarray) -> str:
     found = np.unique(array)
     return ", ".join(f"{v:g}" for v in found[:10]) + (", …" if found.size > 10 else "")
+
+
+def require_label(pairs: Sequence[tuple[Path, Path]], ref_label: int) -> None:
+    """LesionsegError naming the label, the values found and the fix when no reference of `pairs`
+    (`(prediction, reference)` paths) holds `ref_label`: every case would be scored against an empty
+    reference. Some cases without it are fine (a case may have no lesion); reading stops at the first
+    reference that holds it."""
+    values: set = set()
+    for pred_path, ref_path in pairs:
+        ref_path, pred_path = Path(ref_path), Path(pred_path)
+        ref_np = _array(_load(ref_path, "reference", pred_path), ref_path, "reference", pred_path)
+        if np.any(ref_np == ref_label):
+            return
+        values.update(np.unique(ref_np).tolist())
+    folders = sorted({str(Path(ref).parent) for _, ref in pairs})
+    where = folders[0] if len(folders) == 1 else f"{len(folders)} folders"
+    raise LesionsegError(
+        f"no reference holds the lesion label {ref_label} (ref_label, --ref-label): the {len(pairs)} "
+        f"reference(s) in {where} hold only the values {_values_found(np.array(sorted(values)))}; "
+        "give the value that marks lesion in them, or leave ref_label out if they are binary (0/1)."
+    )
 
 
 def load_case(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,15 @@ TINY = [
     "train.log_every=2",
     "eval.sw_batch_size=2",
 ]
+
+
+def lesionseg(*args, cwd, check=True) -> subprocess.CompletedProcess:
+    """`python -m lesionseg ARGS…` in a subprocess; `check`: fail the test, with its output, unless it exits 0."""
+    result = subprocess.run([sys.executable, "-m", "lesionseg", *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"lesionseg {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
+    return result
 
 
 @pytest.fixture(scope="session")

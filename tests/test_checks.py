@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from lesionseg.checks import check_configs, check_dataset, inspect_dataset
+from lesionseg.checks import check_dataset, inspect_dataset
+from lesionseg.preflight import preflight
 from lesionseg.config import load_config
 from lesionseg.data import load_datalist
 from lesionseg.errors import LesionsegError
+from lesionseg.evaluate import evaluate_cases
 
 MODALITIES = ("flair", "t1", "t2")
 AFFINE = np.diag([-1.0, 1.0, 2.0, 1.0])  # LAS, 1 × 1 × 2 mm
@@ -116,6 +118,30 @@ def test_a_label_off_the_image_grid(tmp_path):
         check_dataset(config(datalist))
 
 
+@pytest.mark.parametrize("offset", [5e-4, 5e-3])
+def test_the_check_and_the_evaluation_agree_on_the_grid(tmp_path, offset):
+    """One tolerance (`grid`): a label that passes `lesionseg check` cannot fail evaluation on its geometry
+    after hours of training, and one that fails does so in both, in the same words."""
+    datalist = write_dataset(tmp_path)
+    label = tmp_path / "c" / "label.nii.gz"
+    moved = AFFINE.copy()
+    moved[0, 3] = offset
+    save(label, np.asanyarray(nib.load(str(label)).dataobj), moved)
+    pred = save(tmp_path / "pred" / "c.nii.gz", np.zeros(SHAPE, np.float32))  # on the images' grid
+    if offset < 1e-3:
+        check_dataset(config(datalist))
+        assert evaluate_cases([("c", pred, label)], tmp_path / "out", progress=False)["n_cases"] == 1
+        return
+    with pytest.raises(LesionsegError) as checked:
+        check_dataset(config(datalist))
+    with pytest.raises(LesionsegError) as evaluated:
+        evaluate_cases([("c", pred, label)], tmp_path / "out", progress=False)
+    differs = "has an affine that differs from {}'s by up to 0.005 mm (tolerance 0.001 mm); "
+    assert f"c: label {label} " + differs.format(f"flair image {tmp_path / 'c' / 'flair.nii.gz'}") in str(checked.value)
+    assert f"prediction {pred} " + differs.format(f"reference {label}") in str(evaluated.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_label_that_is_not_binary_says_which_values(tmp_path):
     datalist = write_dataset(tmp_path)
     label = np.zeros(SHAPE, np.float32)
@@ -172,13 +198,19 @@ def test_load_datalist_reads_headers_only(tmp_path):
                                                           ["b:", "label", str(tmp_path / "b" / "label.nii.gz")]]
 
 
-def test_check_configs_checks_each_dataset_once(tmp_path):
+def test_preflight_reads_each_dataset_once_and_reports_each_problem_once(tmp_path):
     good = write_dataset(tmp_path / "good")
     bad = write_dataset(tmp_path / "bad")
     (tmp_path / "bad" / "a" / "label.nii.gz").unlink()
-    check_configs([config(good), config(good, "loss.beta=0.5")])
+    shown = []
+    preflight([("x", config(good)), ("y", config(good, "loss.beta=0.5"))], evaluates=True, show=shown.append)
+    assert len(shown) == 1  # one dataset, read once for both runs
     with pytest.raises(LesionsegError, match="a: missing file"):
-        check_configs([config(good), config(bad)])
+        preflight([("x", config(good)), ("y", config(bad))], evaluates=True)
+    with pytest.raises(LesionsegError) as err:  # a setting of some runs only: said once, naming them
+        preflight([("x", config(good, "data.val_cases=3")), ("y", config(good, "data.val_cases=3")),
+                   ("z", config(good))], evaluates=False)
+    assert str(err.value).count("leave none to train on") == 1 and "(runs x, y)" in str(err.value)
 
 
 def run_cli(*args, cwd):

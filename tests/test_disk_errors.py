@@ -64,7 +64,11 @@ def assert_clear_failure(result: subprocess.CompletedProcess, command: str, fold
 
 @pytest.fixture
 def earlier_metrics(tiny_dataset):
-    """An `evaluate` writer: the perfect prediction (the labels) scored into `out`, as a first result."""
+    """An `evaluate` writer: the perfect prediction (the labels) scored into `out`, as a first result.
+
+    `evaluate` never writes over an earlier evaluation (it refuses, or moves it aside with --force): the
+    tests below evaluate into a new folder beside the earlier one, on the same disk, and check that the
+    earlier one is untouched and the new one holds no half-written file."""
     data = tiny_dataset.parent
 
     def write(out: Path) -> dict[str, bytes]:
@@ -76,16 +80,14 @@ def earlier_metrics(tiny_dataset):
     return write
 
 
-def test_evaluate_past_the_file_size_limit_keeps_the_earlier_results(tiny_dataset, earlier_metrics, tmp_path):
+def test_evaluate_past_the_file_size_limit_writes_no_half_file(tiny_dataset, earlier_metrics, tmp_path):
     data, out = tiny_dataset.parent, tmp_path / "metrics"
-    before = earlier_metrics(out)
-    # A different prediction (the brain masks): had any write gone through, a file would differ.
+    before = earlier_metrics(tmp_path / "earlier")
     result = lesionseg("evaluate", "--pred", data / "masks", "--ref", data / "labels", "--out", out,
                        cwd=tmp_path, fsize=64)
     failed = assert_clear_failure(result, "evaluate", out, "file too large")
-    assert failed.name in before and "(the earlier file is unchanged)" in result.stderr
-    assert "raise the limit (ulimit -f unlimited)" in result.stderr
-    assert snapshot(out) == before
+    assert failed.name in before and "raise the limit (ulimit -f unlimited)" in result.stderr
+    assert snapshot(out) == {} and snapshot(tmp_path / "earlier") == before
 
 
 @contextmanager
@@ -101,10 +103,10 @@ def mounted(folder: Path, *options: str):
         subprocess.run(["umount", str(folder)], check=True)
 
 
-def test_evaluate_on_a_full_disk_keeps_the_earlier_results(tiny_dataset, earlier_metrics, tmp_path):
+def test_evaluate_on_a_full_disk_writes_no_half_file(tiny_dataset, earlier_metrics, tmp_path):
     with mounted(tmp_path / "disk", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as disk:
         out = disk / "metrics"
-        before = earlier_metrics(out)
+        before = earlier_metrics(disk / "earlier")
         with open(disk / "filler", "wb", buffering=0) as f, pytest.raises(OSError, match="No space left"):
             while True:
                 f.write(bytes(4096))
@@ -113,19 +115,19 @@ def test_evaluate_on_a_full_disk_keeps_the_earlier_results(tiny_dataset, earlier
                            cwd=tmp_path)
         failed = assert_clear_failure(result, "evaluate", out, "no space left on the device")
         assert failed.name in before and "free space on that disk" in result.stderr
-        assert snapshot(out) == before
+        assert snapshot(out) == {} and snapshot(disk / "earlier") == before
 
 
-def test_evaluate_on_a_read_only_file_system_keeps_the_earlier_results(tiny_dataset, earlier_metrics, tmp_path):
-    out = tmp_path / "metrics"
-    before = earlier_metrics(out)
-    with mounted(out, "--bind", str(out)):
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(out)], check=True)
+def test_evaluate_on_a_read_only_file_system_writes_nothing(tiny_dataset, earlier_metrics, tmp_path):
+    disk = tmp_path / "disk"
+    before = earlier_metrics(disk / "earlier")
+    with mounted(disk, "--bind", str(disk)):
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(disk)], check=True)
         data = tiny_dataset.parent
-        result = lesionseg("evaluate", "--pred", data / "masks", "--ref", data / "labels", "--out", out,
+        result = lesionseg("evaluate", "--pred", data / "masks", "--ref", data / "labels", "--out", disk / "metrics",
                            cwd=tmp_path)
-        assert_clear_failure(result, "evaluate", out, "read-only file system")
-    assert snapshot(out) == before
+        assert_clear_failure(result, "evaluate", disk / "metrics", "read-only file system")
+    assert not (disk / "metrics").exists() and snapshot(disk) == {f"earlier/{k}": v for k, v in before.items()}
 
 
 @pytest.fixture
@@ -146,16 +148,16 @@ def unwritable(tmp_path):
             path.chmod(0o755)
 
 
-def test_evaluate_into_a_folder_it_may_not_write_keeps_the_earlier_results(tiny_dataset, earlier_metrics,
-                                                                            unwritable, tmp_path):
-    data, out = tiny_dataset.parent, tmp_path / "metrics"
-    before = earlier_metrics(out)
-    out.chmod(0o555)
-    result = lesionseg("evaluate", "--pred", data / "masks", "--ref", data / "labels", "--out", out, cwd=tmp_path,
-                       prefix=unwritable)
-    assert_clear_failure(result, "evaluate", out, "permission denied")
+def test_evaluate_into_a_folder_it_may_not_write_writes_nothing(tiny_dataset, earlier_metrics, unwritable,
+                                                               tmp_path):
+    data, parent = tiny_dataset.parent, tmp_path / "shared"
+    before = earlier_metrics(parent / "earlier")
+    parent.chmod(0o555)
+    result = lesionseg("evaluate", "--pred", data / "masks", "--ref", data / "labels", "--out", parent / "metrics",
+                       cwd=tmp_path, prefix=unwritable)
+    assert_clear_failure(result, "evaluate", parent / "metrics", "permission denied")
     assert "make the folder writable for this user" in result.stderr
-    assert snapshot(out) == before
+    assert not (parent / "metrics").exists() and snapshot(parent / "earlier") == before
 
 
 @pytest.mark.slow

@@ -13,17 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, lesionseg
 
 pytestmark = pytest.mark.slow
-
-
-def lesionseg(*args, cwd, check=True):
-    result = subprocess.run([sys.executable, "-m", "lesionseg", *map(str, args)], cwd=cwd,
-                            capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"lesionseg {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def test_two_beta_sweep_through_the_cli(tmp_path):

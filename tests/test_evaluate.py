@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -139,6 +141,46 @@ def test_extra_f_beta_column_and_ref_label(tmp_path):
     assert "f0.5" in read_csv(tmp_path / "o" / "cases.csv")[0]
 
 
+def test_ref_label_held_by_no_reference_is_an_error(tmp_path):
+    """`--ref-label 3` on references holding 0/1/2 used to score every case against an empty reference."""
+    for case, values in (("a", (1, 2)), ("b", (2,))):
+        ref = np.zeros(SHAPE, np.uint8)
+        ref[0, 0, : len(values)] = values
+        save(tmp_path / "ref" / f"{case}.nii.gz", ref)
+        save(tmp_path / "pred" / f"{case}.nii.gz", np.zeros(SHAPE, np.float32))
+    result = subprocess.run([sys.executable, "-m", "lesionseg", "evaluate", "--pred", "pred", "--ref", "ref",
+                             "--out", "out", "--ref-label", "3"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("lesionseg evaluate: error: no reference holds the lesion label 3 "), result.stderr
+    assert "the 2 reference(s) in ref hold only the values 0, 1, 2; give the value that marks lesion" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_ref_label_missing_from_some_cases_is_fine(tmp_path):
+    """A case may have no lesion: only a label held by no reference at all is refused."""
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[1, 1, 1] = 3
+    pred = np.zeros(SHAPE, np.float32)
+    cases = [("lesion", save(tmp_path / "p1.nii.gz", pred), save(tmp_path / "r1.nii.gz", ref)),
+             ("none", save(tmp_path / "p2.nii.gz", pred), save(tmp_path / "r2.nii.gz", np.ones(SHAPE, np.uint8)))]
+    summary = evaluate_cases(cases, tmp_path / "o", progress=False, ref_label=3)
+    assert summary["pooled"]["fn"] == 1 and summary["n_cases"] == 2
+
+
+def test_one_3d_volume_per_file(pair):
+    """A trailing axis of length 1 (some converters write one) is the same grid; several volumes are not."""
+    tmp_path, _, ref_path = pair
+    prob = np.zeros((*SHAPE, 1), np.float32)
+    prob[2, 2, 2] = 0.9
+    summary = run_one(tmp_path, save(tmp_path / "p4d.nii.gz", prob), ref_path)
+    assert summary["pooled"]["tp"] == 1 and summary["pooled"]["dsc"] == 1.0
+    series = save(tmp_path / "series.nii.gz", np.zeros((*SHAPE, 2), np.float32))
+    with pytest.raises(LesionsegError, match=r"prediction .*series\.nii\.gz \(paired with .*ref\.nii\.gz\) has "
+                                             r"shape \(6, 5, 4, 2\); one 3D volume per file is expected"):
+        run_one(tmp_path, series, ref_path)
+
+
 def test_pr_curve_csv_is_thinned(tmp_path):
     rng = np.random.default_rng(1)
     prob = rng.random(SHAPE).astype(np.float32)
@@ -170,19 +212,21 @@ def run_one(tmp_path, pred_path, ref_path, **kwargs):
 def test_shape_mismatch_names_both_files(pair):
     tmp_path, _, ref_path = pair
     bad = save(tmp_path / "bad.nii.gz", np.zeros((6, 5, 3), np.float32))
-    with pytest.raises(LesionsegError, match=r"bad\.nii\.gz and reference .*ref\.nii\.gz have different shapes"):
+    with pytest.raises(LesionsegError, match=r"prediction .*bad\.nii\.gz has shape \(6, 5, 3\) but reference "
+                                             r".*ref\.nii\.gz has \(6, 5, 4\); predictions must be in"):
         run_one(tmp_path, bad, ref_path)
 
 
 def test_affine_mismatch_names_both_files(pair):
     tmp_path, _, ref_path = pair
     shifted = AFFINE.copy()
-    shifted[0, 3] = 1e-3
+    shifted[0, 3] = 5e-3
     bad = save(tmp_path / "bad.nii.gz", np.zeros(SHAPE, np.float32), affine=shifted)
-    with pytest.raises(LesionsegError, match=r"bad\.nii\.gz and reference .*ref\.nii\.gz have different affines"):
+    with pytest.raises(LesionsegError, match=r"prediction .*bad\.nii\.gz has an affine that differs from reference "
+                                             r".*ref\.nii\.gz's by up to 0\.005 mm \(tolerance 0\.001 mm\)"):
         run_one(tmp_path, bad, ref_path)
     within = AFFINE.copy()
-    within[0, 3] = 1e-5  # inside the tolerance
+    within[0, 3] = 5e-4  # inside the tolerance
     run_one(tmp_path, save(tmp_path / "ok.nii.gz", np.zeros(SHAPE, np.float32), affine=within), ref_path)
 
 
@@ -446,17 +490,17 @@ def test_mask_per_case_may_be_none(masked_case):
 def test_mask_off_the_reference_grid_names_both_files(masked_case):
     tmp_path, (pred_path, ref_path, _), _ = masked_case
     small = save(tmp_path / "small.nii.gz", np.ones((6, 5, 3), np.uint8))
-    with pytest.raises(LesionsegError, match=r"brain mask .*small\.nii\.gz and reference .*r\.nii\.gz "
-                                             r"have different shapes"):
+    with pytest.raises(LesionsegError, match=r"brain mask .*small\.nii\.gz has shape \(6, 5, 3\) but reference "
+                                             r".*r\.nii\.gz has"):
         run_one(tmp_path, pred_path, ref_path, masks=[small])
     shifted = AFFINE.copy()
-    shifted[0, 3] = 1e-3
+    shifted[0, 3] = 5e-3
     moved = save(tmp_path / "moved.nii.gz", np.ones(SHAPE, np.uint8), affine=shifted)
-    with pytest.raises(LesionsegError, match=r"brain mask .*moved\.nii\.gz and reference .*r\.nii\.gz "
-                                             r"have different affines"):
+    with pytest.raises(LesionsegError, match=r"brain mask .*moved\.nii\.gz has an affine that differs from "
+                                             r"reference .*r\.nii\.gz's"):
         run_one(tmp_path, pred_path, ref_path, masks=[moved])
     within = AFFINE.copy()
-    within[0, 3] = 1e-5  # inside the tolerance
+    within[0, 3] = 5e-4  # inside the tolerance
     run_one(tmp_path, pred_path, ref_path, masks=[save(tmp_path / "ok.nii.gz", np.ones(SHAPE, np.uint8), within)])
 
 
