@@ -11,7 +11,9 @@ local  `sweep.parallel` runs at once, each a `python -m lesionseg.backends` proc
        each child's output lines are prefixed by its run id.
 ray    every run a Ray task needing one GPU (when the cluster has GPUs) and `sweep.cpus_per_run` CPUs,
        on the cluster at `sweep.ray_address`; the workers must see `output_dir` and the data at the same
-       paths (a shared filesystem) and have lesionseg installed.
+       paths (a shared filesystem) and have lesionseg installed. A run whose worker or node dies is run
+       again by Ray (`RAY_RETRIES` times at most), resuming from its last checkpoint; a run that fails by
+       itself is not.
 """
 
 from __future__ import annotations
@@ -241,9 +243,42 @@ def _import_ray():
     return ray
 
 
-def _ray_run(config_yaml: str, run_dir: str) -> str:
-    """One run inside a Ray worker; returns its summary line."""
-    return _run_from_yaml(config_yaml, Path(run_dir), progress=False)
+# A run whose Ray worker process or node dies (a system failure: the process crashed or was killed, the
+# raylet or the machine went away) is run again by Ray up to this many times, on any node with room; it
+# goes through `sweep.run_one` again, which resumes it from its last checkpoint on the shared filesystem
+# (`start_run_dir` keeps an interrupted run of the same config). An error raised by the run itself (a bad
+# config, a NaN loss) is not retried (`retry_exceptions=False`): it would fail the same way again.
+RAY_RETRIES = 2
+
+
+def _ray_attempt() -> int:
+    """Which attempt of its Ray task this is: 0 the first, n the n-th retry (0 where Ray cannot say).
+
+    Ray has no public API for it; its core worker knows (the attempt number its own task events carry).
+    """
+    try:
+        from ray._private.worker import global_worker
+
+        return int(global_worker.core_worker.get_current_task_attempt_number())
+    except Exception:  # another Ray version: no retry notice, the retry itself is Ray's and happens anyway
+        return 0
+
+
+def _ray_run(config_yaml: str, run_dir: str) -> dict:
+    """One run inside a Ray worker: `{"line": its summary line, "attempt": 0, or the retry it took}`."""
+    from lesionseg.runs import is_done, read_json
+
+    run_dir = Path(run_dir)
+    attempt = _ray_attempt()
+    if attempt:  # Ray retries a task only when its worker or node died (`RAY_RETRIES`)
+        if is_done(run_dir):  # that attempt finished the run, then died before its result came back
+            return {"line": summary_line(run_dir.name, read_json(run_dir / "metrics" / "summary.json")),
+                    "attempt": attempt}
+        checkpoint = run_dir / "checkpoints" / "last.pt"
+        how = f"resuming from {checkpoint}" if checkpoint.is_file() else "no checkpoint yet: starting over"
+        print(f"[{run_dir.name}] Ray retry {attempt} of at most {RAY_RETRIES}: the worker or node of the "
+              f"previous attempt died; {how}", flush=True)
+    return {"line": _run_from_yaml(config_yaml, run_dir, progress=False), "attempt": attempt}
 
 
 def _ray_error(err: Exception) -> str:
@@ -252,7 +287,13 @@ def _ray_error(err: Exception) -> str:
         return str(cause)
     if cause is not None:
         return f"{type(cause).__name__}: {cause}"
-    return f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+    message = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+    from ray import exceptions
+
+    if isinstance(err, (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.LocalRayletDiedError)):
+        return (f"its Ray worker or node died on every attempt ({1 + RAY_RETRIES}: Ray retried it {RAY_RETRIES} "
+                f"times): {message}")
+    return message
 
 
 def run_ray(runs: Runs, sweep_dir: Path, options: SweepOptions) -> dict[str, str]:
@@ -269,11 +310,14 @@ def run_ray(runs: Runs, sweep_dir: Path, options: SweepOptions) -> dict[str, str
             raise LesionsegError(f"sweep.ray_address {options.ray_address!r}: cannot join the Ray cluster: "
                                  f"{err} (start one with `ray start --head`)") from None
     gpus = ray.cluster_resources().get("GPU", 0)
-    task = ray.remote(_ray_run).options(num_cpus=options.cpus_per_run, num_gpus=1 if gpus else 0,
-                                        max_retries=0)
+    task = ray.remote(_ray_run)
+    # Each task named by its run id: Ray prefixes the run's output lines with it, `(beta=0.7 pid=…)`.
+    resources = dict(num_cpus=options.cpus_per_run, num_gpus=1 if gpus else 0, max_retries=RAY_RETRIES,
+                     retry_exceptions=False)
     limit = len(runs) if options.parallel == "auto" else options.parallel
     print(f"Ray: {len(runs)} runs on {ray.cluster_resources().get('CPU', 0):g} CPUs, {gpus:g} GPUs; each "
-          f"{options.cpus_per_run} CPU{'s' if options.cpus_per_run > 1 else ''}{' and 1 GPU' if gpus else ''}",
+          f"{options.cpus_per_run} CPU{'s' if options.cpus_per_run > 1 else ''}{' and 1 GPU' if gpus else ''}; "
+          f"a run whose worker or node dies is retried from its last checkpoint, {RAY_RETRIES} times at most",
           flush=True)
     pending = list(runs)
     in_flight: dict = {}
@@ -286,17 +330,23 @@ def run_ray(runs: Runs, sweep_dir: Path, options: SweepOptions) -> dict[str, str
             while pending and len(in_flight) < limit:
                 rid, cfg = pending.pop(0)
                 print(f"run submitted: {rid}", flush=True)
-                in_flight[task.remote(dump_yaml(cfg), str(sweep_dir / "runs" / rid))] = rid
+                ref = task.options(name=rid, **resources).remote(dump_yaml(cfg), str(sweep_dir / "runs" / rid))
+                in_flight[ref] = rid
             (ref,), _ = ray.wait(list(in_flight), num_returns=1)
             rid = in_flight.pop(ref)
             try:
-                print(ray.get(ref), flush=True)
-            except Exception as err:  # the task raised, or its worker died
+                result = ray.get(ref)
+                print(result["line"], flush=True)
+                if result["attempt"]:
+                    n = result["attempt"]
+                    print(f"[{rid}] finished after {n} Ray retr{'y' if n == 1 else 'ies'}: the worker or node "
+                          f"of {'its first attempt' if n == 1 else f'its first {n} attempts'} died", flush=True)
+            except Exception as err:  # the task raised, or its worker died on every attempt
                 failed[rid] = _ray_error(err)
                 print(f"[{rid}] failed: {failed[rid]}", file=sys.stderr, flush=True)
     except KeyboardInterrupt as err:
         for ref in in_flight:
-            ray.cancel(ref)  # interrupts the task: training checkpoints and stops
+            ray.cancel(ref)  # interrupts the task: training checkpoints and stops (a cancelled task is not retried)
         name = err.args[0] if err.args else "SIGINT"
         raise LesionsegError(f"sweep stopped by {name}; the runs in flight were cancelled. " + RESUME) from None
     finally:

@@ -229,8 +229,63 @@ def test_ray_backend_on_a_local_instance_matches_the_local_backend(local_sweeps,
 
 
 @pytest.mark.slow
-def test_ray_backend_reports_a_failed_task_after_the_others(tiny_config, local_ray):
+def test_ray_backend_reports_a_failed_task_after_the_others(tiny_config, local_ray, capfd):
     cfg = tiny_config("sweep={train.lr: [0.001, 1.0e+30]}", "name=raybad", "sweep.backend=ray")
     with pytest.raises(LesionsegError, match=r"(?s)1 run\(s\) of .*lr=1e\+30: training loss became nan"):
         run_sweep(cfg, progress=False)
-    assert (cfg.output_dir / "raybad" / "runs" / "lr=0.001" / "DONE").is_file()
+    runs = cfg.output_dir / "raybad" / "runs"
+    assert (runs / "lr=0.001" / "DONE").is_file()
+    # An error of the run itself is not retried: a second attempt would have set the folder (no checkpoint
+    # yet) aside as lr=1e+30.old-<time> and started over.
+    assert sorted(p.name for p in runs.iterdir()) == ["lr=0.001", "lr=1e+30"]
+    assert "Ray retry" not in capfd.readouterr().out
+
+
+# A retried Ray task (its worker or node died) without a cluster: `_ray_attempt` is what Ray's core worker says.
+
+def test_a_ray_retry_says_so_and_resumes_through_run_one(tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "runs" / "beta=0.7"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+    calls = []
+    monkeypatch.setattr(backends, "_run_from_yaml", lambda text, folder, progress: calls.append(folder) or "line")
+    monkeypatch.setattr(backends, "_ray_attempt", lambda: 0)
+    assert backends._ray_run("{}", str(run_dir)) == {"line": "line", "attempt": 0}
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(backends, "_ray_attempt", lambda: 1)
+    assert backends._ray_run("{}", str(run_dir)) == {"line": "line", "attempt": 1}
+    assert calls == [run_dir, run_dir]  # the retry goes through run_one, which resumes from the checkpoint
+    assert capsys.readouterr().out == (f"[beta=0.7] Ray retry 1 of at most {backends.RAY_RETRIES}: the worker or "
+                                       f"node of the previous attempt died; resuming from "
+                                       f"{run_dir / 'checkpoints' / 'last.pt'}\n")
+    (run_dir / "checkpoints" / "last.pt").unlink()  # it died before its first checkpoint: run_one starts over
+    monkeypatch.setattr(backends, "_ray_attempt", lambda: 2)
+    assert backends._ray_run("{}", str(run_dir)) == {"line": "line", "attempt": 2}
+    assert capsys.readouterr().out.endswith(f"Ray retry 2 of at most {backends.RAY_RETRIES}: the worker or node of the "
+                                            "previous attempt died; no checkpoint yet: starting over\n")
+
+
+def test_a_ray_retry_of_a_run_finished_before_its_worker_died_returns_its_result(tmp_path, monkeypatch):
+    from lesionseg.files import write_json
+    from lesionseg.runs import mark_done
+
+    run_dir = tmp_path / "runs" / "beta=0.7"
+    per_case = {m: {"mean": 0.5} for m in ("dsc", "f2", "sensitivity", "precision", "apr")}
+    write_json(run_dir / "metrics" / "summary.json", {"per_case": per_case})
+    mark_done(run_dir)
+    stamp = (run_dir / "DONE").stat().st_mtime_ns
+    monkeypatch.setattr(backends, "_run_from_yaml", lambda *args: pytest.fail("ran a finished run again"))
+    monkeypatch.setattr(backends, "_ray_attempt", lambda: 1)
+    assert backends._ray_run("{}", str(run_dir)) == {
+        "line": backends.summary_line("beta=0.7", {"per_case": per_case}), "attempt": 1}
+    assert (run_dir / "DONE").stat().st_mtime_ns == stamp
+
+
+def test_a_run_whose_ray_worker_died_on_every_attempt_says_so():
+    exceptions = pytest.importorskip("ray.exceptions")
+    message = backends._ray_error(exceptions.WorkerCrashedError())
+    assert message.startswith(f"its Ray worker or node died on every attempt ({1 + backends.RAY_RETRIES}: Ray "
+                              f"retried it {backends.RAY_RETRIES} times): WorkerCrashedError: The worker died")
+    message = backends._ray_error(exceptions.NodeDiedError("node 12ab is dead"))
+    assert message.startswith("its Ray worker or node died on every attempt") and message.endswith(
+        ": NodeDiedError: node 12ab is dead")
