@@ -62,6 +62,15 @@ class DataConfig(_Section):
 
     _cache_device_known = field_validator("cache_device")(check_device_name)
 
+    @field_validator("orientation")
+    @classmethod
+    def _axis_codes(cls, v: str) -> str:
+        # What nibabel and MONAI's Orientation accept: one letter of each pair L/R, P/A, I/S, in any order.
+        pairs = [{"L", "R"}, {"P", "A"}, {"I", "S"}]
+        if len(v) != 3 or sorted(next((i for i, p in enumerate(pairs) if c in p), 9) for c in v) != [0, 1, 2]:
+            raise ValueError(f"{v!r} is not three axis codes, one of each of L/R, P/A, I/S (e.g. RAS, LPS)")
+        return v
+
     @field_validator("spacing")
     @classmethod
     def _spacing_positive(cls, v: list[float] | None) -> list[float] | None:

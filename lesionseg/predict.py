@@ -99,6 +99,9 @@ def predict_run(run_dir: Path, images: list[str] | None = None, out_dir: Path | 
     images); any problem is a LesionsegError listing all of them, and nothing is written. An output folder
     that holds files already is refused (`runs.claim_output`); `force` moves it aside first."""
     run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise LesionsegError(f"{run_dir} is not a run folder (no config.yaml): give the folder `lesionseg train` "
+                             "wrote (<output_dir>/<name>/) or a sweep's runs/<run-id>/")
     cfg = load_config(run_dir / "config.yaml")
     if images:
         if len(images) != len(cfg.data.modalities):

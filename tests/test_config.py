@@ -54,6 +54,9 @@ def test_alpha_defaults_to_one_minus_beta():
         (["model.strides=[2,2]"], r"model\.strides has 2 entries"),
         (["sweep={loss.gamma: [1, 2]}"], r"sweep key 'loss\.gamma' is not a config key"),
         (["loss.beta"], r"must look like dotted\.key=value"),
+        (["data.orientation=XYZ"], r"data\.orientation = 'XYZ': .*one of each of L/R, P/A, I/S"),
+        (["data.orientation=RRS"], r"not three axis codes"),
+        (["seed=4294967296"], r"seed = 4294967296: Input should be less than 4294967296"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, overrides, message):

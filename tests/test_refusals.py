@@ -207,3 +207,14 @@ def test_command_line_messages(finished, tmp_path):
     single = lesionseg("evaluate", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref", "--out", one / "m",
                        cwd=tmp_path)
     assert single.stdout.startswith("1 case: ")
+
+
+def test_output_folders_that_cannot_be_created_and_folders_that_are_not_runs(finished, tmp_path):
+    work, args, _ = finished
+    (tmp_path / "afile").write_text("not a folder")
+    refused(lesionseg("sweep", *args, f"output_dir={tmp_path / 'afile' / 'x'}", cwd=work, check=False),
+            f"cannot create the sweep folder {tmp_path / 'afile' / 'x' / 'done'}: Not a directory")
+    train = [REPO / "configs" / "demo.yaml", f"data.datalist={work / 'data' / 'datalist.json'}", *TINY]
+    refused(lesionseg("train", *train, f"output_dir={tmp_path / 'afile' / 'x'}", cwd=work, check=False),
+            "cannot create run folder", "Not a directory")
+    refused(lesionseg("predict", tmp_path, cwd=work, check=False), f"{tmp_path} is not a run folder (no config.yaml)")
