@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install lesionseg with its test tools and Ray
 
 $(DEMO)/datalist.json: | $(STAMP)
-	$(BIN)/lesionseg demo-data $(DEMO)
+	# runs only while datalist.json (written last) is missing: an interrupted dataset is moved aside, not mixed in
+	$(BIN)/lesionseg demo-data $(DEMO) --force
 
 demo-data: $(DEMO)/datalist.json ## write the synthetic phantom dataset to data/demo/
 
