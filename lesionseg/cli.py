@@ -14,9 +14,10 @@ from lesionseg.files import describe_os_error, is_disk_error
 
 
 def _demo_data(args: argparse.Namespace) -> None:
-    from lesionseg.phantom import write_demo_dataset
+    from lesionseg.phantom import check_demo_arguments, write_demo_dataset
     from lesionseg.runs import claim_output
 
+    check_demo_arguments(args.cases, args.size, args.seed, args.spacing, lesions=args.lesions)  # before any move
     if aside := claim_output(args.out_dir, args.force, "write the phantoms to another folder"):
         print(f"--force: moved the earlier dataset to {aside}")
     path = write_demo_dataset(args.out_dir, cases=args.cases, size=args.size, seed=args.seed, spacing=args.spacing,
@@ -77,14 +78,20 @@ def default_metrics_dir(pred: Path) -> Path:
 def _evaluate(args: argparse.Namespace) -> None:
     from lesionseg.config import check_device_name
     from lesionseg.devices import resolve_device
-    from lesionseg.evaluate import evaluate_dirs
+    from lesionseg.evaluate import check_options, evaluate_dirs, match_folders
     from lesionseg.runs import claim_output, is_done
+    from lesionseg.volumes import require_label
 
     try:
         check_device_name(args.device)
     except ValueError as err:
         raise LesionsegError(f"--device: {err}") from None
     resolve_device(args.device, "--device")
+    # What can be checked before an earlier evaluation is moved aside: the folders, the options, the label.
+    cases, _ = match_folders(args.pred, args.ref, args.mask_dir, args.brain_dir)
+    check_options(args.threshold, 2.0, args.lesion_min_voxels, args.lesion_min_overlap, args.size_bins_ml)
+    if args.ref_label is not None:
+        require_label([(pred, ref) for _, pred, ref in cases], args.ref_label)
     out = args.out or default_metrics_dir(args.pred)
     if is_done(out.parent) and out.name.startswith("metrics"):
         raise LesionsegError(

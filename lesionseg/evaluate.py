@@ -159,7 +159,8 @@ def case_metrics(
     return row, counts, lesions, table
 
 
-def _check_options(threshold, f_beta, lesion_min_voxels, lesion_min_overlap, size_bins) -> None:
+def check_options(threshold, f_beta, lesion_min_voxels, lesion_min_overlap, size_bins) -> None:
+    """LesionsegError naming the evaluation option that is out of range."""
     if not (isinstance(threshold, numbers.Real) and 0 < threshold <= 1):
         raise LesionsegError(f"threshold must be in (0, 1], got {threshold!r}.")
     try:
@@ -234,7 +235,7 @@ def evaluate_cases_at(
     if not thresholds:
         raise LesionsegError("no threshold to evaluate at: give at least one output folder and threshold.")
     for threshold in thresholds.values():
-        _check_options(threshold, f_beta, lesion_min_voxels, lesion_min_overlap, size_bins)
+        check_options(threshold, f_beta, lesion_min_voxels, lesion_min_overlap, size_bins)
     if not cases:
         raise LesionsegError("no cases to evaluate: the list of (case, prediction, reference) is empty.")
     ids = [c[0] for c in cases]
@@ -362,17 +363,13 @@ def _columns(extra_f: list[str], surface: bool, size_bins: list[float], bins_in_
     return columns
 
 
-def evaluate_dirs(
-    pred_dir: Path, ref_dir: Path, out_dir: Path, threshold: float = 0.5, device: str = "cpu",
-    mask_dir: Path | None = None, brain_dir: Path | None = None, **kwargs
-) -> dict:
-    """Match `<case>.nii.gz` / `<case>.nii` by case name in both folders and `evaluate_cases` them.
+def match_folders(pred_dir: Path, ref_dir: Path, mask_dir: Path | None = None,
+                  brain_dir: Path | None = None) -> tuple[list[tuple[str, Path, Path]], dict]:
+    """Match `<case>.nii.gz` / `<case>.nii` by case name in the folders: `[(case, prediction, reference)]`
+    and `{"masks": [...], "brains": [...]}` for the folders given.
 
     A prediction without a reference, or a reference without a prediction, is a LesionsegError listing
-    the unmatched names. `mask_dir`: brain masks `<case>.nii.gz` / `<case>.nii` restricting each case's
-    evaluation; a case without one is a LesionsegError listing them (extra masks are ignored).
-    `brain_dir`: the same for the `brains` of the calibration figures. Keyword arguments go to
-    `evaluate_cases`.
+    the unmatched names; so is a case without a mask in `mask_dir` or `brain_dir` (extra ones are ignored).
     """
     preds = nifti_files(Path(pred_dir), "prediction")
     refs = nifti_files(Path(ref_dir), "reference")
@@ -385,11 +382,24 @@ def evaluate_dirs(
             problems.append(f"references without a prediction in {pred_dir}: {', '.join(no_pred)}")
         raise LesionsegError("cases do not match; " + "; ".join(problems) + ".")
     cases = [(case, preds[case], refs[case]) for case in sorted(preds)]
+    paths = {}
     for key, folder, role in (("masks", mask_dir, "brain mask"), ("brains", brain_dir, "brain image")):
         if folder is not None:
             found = nifti_files(Path(folder), role)
             lacking = [case for case, _, _ in cases if case not in found]
             if lacking:
                 raise LesionsegError(f"cases without a {role} in {folder}: {', '.join(lacking)}.")
-            kwargs[key] = [found[case] for case, _, _ in cases]
-    return evaluate_cases(cases, Path(out_dir), threshold=threshold, device=device, **kwargs)
+            paths[key] = [found[case] for case, _, _ in cases]
+    return cases, paths
+
+
+def evaluate_dirs(
+    pred_dir: Path, ref_dir: Path, out_dir: Path, threshold: float = 0.5, device: str = "cpu",
+    mask_dir: Path | None = None, brain_dir: Path | None = None, **kwargs
+) -> dict:
+    """`evaluate_cases` on the cases of `match_folders`. `mask_dir`: brain masks restricting each case's
+    evaluation; `brain_dir`: the `brains` of the calibration figures. Keyword arguments go to
+    `evaluate_cases`.
+    """
+    cases, paths = match_folders(pred_dir, ref_dir, mask_dir, brain_dir)
+    return evaluate_cases(cases, Path(out_dir), threshold=threshold, device=device, **paths, **kwargs)

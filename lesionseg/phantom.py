@@ -283,21 +283,9 @@ def las_affine(shape: tuple[int, int, int], spacing: float) -> np.ndarray:
     return affine
 
 
-def write_demo_dataset(
-    out_dir: str | Path,
-    cases: int = 40,
-    size: int = 64,
-    seed: int = 0,
-    spacing: float = 2.0,
-    test_fraction: float = 0.25,
-    lesions: str = "ms",
-) -> Path:
-    """Write phantoms as NIfTI and a Decathlon-style datalist; return the datalist path.
-
-    Layout: images/<case>_<modality>.nii.gz, labels/<case>.nii.gz, masks/<case>.nii.gz, datalist.json.
-    The last ceil(cases * test_fraction) cases are the test list. The datalist is written last, so its
-    presence means the dataset is complete; re-running with the same arguments rewrites identical content.
-    """
+def check_demo_arguments(cases: int, size: int, seed: int, spacing: float, test_fraction: float = 0.25,
+                         lesions: str = "ms") -> None:
+    """LesionsegError naming the first argument of `write_demo_dataset` that is out of range."""
     for name, value in (("cases", cases), ("size", size), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise LesionsegError(f"demo data: {name} must be an integer, got {value!r}")
@@ -313,6 +301,24 @@ def write_demo_dataset(
         raise LesionsegError(f"demo data: test_fraction={test_fraction!r} is not in (0, 1)")
     if lesions not in LESION_KINDS:
         raise LesionsegError(f"demo data: lesions={lesions!r} is not one of {', '.join(LESION_KINDS)}")
+
+
+def write_demo_dataset(
+    out_dir: str | Path,
+    cases: int = 40,
+    size: int = 64,
+    seed: int = 0,
+    spacing: float = 2.0,
+    test_fraction: float = 0.25,
+    lesions: str = "ms",
+) -> Path:
+    """Write phantoms as NIfTI and a Decathlon-style datalist; return the datalist path.
+
+    Layout: images/<case>_<modality>.nii.gz, labels/<case>.nii.gz, masks/<case>.nii.gz, datalist.json.
+    The last ceil(cases * test_fraction) cases are the test list. The datalist is written last, so its
+    presence means the dataset is complete; re-running with the same arguments rewrites identical content.
+    """
+    check_demo_arguments(cases, size, seed, spacing, test_fraction, lesions)
     n_test = max(1, math.ceil(cases * test_fraction))
     if cases - n_test < 1:
         raise LesionsegError(

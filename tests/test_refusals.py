@@ -218,3 +218,18 @@ def test_output_folders_that_cannot_be_created_and_folders_that_are_not_runs(fin
     refused(lesionseg("train", *train, f"output_dir={tmp_path / 'afile' / 'x'}", cwd=work, check=False),
             "cannot create run folder", "Not a directory")
     refused(lesionseg("predict", tmp_path, cwd=work, check=False), f"{tmp_path} is not a run folder (no config.yaml)")
+
+
+def test_force_moves_nothing_aside_when_the_command_would_fail(finished, tmp_path):
+    work, _, sweep = finished
+    pred, ref = sweep / "runs" / "beta=0.5" / "predictions", work / "test_labels"
+    out = tmp_path / "eval"
+    lesionseg("evaluate", "--pred", pred, "--ref", ref, "--out", out, cwd=work)
+    first = tree(out)
+    for bad in (["--threshold", 2], ["--ref-label", 3], ["--ref", work / "data" / "labels"]):
+        refused(lesionseg("evaluate", "--pred", pred, "--ref", ref, "--out", out, "--force", *bad, cwd=work,
+                          check=False))
+        assert tree(out) == first and not list(tmp_path.glob("eval.old-*")), bad
+    lesionseg("demo-data", tmp_path / "d", "--cases", 2, "--size", 16, cwd=tmp_path)
+    refused(lesionseg("demo-data", tmp_path / "d", "--cases", 1, "--force", cwd=tmp_path, check=False), "too few")
+    assert not list(tmp_path.glob("d.old-*"))
