@@ -98,15 +98,25 @@ class ModelConfig(_Section):
 
 
 class LossConfig(_Section):
-    name: Literal["tversky", "dice"] = "tversky"
+    name: Literal["tversky", "dice", "jaccard", "focal_tversky", "ce", "wce", "focal", "dice_ce"] = "tversky"
     beta: float = Field(0.7, gt=0.0, lt=1.0, description="weight of false negatives")
     alpha: float | None = Field(None, gt=0.0, description="weight of false positives; null means 1 - beta")
+    gamma: float | None = Field(None, gt=0.0, description="focal_tversky: (1 - T)^(1/gamma), default 4/3; "
+                                                          "focal: (1 - p_t)^gamma, default 2")
+    pos_weight: float | None = Field(None, gt=0.0, description="wce: weight of the lesion voxels' term")
     batch: bool = Field(True, description="sum TP/FP/FN over the whole batch rather than per patch")
     smooth: float = Field(1e-5, ge=0.0)
 
     @property
     def resolved_alpha(self) -> float:
         return 1.0 - self.beta if self.alpha is None else self.alpha
+
+    @model_validator(mode="after")
+    def _settings_of_the_loss(self) -> LossConfig:
+        if self.name == "wce" and self.pos_weight is None:
+            raise ValueError("loss.name wce needs loss.pos_weight, the weight of the lesion voxels' term (e.g. "
+                             "the ratio of background to lesion voxels in the training patches)")
+        return self  # gamma and pos_weight are ignored by the other losses: a sweep over loss.name sets them once
 
 
 class TrainConfig(_Section):
@@ -155,6 +165,20 @@ class EvalConfig(_Section):
         return v
 
 
+class ReportConfig(_Section):
+    baseline: dict[str, Any] = Field(
+        default_factory=lambda: {"loss.beta": 0.5},
+        description="the configuration every other is compared with: dotted key → value (default: the soft "
+                    "Dice loss of the β sweep), e.g. {loss.name: dice}")
+
+    @field_validator("baseline")
+    @classmethod
+    def _not_empty(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not v:
+            raise ValueError("is empty; give at least one dotted key → value, e.g. {loss.beta: 0.5}")
+        return v
+
+
 # How a sweep is executed, written beside the dotted keys of the `sweep:` block. These names are not config
 # keys (a dotted key or a top-level key such as `seed` never collides with them), and they are not part of
 # a run's identity: the runs of a sweep get the defaults, so changing them never restarts a run.
@@ -187,6 +211,7 @@ class Config(_Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     sweep: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key → values; cartesian product")
     # Read from the same `sweep:` mapping (its reserved keys) and written back into it by `_sweep_dump`.
     sweep_options: SweepOptions = Field(default_factory=SweepOptions, validation_alias="sweep", exclude=True)
@@ -260,12 +285,19 @@ def _in_tree(tree: dict, loc: tuple) -> bool:
     return True
 
 
-def deep_merge(base: dict, child: dict) -> dict:
-    """Merge `child` into a copy of `base`; mappings merge recursively, anything else the child wins."""
+# Mappings that are values, not sections: a child config (or an override) replaces them whole. A baseline
+# `{loss.name: dice}` merged into base.yaml's `{loss.beta: 0.5}` would ask for both.
+REPLACED_MAPPINGS = (("report", "baseline"),)
+
+
+def deep_merge(base: dict, child: dict, _path: tuple = ()) -> dict:
+    """Merge `child` into a copy of `base`; mappings merge recursively (except `REPLACED_MAPPINGS`),
+    anything else the child wins."""
     merged = copy.deepcopy(base)
     for key, value in child.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+        path = (*_path, key)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and path not in REPLACED_MAPPINGS:
+            merged[key] = deep_merge(merged[key], value, path)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -367,6 +399,11 @@ def validate(raw: dict, source: str = "", overrides: dict | None = None) -> Conf
     cfg.output_dir = cfg.output_dir.expanduser().resolve()
     if cfg.data.datalist is not None:
         cfg.data.datalist = cfg.data.datalist.expanduser().resolve()
+    for key in cfg.report.baseline:
+        try:
+            _set_dotted(cfg.model_dump(mode="json"), key, None)
+        except KeyError:
+            raise LesionsegError(f"invalid config {source}: report.baseline key {key!r} is not a config key") from None
     for key in cfg.sweep:
         try:
             _set_dotted(cfg.model_dump(mode="json"), key, None)
@@ -393,6 +430,17 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
     if leaf not in node:
         raise KeyError(key)
     node[leaf] = value
+
+
+def flat_keys(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A config tree as `{"loss.beta": 0.7, …}`; lists and the `sweep` block are values, not subtrees."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key != "sweep":
+            flat.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def run_id(assignment: dict[str, Any]) -> str:

@@ -94,10 +94,18 @@ NAMES = {"sensitivity": "sensitivity", "precision": "precision", "dsc": "DSC", "
 
 
 def _x_positions(groups: list[dict]) -> tuple[np.ndarray, list[str], str]:
-    """β on the x axis when the configurations differ by β only; otherwise one slot per configuration."""
+    """β on the x axis when the configurations differ by β only; the swept value when they differ by one
+    numeric key only (a learning rate, γ); otherwise one slot per configuration."""
     betas = [g["beta"] for g in groups]
     if len(set(betas)) == len(betas) and not any(g["extra"] for g in groups):
         return np.array(betas, dtype=float), [f"{b:g}" for b in betas], "β (false-negative weight; α = 1 − β)"
+    keys = {k for g in groups for k in g["swept"]}
+    if len(keys) == 1:
+        (key,) = keys
+        values = [g["swept"].get(key) for g in groups]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric and len(set(values)) == len(values):
+            return np.array(values, dtype=float), [f"{v:g}" for v in values], key
     return np.arange(len(groups), dtype=float), [g["label"] for g in groups], "configuration"
 
 
@@ -125,7 +133,7 @@ def metrics_vs_beta(groups: list[dict], rows: list[dict]) -> bytes:
             ax.legend(loc="best", framealpha=0.95)
         axes[0].set_ylabel(f"per-case mean over {rows[0]['n_cases']} test cases")
         axes[0].set_ylim(0, 1.05)
-        fig.suptitle(f"Test metrics against β — {bars}")
+        fig.suptitle(f"Test metrics against {'β' if xlabel.startswith('β') else xlabel} — {bars}")
         return _png(fig)
 
 

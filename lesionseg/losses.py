@@ -1,20 +1,30 @@
-"""Losses for a binary lesion channel, configured from `cfg.loss`; MONAI does the arithmetic.
+"""Losses for a binary lesion channel, configured from `cfg.loss`; MONAI does the arithmetic where it can.
 
-Tversky loss (Salehi et al. 2017, "Tversky loss function for image segmentation using 3D fully
-convolutional deep networks"): with p = sigmoid(logits) and g the binary label,
+With p = sigmoid(logits) and g the binary label, TP = Σ p·g, FP = Σ p·(1 − g), FN = Σ (1 − p)·g, s the
+smoothing term (`loss.smooth`) and the means over voxels:
 
-    TP = Σ p·g,  FP = Σ p·(1 − g),  FN = Σ (1 − p)·g
-    loss = 1 − (TP + s) / (TP + α·FP + β·FN + s)
+- `tversky` (Salehi et al. 2017): 1 − (TP + s) / (TP + α·FP + β·FN + s). α weights false positives, β
+  false negatives; α = 1 − β unless `loss.alpha` is given. α = β = 0.5 is the soft Dice loss.
+- `dice` (Milletari et al. 2016, without squares): 1 − (2·TP + s) / (2·TP + FP + FN + s).
+- `jaccard` (soft IoU; Rahman & Wang 2016): 1 − (TP + s) / (TP + FP + FN + s), Tversky at α = β = 1.
+- `focal_tversky` (Abraham & Khan 2019, eq. 4): (1 − T)^(1/γ) with T the Tversky index above and
+  γ = `loss.gamma` (default 4/3, the paper's choice; γ > 1 puts more weight on patches the model already
+  segments well in the paper's reading, less on easy ones). We follow the paper's exponent 1/γ; some
+  implementations write the exponent as γ itself (γ = 0.75 there is γ = 4/3 here).
+- `ce`: binary cross-entropy, mean over voxels of −[g·log p + (1 − g)·log(1 − p)].
+- `wce`: the same with the lesion term weighted, −[w·g·log p + (1 − g)·log(1 − p)], w = `loss.pos_weight`
+  (PyTorch's `pos_weight`; the mean is over voxels, not over weights). Eelbode et al. 2020 compare it with
+  the metric-sensitive losses above.
+- `focal` (Lin et al. 2017): mean over voxels of −(1 − p_t)^γ·log p_t, p_t = p where g = 1 and 1 − p
+  elsewhere, γ = `loss.gamma` (default 2); no class weight α.
+- `dice_ce` (nnU-Net's default pairing): `dice` + `ce`, with equal weights.
 
-α weights false positives, β false negatives; α = 1 − β unless `loss.alpha` is given, and α = β = 0.5 is
-the soft Dice loss. With `loss.batch: true` (the default) the sums run over the whole batch (one index
-per batch); with `false` the index is computed per patch and the losses averaged.
-
-A summed index weighs every case by its lesion volume, so in a batch that mixes a heavy-load case with a
-light one the light one's lesions hardly count; the per-patch mean weighs patches alike, as the per-case
-mean DSC of the evaluation weighs patients alike (Eelbode et al. 2020 make the same point for per-image
-vs batch Dice). On real MS scans (bench/RESULTS.md) the low-load patient's lesions were found only with
-the per-patch index (and `model.prior` 0.5, which needs a long run); `configs/examples/` use both.
+`loss.batch` (the overlap losses): true sums TP/FP/FN over the whole batch (one index per batch); false
+computes the index per patch and averages. A summed index weighs every case by its lesion volume, so in a
+batch that mixes a heavy-load case with a light one the light one's lesions hardly count; the per-patch mean
+weighs patches alike, as the per-case mean DSC of the evaluation weighs patients alike (Eelbode et al. 2020
+make the same point for per-image vs batch Dice). On real MS scans (bench/RESULTS.md) the low-load
+patient's lesions were found only with the per-patch index (and `model.prior` 0.5, which needs a long run).
 What the loss does to calibration: at its optimum a voxel whose lesion probability under the training
 patches is q is predicted lesion when q > α·T, T the Tversky index reached on the training patches
 (for Dice, Lipton et al.'s F*/2) — a larger β lowers that bar, and so does a harder training set.
@@ -25,27 +35,68 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from monai.losses import DiceLoss, TverskyLoss
+from monai.losses import DiceCELoss, DiceLoss, FocalLoss, TverskyLoss
 
 from lesionseg.config import LossConfig
 
+FOCAL_TVERSKY_GAMMA = 4.0 / 3.0  # Abraham & Khan 2019
+FOCAL_GAMMA = 2.0  # Lin et al. 2017
 
-def _tversky(cfg: LossConfig) -> torch.nn.Module:
+
+def _tversky(cfg: LossConfig, alpha: float | None = None, beta: float | None = None,
+             reduction: str = "mean") -> torch.nn.Module:
     return TverskyLoss(
         sigmoid=True,
-        alpha=cfg.resolved_alpha,
-        beta=cfg.beta,
+        alpha=cfg.resolved_alpha if alpha is None else alpha,
+        beta=cfg.beta if beta is None else beta,
         batch=cfg.batch,
         smooth_nr=cfg.smooth,
         smooth_dr=cfg.smooth,
+        reduction=reduction,
     )
 
 
-def _dice(cfg: LossConfig) -> torch.nn.Module:
-    return DiceLoss(sigmoid=True, batch=cfg.batch, smooth_nr=cfg.smooth, smooth_dr=cfg.smooth)
+def _dice(cfg: LossConfig, jaccard: bool = False) -> torch.nn.Module:
+    return DiceLoss(sigmoid=True, batch=cfg.batch, smooth_nr=cfg.smooth, smooth_dr=cfg.smooth, jaccard=jaccard)
 
 
-LOSSES: dict[str, Callable[[LossConfig], torch.nn.Module]] = {"tversky": _tversky, "dice": _dice}
+class FocalTverskyLoss(torch.nn.Module):
+    """(1 − T)^(1/γ), T the Tversky index of each patch (or of the batch, `loss.batch`), averaged."""
+
+    def __init__(self, cfg: LossConfig):
+        super().__init__()
+        self.tversky = _tversky(cfg, reduction="none")
+        self.exponent = 1.0 / (cfg.gamma or FOCAL_TVERSKY_GAMMA)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # 1 − T is in [0, 1]; the floor keeps the gradient of x^(1/γ) finite where a patch is segmented exactly
+        return self.tversky(logits, target).clamp_min(1e-12).pow(self.exponent).mean()
+
+
+class WeightedBCELoss(torch.nn.Module):
+    """Binary cross-entropy with the lesion term weighted by `pos_weight` (a float, not a tensor: the loss
+    follows the logits to any device)."""
+
+    def __init__(self, pos_weight: float | None = None):
+        super().__init__()
+        self.weight_of_lesion = pos_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight_of_lesion is None else torch.tensor(
+            self.weight_of_lesion, dtype=logits.dtype, device=logits.device)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+
+
+LOSSES: dict[str, Callable[[LossConfig], torch.nn.Module]] = {
+    "tversky": _tversky,
+    "dice": _dice,
+    "jaccard": lambda cfg: _dice(cfg, jaccard=True),
+    "focal_tversky": FocalTverskyLoss,
+    "ce": lambda cfg: WeightedBCELoss(),
+    "wce": lambda cfg: WeightedBCELoss(cfg.pos_weight),
+    "focal": lambda cfg: FocalLoss(gamma=cfg.gamma or FOCAL_GAMMA, use_softmax=False),
+    "dice_ce": lambda cfg: DiceCELoss(sigmoid=True, batch=cfg.batch, smooth_nr=cfg.smooth, smooth_dr=cfg.smooth),
+}
 
 
 def build_loss(cfg: LossConfig) -> torch.nn.Module:

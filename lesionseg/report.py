@@ -38,7 +38,7 @@ from lesionseg.files import write_atomic, write_json, write_text
 from lesionseg.operating_points import CURVE_METRICS, TUNED_METRICS, mean_over_cases
 from lesionseg.report_html import Table, render_html, render_markdown_table
 from lesionseg.results import (collect_runs, read_calibration, read_cases, read_pr_curve,
-                               read_threshold_curves, run_state)
+                               read_threshold_curves, run_state, sweep_config)
 
 METRICS = ("dsc", "f2", "sensitivity", "precision", "apr")
 LESION_METRICS = ("lesion_f1", "ltpr", "lfdr", "hd95_mm", "ece")
@@ -50,7 +50,7 @@ TESTED = {"dsc": ("metrics", "dsc"), "f2": ("metrics", "f2"), "sensitivity": ("m
 TESTED_METRICS = tuple(TESTED)
 LOWER_IS_BETTER = ("lfdr", "hd95_mm", "ece")
 REPEAT_KEYS = ("seed",)  # swept keys that are repeats, averaged over, not rows of their own
-BASELINE = (0.5, 0.5)  # (β, α): the soft Dice loss
+DEFAULT_BASELINE = {"loss.beta": 0.5}  # report.baseline's default: the soft Dice loss of the β sweep
 LABELS = {"dsc": "DSC", "f2": "F2", "sensitivity": "sensitivity", "precision": "precision", "apr": "APR",
           "lesion_f1": "lesion F1", "ltpr": "LTPR", "lfdr": "LFDR", "hd95_mm": "HD95 (mm)", "ece": "ECE",
           "dsc_tuned": "DSC at tuned t", "f2_tuned": "F2 at tuned t"}
@@ -84,23 +84,52 @@ def _sd(values) -> float:
 
 
 def group_runs(runs: list[dict]) -> list[dict]:
-    """Runs grouped by their swept values other than repeats: `{"beta", "alpha", "extra", "label", "runs"}`,
-    sorted by β, α, then the other values."""
+    """Runs grouped by their swept values other than repeats: `{"beta", "alpha", "extra", "swept", "values",
+    "label", "runs"}` (`swept`: the group's swept values; `values`: its first run's whole config, dotted
+    keys), sorted by β, α, then the other values. Labels name β where β (or α) is swept, or where nothing
+    else is (the β sweep); otherwise the swept keys only (`name = dice`)."""
     groups: dict[tuple, dict] = {}
     for run in runs:
-        extra = {k: v for k, v in run["assignment"].items() if k not in (*REPEAT_KEYS, "loss.beta", "loss.alpha")}
+        swept = {k: v for k, v in run["assignment"].items() if k not in REPEAT_KEYS}
+        extra = {k: v for k, v in swept.items() if k not in ("loss.beta", "loss.alpha")}
         key = (run["beta"], round(run["alpha"], 6), tuple(extra.items()))
         group = groups.setdefault(key, {"beta": run["beta"], "alpha": round(run["alpha"], 6), "extra": extra,
-                                        "runs": []})
+                                        "swept": swept, "values": run["values"], "runs": []})
         group["runs"].append(run)
     ordered = [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1], str(k[2])))]
+    shows_beta = beta_shown(ordered)
     for group in ordered:
-        text = f"β = {group['beta']:g}"
-        if not math.isclose(group["beta"] + group["alpha"], 1.0):
-            text += f", α = {group['alpha']:g}"
-        text += "".join(f", {k.split('.')[-1]} = {v}" for k, v in group["extra"].items())
-        group["label"] = text
+        parts = []
+        if shows_beta:
+            parts.append(f"β = {group['beta']:g}")
+            if not math.isclose(group["beta"] + group["alpha"], 1.0):
+                parts.append(f"α = {group['alpha']:g}")
+        parts += [f"{k.split('.')[-1]} = {v}" for k, v in group["extra"].items()]
+        group["label"] = ", ".join(parts)
     return ordered
+
+
+def beta_shown(groups: list[dict]) -> bool:
+    """Whether the configurations are told apart by β (and α): β or α swept, or nothing else swept."""
+    return any(k in ("loss.beta", "loss.alpha") for g in groups for k in g["swept"]) or not any(
+        g["extra"] for g in groups)
+
+
+def setting_text(setting: dict) -> str:
+    """`{"loss.beta": 0.5}` → `β = 0.5`, `{"loss.name": "dice"}` → `name = dice`."""
+    return ", ".join("β = " + f"{v:g}" if k == "loss.beta" and isinstance(v, (int, float)) else
+                     f"{k.split('.')[-1]} = {v}" for k, v in setting.items())
+
+
+def baseline_of(group: dict, groups: list[dict], baseline: dict) -> dict | None:
+    """The group `group` is compared with: the one whose config holds `baseline`'s values and agrees with
+    `group` on every other swept key (None if no finished run is that)."""
+    def holds(g: dict) -> bool:
+        return all(g["values"].get(k) == v for k, v in baseline.items())
+
+    others = {k: v for k, v in group["swept"].items() if k not in baseline and k != "loss.alpha"}
+    return next((g for g in groups if holds(g) and
+                 {k: g["swept"].get(k) for k in others} == others), None)
 
 
 def size_bins(summary: dict) -> list[str]:
@@ -161,14 +190,20 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------- statistics
-def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: int = 0) -> dict:
-    """Each group against the β = 0.5 (α = 0.5) group with the same other swept values: `stats.json`."""
+def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: int = 0,
+                        baseline: dict | None = None) -> dict:
+    """Each group against its baseline group (`report.baseline`, default β = 0.5: the soft Dice loss), the
+    one holding the baseline's values with the same other swept values: `stats.json`."""
+    baseline = DEFAULT_BASELINE if baseline is None else baseline
+    name = setting_text(baseline)
     method = {
-        "baseline": "beta = 0.5, alpha = 0.5 (soft Dice loss)",
+        "baseline": "beta = 0.5, alpha = 0.5 (soft Dice loss)" if baseline == DEFAULT_BASELINE else
+                    ", ".join(f"{k} = {v}" for k, v in baseline.items()) + " (report.baseline)",
         "pairing": "per test case, each case's value averaged over the seeds first; pairs where both are defined",
         "test": "Wilcoxon signed-rank, two-sided, zero differences dropped (scipy.stats.wilcoxon)",
         "min_pairs": stats.MIN_PAIRS,
-        "multiple_comparisons": "Holm-Bonferroni over the betas, per metric",
+        "multiple_comparisons": "Holm-Bonferroni over the betas, per metric" if baseline == DEFAULT_BASELINE
+                                else "Holm-Bonferroni over the configurations, per metric",
         "ci": f"{stats.LEVEL:.0%} percentile bootstrap of the mean difference (beta - baseline), "
               f"B = {n_boot}, numpy Generator seed {seed}",
         "claim": f"a difference only when the Holm-adjusted p < {stats.ALPHA} and the CI excludes 0",
@@ -179,12 +214,11 @@ def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: in
                                            for r in g["runs"]]) for m, (folder, column) in TESTED.items()}
               for g in groups}
     for group in groups:
-        if (group["beta"], group["alpha"]) == BASELINE:
+        base = baseline_of(group, groups, baseline)
+        if base is group:
             continue
-        base = next((g for g in groups if (g["beta"], g["alpha"]) == BASELINE and g["extra"] == group["extra"]),
-                    None)
         if base is None:
-            notes.append(f"{group['label']}: no finished β = 0.5 baseline to compare with")
+            notes.append(f"{group['label']}: no finished {name} baseline to compare with")
             continue
         for m in TESTED_METRICS:
             result = stats.compare(values[id(base)][m], values[id(group)][m], n_boot=n_boot, seed=seed)
@@ -199,7 +233,7 @@ def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: in
             c["verdict"] = stats.verdict(c, p)
             if c["p"] is not None and min(c["n_seeds"], c["n_seeds_baseline"]) < 2:
                 c["verdict"] += " (one seed: training noise not assessed)"
-    return {"method": method, "comparisons": comparisons, "notes": notes}
+    return {"method": method, "baseline": name, "comparisons": comparisons, "notes": notes}
 
 
 # -------------------------------------------------------------------------------------------- tables
@@ -219,13 +253,15 @@ def _best(rows: list[dict], column: str, metric: str) -> float | None:
     return min(values) if metric in LOWER_IS_BETTER else max(values)
 
 
-def _key_cells(row: dict, extra_keys: list[str]) -> list[tuple[str, bool]]:
-    return [(f"{row['beta']:g}", False), (f"{row['alpha']:g}", False), *((str(row[k]), False) for k in extra_keys)]
+def tables(rows: list[dict], extra_keys: list[str], shows_beta: bool = True) -> list[Table]:
+    """The report's tables, the same in Markdown and HTML; the best value per column in bold. The first
+    columns tell the configurations apart: β and α (`shows_beta`), then the other swept keys."""
+    keys = [*(["beta", "alpha"] if shows_beta else []), *extra_keys]
 
+    def _key_cells(row: dict, extra_keys: list[str]) -> list[tuple[str, bool]]:
+        return [*((f"{row[k]:g}", False) for k in keys[:len(keys) - len(extra_keys)]),
+                *((str(row[k]), False) for k in extra_keys)]
 
-def tables(rows: list[dict], extra_keys: list[str]) -> list[Table]:
-    """The report's tables, the same in Markdown and HTML; the best value per column in bold."""
-    keys = ["beta", "alpha", *extra_keys]
     n_cases = min(r["n_cases"] for r in rows)
     seeds = sorted({r["n_seeds"] for r in rows})
     seeds_text = "/".join(map(str, seeds))
@@ -245,7 +281,8 @@ def tables(rows: list[dict], extra_keys: list[str]) -> list[Table]:
 
     per_case = Table(
         title="Per-case means over the test cases ± SD over cases",
-        note=(f"Each patient counts once ({n_cases} test cases; {seeds_text} seed(s) per β, averaged over). "
+        note=(f"Each patient counts once ({n_cases} test cases; {seeds_text} seed(s) per configuration, averaged "
+              "over). "
               "`(n=k)`: the metric is defined on k cases only. 'at tuned t': at each run's threshold tuned on "
               "its validation cases (next table). Lower is better for LFDR, HD95 and ECE; best in bold."),
         columns=[*keys, *(LABELS[m] for m in METRICS), *(LABELS[f"{m}_tuned"] for m in TUNED_METRICS),
@@ -302,13 +339,17 @@ def stats_table(result: dict) -> Table:
                      ("n/a" if c["p"] is None else f"{c['p']:.3g}", False),
                      ("n/a" if c["p_holm"] is None else f"{c['p_holm']:.3g}", False),
                      (c["verdict"], "than baseline" in c["verdict"])])
+    beta_story = result.get("baseline", "β = 0.5") == "β = 0.5"
+    other = "β" if beta_story else "configuration"
     return Table(
-        title="Against the Dice baseline (β = 0.5)",
-        note=(f"Paired by test case (each case's value averaged over seeds first). Difference = β − baseline, "
-              f"mean with {stats.LEVEL:.0%} bootstrap CI; Wilcoxon signed-rank p, Holm-adjusted over the βs. "
+        title="Against the Dice baseline (β = 0.5)" if beta_story else f"Against the baseline ({result['baseline']})",
+        note=(f"Paired by test case (each case's value averaged over seeds first). Difference = {other} − baseline, "
+              f"mean with {stats.LEVEL:.0%} bootstrap CI; Wilcoxon signed-rank p, Holm-adjusted over the "
+              f"{'βs' if beta_story else 'configurations'}. "
               f"No test with fewer than {stats.MIN_PAIRS} non-zero differences; a difference is claimed only "
               f"when the adjusted p < {stats.ALPHA} and the CI excludes 0."),
-        columns=["configuration", "metric", "n cases", "seeds (base / β)", "baseline", "β", "difference [95% CI]",
+        columns=["configuration", "metric", "n cases", f"seeds (base / {other})", "baseline", other,
+                 "difference [95% CI]",
                  "p (Wilcoxon)", "p (Holm)", "verdict"],
         rows=rows,
     )
@@ -341,7 +382,8 @@ def tuning_verdict(rows: list[dict], labels: list[str], stats_result: dict) -> l
         claims = {key: [c["label"] + ": " + c["verdict"] for c in stats_result["comparisons"]
                         if c["metric"] == key and "than baseline" in c["verdict"]] for key in (m, f"{m}_tuned")}
         if len(rows) > 1:
-            parts.append(f"against β = 0.5, {len(claims[m])} significant difference(s) at the fixed threshold "
+            parts.append(f"against {stats_result.get('baseline', 'β = 0.5')}, {len(claims[m])} significant "
+                         "difference(s) at the fixed threshold "
                          f"and {len(claims[f'{m}_tuned'])} at the tuned thresholds"
                          + (f" ({'; '.join(claims[f'{m}_tuned'])})" if claims[f"{m}_tuned"] else ""))
         lines.append(f"{LABELS[m]}: " + "; ".join(parts) + ".")
@@ -367,14 +409,17 @@ def best_betas(rows: list[dict], labels: list[str]) -> dict[str, str]:
 
 
 def to_markdown(name: str, all_tables: list[Table], best: dict[str, str], stats_result: dict,
-                missing: list[str], verdict: list[str]) -> str:
-    lines = [f"# Sweep report: {name}", "", f"## {VERDICT_TITLE}", "", *(f"- {v}" for v in verdict), ""]
+                missing: list[str], verdict: list[str], verdict_title: str = "") -> str:
+    lines = [f"# Sweep report: {name}", "", f"## {verdict_title or VERDICT_TITLE}", "", *(f"- {v}" for v in verdict),
+             ""]
     for table in all_tables:
         lines += [f"## {table.title}", "", table.note, "", render_markdown_table(table), ""]
     lines += ["Best per-case mean: " + "; ".join(f"{LABELS[m]} {b}" for m, b in best.items()) + ".", ""]
     st = stats_table(stats_result)
     lines += [f"## {st.title}", "", st.note, ""]
-    lines += [render_markdown_table(st) if st.rows else "No comparison (no β besides a β = 0.5 baseline).", ""]
+    base = stats_result.get("baseline", "β = 0.5")
+    lines += [render_markdown_table(st) if st.rows else f"No comparison (no configuration besides a {base} baseline).",
+              ""]
     lines += [f"- {note}" for note in stats_result["notes"]]
     lines += ["## Figures", "", *(f"- `{f}`: {text}" for f, text in FIGURES.items()), ""]
     if missing:
@@ -383,6 +428,7 @@ def to_markdown(name: str, all_tables: list[Table], best: dict[str, str], stats_
 
 
 VERDICT_TITLE = "Is a larger β more than a lower threshold?"
+VERDICT_TITLE_OTHER = "Is a different configuration more than a different threshold?"
 
 
 def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
@@ -393,12 +439,15 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     missing = [f"{rid} ({state})" for rid, state in states.items()]
     if not runs:
         raise LesionsegError(f"no finished runs in {sweep_dir / 'runs'}; nothing to report")
+    baseline = sweep_config(sweep_dir).report.baseline
     groups = group_runs(runs)
     rows = [summary_row(g) for g in groups]
     labels = [g["label"] for g in groups]
     extra_keys = [k.split(".")[-1] for k in groups[0]["extra"]]
-    stats_result = compare_to_baseline(groups, n_boot=n_boot)
-    all_tables = tables(rows, extra_keys)
+    shows_beta = beta_shown(groups)
+    stats_result = compare_to_baseline(groups, n_boot=n_boot, baseline=baseline)
+    all_tables = tables(rows, extra_keys, shows_beta)
+    title = VERDICT_TITLE if shows_beta else VERDICT_TITLE_OTHER
     best = best_betas(rows, labels)
     for group, row in zip(groups, rows):  # the best each configuration reaches on its test curve (optimistic)
         curves = [c for c in (read_threshold_curves(r["dir"]) for r in group["runs"]) if c is not None]
@@ -417,10 +466,11 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
                                     "n_runs": len(runs), "threshold_tuning": verdict})
     for fname, png in pngs.items():
         write_atomic(out / fname, lambda tmp, png=png: tmp.write_bytes(png))
-    write_text(out / "summary.md", to_markdown(sweep_dir.name, all_tables, best, stats_result, missing, verdict))
+    write_text(out / "summary.md", to_markdown(sweep_dir.name, all_tables, best, stats_result, missing, verdict,
+                                               title))
     config = (sweep_dir / "sweep.yaml").read_text(encoding="utf-8")
     page = render_html(f"Sweep report: {sweep_dir.name}", [*all_tables, stats_table(stats_result)], best,
                        {f: (pngs[f], text) for f, text in FIGURES.items()}, config, missing,
-                       stats_result["notes"], LABELS, verdict=(VERDICT_TITLE, verdict))
+                       stats_result["notes"], LABELS, verdict=(title, verdict))
     write_text(out / "report.html", page)
     return out

@@ -15,18 +15,24 @@ import numpy as np
 import torch
 import yaml
 
-from lesionseg.config import expand_sweep, validate
+from lesionseg.config import Config, expand_sweep, flat_keys, validate
 from lesionseg.errors import LesionsegError
 from lesionseg.operating_points import CURVE_METRICS, TUNED_METRICS
 from lesionseg.runs import is_done, read_json
 
 
-def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
-    """Finished runs as `{"id", "dir", "assignment", "beta", "alpha", "summary"}`, and the ids missing."""
+def sweep_config(sweep_dir: Path) -> Config:
+    """The resolved config of a sweep folder (`sweep.yaml`)."""
     sweep_file = sweep_dir / "sweep.yaml"
     if not sweep_file.is_file():
         raise LesionsegError(f"{sweep_dir} is not a sweep folder (no sweep.yaml); run `lesionseg sweep` first")
-    cfg = validate(yaml.safe_load(sweep_file.read_text(encoding="utf-8")), source=str(sweep_file))
+    return validate(yaml.safe_load(sweep_file.read_text(encoding="utf-8")), source=str(sweep_file))
+
+
+def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
+    """Finished runs as `{"id", "dir", "assignment", "values", "beta", "alpha", "summary", …}` (`values`:
+    the run's whole resolved config, dotted keys), and the ids missing."""
+    cfg = sweep_config(sweep_dir)
     runs, missing = [], []
     for rid, run_cfg in expand_sweep(cfg) if cfg.sweep else [("run", cfg)]:
         run_dir = sweep_dir / "runs" / rid
@@ -38,6 +44,7 @@ def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             "id": rid,
             "dir": run_dir,
             "assignment": assignment,
+            "values": flat_keys(run_cfg.model_dump(mode="json")),
             "beta": run_cfg.loss.beta,
             "alpha": run_cfg.loss.resolved_alpha,
             "summary": read_json(run_dir / "metrics" / "summary.json"),

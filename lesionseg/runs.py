@@ -14,7 +14,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from lesionseg.config import Config, dump_yaml
+from lesionseg.config import Config, dump_yaml, flat_keys
 from lesionseg.errors import LesionsegError
 from lesionseg.files import disk_error, write_json, write_text
 
@@ -22,8 +22,9 @@ DONE = "DONE"
 CHECKPOINT = Path("checkpoints") / "last.pt"  # the latest state of a run, from which it resumes
 
 # Where and how a run executes, never what it computes: a run is the same run whatever these say.
+# (`report` too: how the runs are compared, not what they computed.) A key counts with everything below it.
 EXECUTION_KEYS = frozenset({"name", "output_dir", "sweep", "train.device", "data.cache_device", "data.cache",
-                            "train.log_every", "train.val_images_every"})
+                            "train.log_every", "train.val_images_every", "report"})
 
 
 def is_done(run_dir: Path) -> bool:
@@ -89,16 +90,6 @@ def saved_config(run_dir: Path) -> dict | None:
         return None
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value and key != "sweep":
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_differences(saved: dict | None, cfg: Config) -> list[str]:
     """How a run's saved config (`config.yaml`, parsed) differs from `cfg`, one `key: run → now` line each.
 
@@ -108,11 +99,11 @@ def config_differences(saved: dict | None, cfg: Config) -> list[str]:
     """
     if not isinstance(saved, dict):
         return ["config.yaml: missing or unreadable"]
-    old, new = _flatten(saved), _flatten(cfg.model_dump(mode="json"))
-    defaults = _flatten(Config().model_dump(mode="json"))
+    old, new = flat_keys(saved), flat_keys(cfg.model_dump(mode="json"))
+    defaults = flat_keys(Config().model_dump(mode="json"))
     lines = []
     for key in [*new, *(k for k in old if k not in new)]:
-        if key in EXECUTION_KEYS:
+        if any(key == k or key.startswith(f"{k}.") for k in EXECUTION_KEYS):
             continue
         if key not in old:
             if new[key] != defaults.get(key):

@@ -20,8 +20,9 @@ from torch.utils.tensorboard.summary import hparams
 
 from lesionseg.config import Config
 
-HPARAM_KEYS = ("seed", "loss.name", "loss.beta", "loss.alpha", "loss.batch", "train.lr", "train.iterations",
-               "train.batch_size", "train.lr_schedule", "model.channels", "data.patch_size", "eval.threshold")
+HPARAM_KEYS = ("seed", "loss.name", "loss.beta", "loss.alpha", "loss.gamma", "loss.pos_weight", "loss.batch",
+               "train.lr", "train.iterations", "train.batch_size", "train.lr_schedule", "model.channels",
+               "data.patch_size", "eval.threshold")
 TEST_METRICS = ("dsc", "f2", "sensitivity", "precision", "apr", "lesion_f1", "ltpr", "lfdr", "hd95_mm")
 # Overlay colours: agreement, missed lesion, false alarm (distinguishable with red-green colour blindness).
 COLOURS = {"both": (1.0, 0.84, 0.0), "reference only (missed)": (0.0, 0.9, 1.0),

@@ -48,11 +48,11 @@ def test_alpha_defaults_to_one_minus_beta():
     [
         (["loss.beta=1.3"], r"loss\.beta = 1\.3: Input should be less than 1"),
         (["loss.betta=0.7"], r"loss\.betta: unknown key"),
-        (["loss.name=focal"], r"loss\.name = 'focal'"),
+        (["loss.name=hinge"], r"loss\.name = 'hinge'"),
         (["train.device=tpu"], r"train\.device = 'tpu'"),
         (["data.patch_size=[30,32,32]"], r"divisible by 8"),
         (["model.strides=[2,2]"], r"model\.strides has 2 entries"),
-        (["sweep={loss.gamma: [1, 2]}"], r"sweep key 'loss\.gamma' is not a config key"),
+        (["sweep={loss.gammma: [1, 2]}"], r"sweep key 'loss\.gammma' is not a config key"),
         (["loss.beta"], r"must look like dotted\.key=value"),
         (["data.orientation=XYZ"], r"data\.orientation = 'XYZ': .*one of each of L/R, P/A, I/S"),
         (["data.orientation=RRS"], r"not three axis codes"),
@@ -115,3 +115,12 @@ def test_a_binary_file_as_config_or_extends_is_one_clear_error(tmp_path):
     child.write_text("extends: model.pt\n")
     with pytest.raises(LesionsegError, match=r"model.pt is not a text file"):
         load_config(child)
+
+
+def test_a_baseline_replaces_the_parents_not_merges_with_it(tmp_path):
+    child = write(tmp_path / "c.yaml", f"extends: {REPO / 'configs' / 'base.yaml'}\nreport:\n  baseline: {{loss.name: dice}}\n")
+    assert load_config(child).report.baseline == {"loss.name": "dice"}
+    assert load_config(REPO / "configs" / "base.yaml", ["report.baseline={train.lr: 0.001}"]).report.baseline == {
+        "train.lr": 0.001}
+    with pytest.raises(LesionsegError, match=r"report.baseline key 'loss.nam' is not a config key"):
+        load_config(child, ["report.baseline={loss.nam: dice}"])

@@ -64,3 +64,84 @@ def test_gradient_flows_to_logits():
     logits = logit(PROBS).clone().requires_grad_(True)
     build_loss(LossConfig(beta=0.7))(logits, LABEL).backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+# Every other loss of `loss.name` against its paper's formula by hand, on the same probabilities.
+def bce_by_hand(p, g, w=1.0):
+    return float(-(w * g * torch.log(p) + (1 - g) * torch.log(1 - p)).mean())
+
+
+def focal_by_hand(p, g, gamma):
+    p_t = torch.where(g > 0.5, p, 1 - p)
+    return float((-(1 - p_t) ** gamma * torch.log(p_t)).mean())
+
+
+def counts(p, g):
+    return (p * g).sum(), (p * (1 - g)).sum(), ((1 - p) * g).sum()
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_jaccard_is_tversky_at_alpha_beta_one(batch):
+    loss = float(build_loss(LossConfig(name="jaccard", batch=batch, smooth=0.0))(logit(PROBS), LABEL))
+    samples = [(PROBS, LABEL)] if batch else [(PROBS[i], LABEL[i]) for i in range(2)]
+    expected = sum(1 - float(tp / (tp + fp + fn)) for tp, fp, fn in (counts(p, g) for p, g in samples)) / len(samples)
+    assert loss == pytest.approx(expected, rel=1e-9)
+    assert loss == pytest.approx(sum(tversky_by_hand(p, g, 1.0, 1.0, 0.0) for p, g in samples) / len(samples))
+
+
+@pytest.mark.parametrize("gamma, batch", [(None, True), (None, False), (2.0, True), (1.0, True)])
+def test_focal_tversky_is_one_minus_t_to_the_one_over_gamma(gamma, batch):
+    cfg = LossConfig(name="focal_tversky", beta=0.7, gamma=gamma, batch=batch, smooth=0.0)
+    exponent = 1 / (gamma or 4 / 3)  # Abraham & Khan 2019: γ = 4/3 by default
+    samples = [(PROBS, LABEL)] if batch else [(PROBS[i], LABEL[i]) for i in range(2)]
+    expected = sum(tversky_by_hand(p, g, 0.3, 0.7, 0.0) ** exponent for p, g in samples) / len(samples)
+    assert float(build_loss(cfg)(logit(PROBS), LABEL)) == pytest.approx(expected, rel=1e-9)
+    if gamma == 1.0:  # γ = 1 is the Tversky loss itself
+        tversky = build_loss(LossConfig(name="tversky", beta=0.7, batch=batch, smooth=0.0))(logit(PROBS), LABEL)
+        assert float(build_loss(cfg)(logit(PROBS), LABEL)) == pytest.approx(float(tversky), rel=1e-9)
+
+
+def test_focal_tversky_has_a_finite_gradient_on_an_exact_segmentation():
+    p = torch.tensor([[[[1 - 1e-12, 1e-12]]]], dtype=torch.float64)
+    logits = logit(p).requires_grad_()
+    g = torch.tensor([[[[1.0, 0.0]]]], dtype=torch.float64)
+    build_loss(LossConfig(name="focal_tversky", smooth=0.0))(logits, g).backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_cross_entropies_and_focal_match_their_formulas():
+    ce = build_loss(LossConfig(name="ce"))(logit(PROBS), LABEL)
+    assert float(ce) == pytest.approx(bce_by_hand(PROBS, LABEL), rel=1e-9)
+    wce = build_loss(LossConfig(name="wce", pos_weight=9.0))(logit(PROBS), LABEL)
+    assert float(wce) == pytest.approx(bce_by_hand(PROBS, LABEL, 9.0), rel=1e-9)
+    for gamma in (None, 0.0001, 3.0):
+        focal = build_loss(LossConfig(name="focal", gamma=gamma))(logit(PROBS), LABEL)
+        assert float(focal) == pytest.approx(focal_by_hand(PROBS, LABEL, gamma or 2.0), rel=1e-7)
+    # γ → 0 is the cross-entropy
+    assert focal_by_hand(PROBS, LABEL, 1e-9) == pytest.approx(bce_by_hand(PROBS, LABEL), rel=1e-6)
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_dice_ce_is_dice_plus_ce(batch):
+    loss = float(build_loss(LossConfig(name="dice_ce", batch=batch, smooth=0.0))(logit(PROBS), LABEL))
+    samples = [(PROBS, LABEL)] if batch else [(PROBS[i], LABEL[i]) for i in range(2)]
+    dice = sum(1 - float(2 * tp / (2 * tp + fp + fn))
+               for tp, fp, fn in (counts(p, g) for p, g in samples)) / len(samples)
+    assert loss == pytest.approx(dice + bce_by_hand(PROBS, LABEL), rel=1e-9)
+
+
+def test_wce_needs_its_weight():
+    with pytest.raises(ValueError, match="wce needs loss.pos_weight"):
+        LossConfig(name="wce")
+
+
+@pytest.mark.parametrize("name", ["tversky", "dice", "jaccard", "focal_tversky", "ce", "wce", "focal", "dice_ce"])
+def test_every_loss_trains_a_step_and_falls_on_a_perfect_prediction(name):
+    cfg = LossConfig(name=name, pos_weight=5.0 if name == "wce" else None)
+    loss_fn = build_loss(cfg)
+    good = loss_fn(logit(LABEL.clamp(1e-6, 1 - 1e-6)), LABEL)
+    bad = loss_fn(logit((1 - LABEL).clamp(1e-6, 1 - 1e-6)), LABEL)
+    assert float(good) < float(bad)
+    logits = torch.zeros_like(LABEL, dtype=torch.float32, requires_grad=True)
+    loss_fn(logits, LABEL.float()).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0

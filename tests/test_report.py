@@ -424,3 +424,60 @@ def test_runs_without_tuned_thresholds_still_report(tmp_path):
     assert [c["n"] for c in result["comparisons"] if c["metric"].endswith("_tuned")] == [0, 0]
     assert result["threshold_tuning"][0].startswith("No run has thresholds tuned on validation cases")
     assert "n/a" in (report / "summary.md").read_text().split("## Operating points")[1].split("##")[0]
+
+
+def make_loss_sweep(root: Path, names, baseline=None, seeds=None) -> Path:
+    sweep = {"loss.name": list(names), **({"seed": list(seeds)} if seeds else {})}
+    cfg = Config.model_validate({"name": "losses", "sweep": sweep, "loss": {"pos_weight": 10.0},
+                                 **({"report": {"baseline": baseline}} if baseline else {})})
+    sweep_dir = root / "losses"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "sweep.yaml").write_text(dump_yaml(cfg))
+    for i, (rid, run_cfg) in enumerate(expand_sweep(cfg)):
+        write_run(sweep_dir / "runs" / rid, run_cfg, 8, np.random.default_rng(i))
+    return sweep_dir
+
+
+def test_any_setting_can_be_the_baseline(tmp_path):
+    sweep_dir = make_loss_sweep(tmp_path, ["dice", "tversky", "wce"], baseline={"loss.name": "dice"}, seeds=[0, 1])
+    write_report(sweep_dir, n_boot=200)
+    result = json.loads((sweep_dir / "report" / "stats.json").read_text())
+    assert result["baseline"] == "name = dice" and result["notes"] == []
+    assert {(c["label"], c["baseline"]) for c in result["comparisons"]} == {("name = tversky", "name = dice"),
+                                                                             ("name = wce", "name = dice")}
+    # The paired test by hand: each case's DSC averaged over the two seeds, then against dice's.
+    def case_dsc(name):
+        folders = [sweep_dir / "runs" / f"name={name}_seed={s}" / "metrics" for s in (0, 1)]
+        rows = [r for folder in folders for r in read_csv(folder / "cases.csv")]
+        return {c: float(np.mean([float(r["dsc"]) for r in rows if r["case"] == c])) for c in {r["case"] for r in rows}}
+    base, other = case_dsc("dice"), case_dsc("wce")
+    diffs = [other[c] - base[c] for c in sorted(base)]
+    wilcoxon = sps.wilcoxon(diffs, zero_method="wilcox")
+    (mine,) = [c for c in result["comparisons"] if c["label"] == "name = wce" and c["metric"] == "dsc"]
+    assert mine["p"] == pytest.approx(wilcoxon.pvalue) and mine["mean_diff"] == pytest.approx(np.mean(diffs))
+    md = (sweep_dir / "report" / "summary.md").read_text()
+    assert "## Is a different configuration more than a different threshold?" in md
+    assert "| name |" in md and "| beta |" not in md  # the configurations are told apart by the loss alone
+    assert "## Against the baseline (name = dice)" in md and "against name = dice" in md
+    assert [r["name"] for r in read_rows(sweep_dir)] == ["dice", "tversky", "wce"]
+
+
+def test_the_default_baseline_matches_no_loss_sweep_and_says_so(tmp_path):
+    sweep_dir = make_loss_sweep(tmp_path, ["dice", "ce"])  # β = 0.7 throughout: no run holds loss.beta = 0.5
+    write_report(sweep_dir, n_boot=200)
+    result = json.loads((sweep_dir / "report" / "stats.json").read_text())
+    assert result["comparisons"] == []
+    assert result["notes"] == [f"name = {n}: no finished β = 0.5 baseline to compare with" for n in ("ce", "dice")]
+
+
+def test_figures_put_a_numeric_swept_key_on_the_x_axis():
+    from lesionseg.figures import _x_positions
+
+    groups = [{"beta": 0.7, "extra": {"train.lr": lr}, "swept": {"train.lr": lr}, "label": f"lr = {lr}"}
+              for lr in (1e-4, 1e-3)]
+    x, ticks, label = _x_positions(groups)
+    assert list(x) == [1e-4, 1e-3] and ticks == ["0.0001", "0.001"] and label == "train.lr"
+    named = [{"beta": 0.7, "extra": {"loss.name": n}, "swept": {"loss.name": n}, "label": f"name = {n}"}
+             for n in ("dice", "ce")]
+    x, ticks, label = _x_positions(named)
+    assert list(x) == [0, 1] and ticks == ["name = dice", "name = ce"] and label == "configuration"
