@@ -50,6 +50,10 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     val_cases: int | None = Field(None, ge=1, description="number of validation cases; overrides val_fraction")
     test_cases: list[str] = Field(default_factory=list, description="training cases held out as test cases")
+    folds: int | None = Field(None, ge=2, description="k-fold cross-validation over the training cases (folds.py)")
+    fold: int | None = Field(None, ge=0, description="the fold this run is tested on, 0 … folds - 1")
+    fold_seed: int = Field(0, ge=0, lt=2**32, description="seeds the fold assignment (not `seed`: repeats keep "
+                                                           "the folds)")
     cache: bool = Field(True, description="preprocess each training case once and keep it (else on every draw)")
     cache_device: str = Field("auto", description="auto | cpu | cuda | cuda:N: where cached training volumes live")
 
@@ -61,6 +65,12 @@ class DataConfig(_Section):
         return v
 
     _cache_device_known = field_validator("cache_device")(check_device_name)
+
+    @model_validator(mode="after")
+    def _fold_of_folds(self) -> DataConfig:
+        if self.fold is not None and (self.folds is None or self.fold >= self.folds):
+            raise ValueError(f"data.fold = {self.fold} needs data.folds above it (data.folds = {self.folds})")
+        return self
 
     @field_validator("orientation")
     @classmethod

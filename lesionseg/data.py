@@ -37,6 +37,7 @@ from lesionseg.checks import check_data_settings, inspect_dataset, raise_problem
 from lesionseg.config import Config
 from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
+from lesionseg.folds import with_fold
 from lesionseg.layouts import Lists, duplicate_problems, read_layout
 
 def read_datalist(path: str | Path, modalities: list[str]) -> Lists:
@@ -53,7 +54,8 @@ def read_datalist(path: str | Path, modalities: list[str]) -> Lists:
 
 
 def load_datalist(cfg: Config) -> Lists:
-    """The configured dataset, every file checked to exist and its header to fit (all problems at once).
+    """The configured dataset, every file checked to exist and its header to fit (all problems at once);
+    with `data.folds`, as the run of `data.fold` sees it (`folds.with_fold`).
 
     Only headers are read, so this is cheap enough to run in every command; `checks.check_dataset` reads
     the voxels too (NaN, empty or non-binary labels, truncated files).
@@ -62,7 +64,7 @@ def load_datalist(cfg: Config) -> Lists:
     lists, report = inspect_dataset(cfg.data.datalist, cfg.data.modalities, read_voxels=False,
                                     test_cases=cfg.data.test_cases)
     raise_problems(report, "names files that do not exist or do not fit")
-    return lists
+    return with_fold(lists, cfg)  # cross-validation: this run's fold is its test list
 
 
 def split_train_val(entries: list[dict[str, Any]], cfg: Config) -> tuple[list[dict], list[dict]]:

@@ -58,7 +58,8 @@ LESION_COLUMNS = ["n_ref_lesions", "n_pred_lesions", "n_detected", "n_pred_tp", 
 CALIBRATION_COLUMNS = ["ece"]
 
 
-def _stats(values: list[float]) -> dict[str, float | int]:
+def case_statistics(values: list[float]) -> dict[str, float | int]:
+    """Mean, SD, median and counts of a metric over cases, NaN (undefined) values left out."""
     defined = [v for v in values if not math.isnan(v)]
     n = len(defined)
     return {
@@ -311,7 +312,7 @@ def evaluate_cases_at(
         summaries[folder] = {
             "threshold": threshold,
             "n_cases": len(these),
-            "per_case": {c: _stats([float(r[c]) for r in these]) for c in columns[1:]},
+            "per_case": {c: case_statistics([float(r[c]) for r in these]) for c in columns[1:]},
             "pooled": {c: pooled[c] for c in columns[1:] if c in pooled},
             "calibration": {"bins": calibration_bins, "binning": "equal-width",
                             "voxels": _calibration_voxels(masks, brains)},

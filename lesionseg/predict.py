@@ -52,16 +52,20 @@ def save_probability(prob: np.ndarray, reference: Path, path: Path) -> None:
 
 
 def predict_cases(
-    model: torch.nn.Module, cfg: Config, entries: list[dict], out_dir: Path, device: torch.device,
-    progress: bool = True,
+    model: torch.nn.Module | Sequence[torch.nn.Module], cfg: Config, entries: list[dict], out_dir: Path,
+    device: torch.device, progress: bool = True,
 ) -> list[Path]:
-    """Predict each entry (`{"case", "image": [paths], "mask": path (optional)}`) into `out_dir/<case>.nii.gz`."""
+    """Predict each entry (`{"case", "image": [paths], "mask": path (optional)}`) into `out_dir/<case>.nii.gz`.
+
+    Several models are an ensemble: the mean of their probabilities (each with test-time flips when
+    `eval.tta`), on the network's grid, before the inverse of the preprocessing."""
+    models = list(model) if isinstance(model, Sequence) else [model]
     pre = preprocessing(cfg, with_label=False)
     written = []
     for entry in tqdm(entries, desc="predict", disable=not progress, leave=False):
         item = pre({"image": entry["image"], **({"mask": entry["mask"]} if entry.get("mask") else {})})
         image: MetaTensor = item["image"]
-        prob = infer_volume(model, image, cfg, device, tta=cfg.eval.tta).cpu()
+        prob = sum(infer_volume(m, image, cfg, device, tta=cfg.eval.tta).cpu() for m in models) / len(models)
         # Carry the input's transform history so that the inverse undoes reorientation and resampling.
         restored = pre.inverse({"image": MetaTensor(prob, meta=image.meta, applied_operations=image.applied_operations)})
         array = restored["image"][0].numpy()

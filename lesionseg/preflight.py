@@ -16,6 +16,7 @@ from lesionseg.config import Config
 from lesionseg.data import split_train_val
 from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
+from lesionseg.folds import with_fold
 from lesionseg.layouts import Lists
 
 
@@ -44,6 +45,9 @@ def setting_problems(cfg: Config, lists: Lists) -> list[str]:
     from lesionseg.train import amp_dtype  # training's own rule for the dtype; imported late (torch, MONAI)
 
     problems = []
+    if cfg.data.folds is not None and cfg.eval.min_component_ml == "tune":
+        problems.append("eval.min_component_ml: tune chooses a size per run, which the folds of a cross-validated "
+                        "configuration would not share; with data.folds give a size (mL)")
     for check in (lambda: amp_dtype(resolve_device(cfg.train.device), cfg.train.amp),
                   lambda: cfg.data.cache_device == "auto" or resolve_device(cfg.data.cache_device, "data.cache_device"),
                   lambda: split_train_val(lists["training"], cfg) if lists["training"] else None):
@@ -73,7 +77,11 @@ def preflight(cfgs: list[tuple[str, Config]], evaluates: bool,
             if show is not None:
                 show(reports[key][1])
             raise_problems(reports[key][1])  # the dataset's own problems first: every file, every case
-        lists = reports[key][0]
+        try:
+            lists = with_fold(reports[key][0], cfg)
+        except LesionsegError as err:
+            problems.setdefault(str(err), []).append(rid)
+            continue
         for message in setting_problems(cfg, lists) + (evaluation_problems(cfg, lists) if evaluates else []):
             problems.setdefault(message, []).append(rid)
     if problems:

@@ -37,6 +37,7 @@ from lesionseg.errors import LesionsegError
 from lesionseg.files import write_atomic, write_json, write_text
 from lesionseg.operating_points import CURVE_METRICS, TUNED_METRICS, mean_over_cases
 from lesionseg.report_html import Table, render_html, render_markdown_table
+from lesionseg.config import expand_sweep
 from lesionseg.results import (collect_runs, read_calibration, read_cases, read_pr_curve,
                                read_threshold_curves, run_state, sweep_config)
 
@@ -329,6 +330,30 @@ def tables(rows: list[dict], extra_keys: list[str], shows_beta: bool = True) -> 
     return out
 
 
+def ensemble_table(groups: list[dict], rows: list[dict], extra_keys: list[str], shows_beta: bool) -> Table:
+    """The datalist's test cases predicted by each configuration's ensemble of fold models (`lesionseg.cv`)."""
+    keys = [*(["beta", "alpha"] if shows_beta else []), *extra_keys]
+    body = []
+    for group, row in zip(groups, rows):
+        summaries = [r["ensemble"] for r in group["runs"] if r.get("ensemble")]
+        if not summaries:
+            continue
+        cells = [(f"{row[k]:g}" if k in ("beta", "alpha") else str(row[k]), False) for k in keys]
+        for m in METRICS:
+            values = [s["per_case"][m]["mean"] for s in summaries]
+            sd = _sd(values)
+            cells.append((fmt(_nanmean(values), m) + ("" if math.isnan(sd) else f" ± {fmt(sd, m)}"), False))
+        cells += [(str(summaries[0]["n_cases"]), False), (str(len(summaries)), False)]
+        body.append(cells)
+    return Table(
+        title="Test cases, predicted by the ensemble of the fold models",
+        note=("The datalist's test cases (none of them in any fold), each predicted by the mean probability of "
+              "the configuration's fold models (with test-time flips when eval.tta), at the configured "
+              "threshold; per-case means, ± SD over seeds when there are several. The rows above score the "
+              "training cases out of fold."),
+        columns=[*keys, *(LABELS[m] for m in METRICS), "n cases", "n seeds"], rows=body)
+
+
 def stats_table(result: dict) -> Table:
     rows = []
     for c in result["comparisons"]:
@@ -433,13 +458,17 @@ VERDICT_TITLE_OTHER = "Is a different configuration more than a different thresh
 
 def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     """Write the report of the finished runs of a sweep into `<sweep_dir>/report/`; return that folder."""
+    from lesionseg.cv import merge_finished
+
     sweep_dir = Path(sweep_dir)
+    cfg = sweep_config(sweep_dir)
+    merge_finished(sweep_dir, expand_sweep(cfg) if cfg.sweep else [], cfg.sweep, progress=False)  # CV folds
     runs, missing_ids = collect_runs(sweep_dir)
     states = {rid: run_state(sweep_dir / "runs" / rid) for rid in missing_ids}
     missing = [f"{rid} ({state})" for rid, state in states.items()]
     if not runs:
         raise LesionsegError(f"no finished runs in {sweep_dir / 'runs'}; nothing to report")
-    baseline = sweep_config(sweep_dir).report.baseline
+    baseline = cfg.report.baseline
     groups = group_runs(runs)
     rows = [summary_row(g) for g in groups]
     labels = [g["label"] for g in groups]
@@ -447,6 +476,8 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     shows_beta = beta_shown(groups)
     stats_result = compare_to_baseline(groups, n_boot=n_boot, baseline=baseline)
     all_tables = tables(rows, extra_keys, shows_beta)
+    if any(r.get("ensemble") for r in runs):
+        all_tables.append(ensemble_table(groups, rows, extra_keys, shows_beta))
     title = VERDICT_TITLE if shows_beta else VERDICT_TITLE_OTHER
     best = best_betas(rows, labels)
     for group, row in zip(groups, rows):  # the best each configuration reaches on its test curve (optimistic)

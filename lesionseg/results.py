@@ -31,26 +31,39 @@ def sweep_config(sweep_dir: Path) -> Config:
 
 def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     """Finished runs as `{"id", "dir", "assignment", "values", "beta", "alpha", "summary", …}` (`values`:
-    the run's whole resolved config, dotted keys), and the ids missing."""
+    the run's whole resolved config, dotted keys), and the ids missing.
+
+    In a cross-validated sweep (`data.fold` swept) each configuration's merged folder `cv/<id>/` is its
+    run (`lesionseg.cv`), finished when all its folds are; the missing ids are the unfinished fold runs."""
+    from lesionseg.cv import CV_DIR, configurations
+
     cfg = sweep_config(sweep_dir)
+    expanded = expand_sweep(cfg) if cfg.sweep else [("run", cfg)]
+    folded = configurations(expanded, cfg.sweep)
+    if folded:
+        entries = [(cid, members[0][1], sweep_dir / CV_DIR / cid, [rid for rid, _ in members])
+                   for cid, members in folded.items()]
+    else:
+        entries = [(rid, run_cfg, sweep_dir / "runs" / rid, [rid]) for rid, run_cfg in expanded]
     runs, missing = [], []
-    for rid, run_cfg in expand_sweep(cfg) if cfg.sweep else [("run", cfg)]:
-        run_dir = sweep_dir / "runs" / rid
+    for rid, run_cfg, run_dir, parts in entries:
         if not is_done(run_dir):
-            missing.append(rid)
+            missing += [p for p in parts if not is_done(sweep_dir / "runs" / p)] or [rid]
             continue
-        assignment = {key: _get(run_cfg.model_dump(), key) for key in cfg.sweep}
+        assignment = {key: _get(run_cfg.model_dump(), key) for key in cfg.sweep if not (folded and key == "data.fold")}
         runs.append({
             "id": rid,
             "dir": run_dir,
             "assignment": assignment,
-            "values": flat_keys(run_cfg.model_dump(mode="json")),
+            "values": {**flat_keys(run_cfg.model_dump(mode="json")), **({"data.fold": None} if folded else {})},
             "beta": run_cfg.loss.beta,
             "alpha": run_cfg.loss.resolved_alpha,
             "summary": read_json(run_dir / "metrics" / "summary.json"),
             "thresholds": read_json(run_dir / "thresholds.json") if (run_dir / "thresholds.json").is_file() else {},
             "tuned": {m: read_json(path) for m in TUNED_METRICS
                       if (path := run_dir / f"metrics-tuned-{m}" / "summary.json").is_file()},
+            "ensemble": read_json(path) if (path := run_dir / "ensemble" / "metrics" / "summary.json").is_file()
+                        else None,
         })
     return runs, missing
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from lesionseg.backends import run_all
 from lesionseg import operating_points
 from lesionseg.config import Config, dump_yaml, expand_sweep
+from lesionseg.cv import CV_DIR, merge_finished
 from lesionseg.data import load_datalist, split_train_val
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluate import evaluate_cases_at
@@ -41,7 +42,6 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     lists = load_datalist(cfg)
     if problems := evaluation_problems(cfg, lists):  # checked by run_sweep already; a Ray worker checks again
         raise LesionsegError("; ".join(problems))
-    masks = [e["mask"] for e in lists["test"]] if cfg.eval.restrict_to_mask else None
     started = time.monotonic()
     start_run_dir(run_dir, cfg)
     trained = train_run(cfg, run_dir, progress=progress, lists=lists)
@@ -50,12 +50,8 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     thresholds = tune_thresholds(model, cfg, lists, run_dir, device, progress)
     paths = predict_cases(model, cfg, lists["test"], run_dir / "predictions", device, progress=progress)
     cases = [(e["case"], p, Path(e["label"])) for e, p in zip(lists["test"], paths)]
-    # the calibration figures count the brain: its mask, else the non-zero voxels of the skull-stripped image
-    brains = [e["mask"] or e["image"][0] for e in lists["test"]]
-    options = dict(device=str(device), progress=progress, lesion_min_voxels=cfg.eval.lesion_min_voxels,
-                   lesion_min_overlap=cfg.eval.lesion_min_overlap, size_bins_ml=cfg.eval.size_bins_ml,
-                   masks=masks, brains=brains, calibration_bins=cfg.eval.calibration_bins,
-                   min_component_ml=thresholds.get("component_filter", {}).get("min_component_ml", 0.0))
+    options = evaluation_options(cfg, lists["test"], device, progress,
+                                 thresholds.get("component_filter", {}).get("min_component_ml", 0.0))
     # the test cases at eval.threshold and again at the thresholds chosen on the validation cases, in one pass
     tuned_dirs = {m: run_dir / f"metrics-tuned-{m}" for m in operating_points.TUNED_METRICS
                   if math.isfinite(thresholds[m]["threshold"])}
@@ -68,6 +64,16 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     seconds = round(time.monotonic() - started, 1)
     mark_done(run_dir, {"seconds": seconds, "best_iteration": trained["best"]["iteration"]})
     return summary
+
+
+def evaluation_options(cfg: Config, entries: list[dict], device, progress: bool, min_component_ml: float) -> dict:
+    """The keyword arguments of `evaluate_cases_at` for the labelled `entries` under `cfg`."""
+    return dict(device=str(device), progress=progress, lesion_min_voxels=cfg.eval.lesion_min_voxels,
+                lesion_min_overlap=cfg.eval.lesion_min_overlap, size_bins_ml=cfg.eval.size_bins_ml,
+                masks=[e["mask"] for e in entries] if cfg.eval.restrict_to_mask else None,
+                # the calibration figures count the brain: its mask, else the non-zero voxels of the first image
+                brains=[e["mask"] or e["image"][0] for e in entries], calibration_bins=cfg.eval.calibration_bins,
+                min_component_ml=min_component_ml)
 
 
 # The sizes `eval.min_component_ml: tune` chooses from (mL; 0: no post-processing).
@@ -135,6 +141,8 @@ def run_sweep(cfg: Config, progress: bool = True, force: bool = False) -> Path:
     failed = run_all(todo, sweep_dir, cfg.sweep_options, progress=progress) if todo else {}
     if len(failed) == len(runs):
         raise LesionsegError(_failures(failed, sweep_dir))
+    for cid in merge_finished(sweep_dir, runs, cfg.sweep, progress):  # cross-validation: the folds together
+        tqdm.write(f"merged the folds of {cid} into {sweep_dir / CV_DIR / cid}")
     report = write_report(sweep_dir)
     if failed:
         raise LesionsegError(f"{_failures(failed, sweep_dir)}\nThe report of the finished runs is in {report}.")

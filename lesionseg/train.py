@@ -204,7 +204,8 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     write_json(
         run_dir / "split.json",
         {key: [e["case"] for e in cases] for key, cases in
-         (("train", train_cases), ("validation", val_cases), ("test", lists["test"]))},
+         (("train", train_cases), ("validation", val_cases), ("test", lists["test"]),
+          *((("ensemble", lists["ensemble"]),) if "ensemble" in lists else ()))},
     )
 
     model = build_model(cfg).to(device)
