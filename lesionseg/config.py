@@ -95,7 +95,7 @@ class ModelConfig(_Section):
     res_units: int = Field(2, ge=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     norm: Literal["instance", "batch"] = "instance"
-    prior: float = Field(0.01, gt=0.0, lt=1.0, description="initial lesion probability of the output")
+    prior: float = Field(0.5, gt=0.0, lt=1.0, description="initial lesion probability of the output")
 
     @model_validator(mode="after")
     def _strides_match(self) -> ModelConfig:

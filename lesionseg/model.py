@@ -13,12 +13,13 @@ from lesionseg.config import Config
 class LesionUNet(torch.nn.Module):
     """A U-Net with a learned output offset initialised at logit(`model.prior`).
 
-    Freshly initialised, a network outputs probability ≈ 0.5 on every voxel; with lesions at 1 % of a patch,
-    a Tversky or Dice loss then starts from a sea of false positives, and needs many iterations to leave it
-    (the 400-iteration demo does not: DSC 0.1, sensitivity 0.99). An offset at logit(0.01) (the focal-loss
-    initialisation of Lin et al. 2017, the default) starts from "few lesions" instead. On real scans with
-    a per-patch loss and 1500 iterations, prior 0.5 found the low-load patient's lesions where 0.01 did not
-    (test DSC 0.13 vs 0.02; bench/RESULTS.md): `configs/examples/` use 0.5 for their long runs.
+    Freshly initialised, a network outputs probability ≈ 0.5 on every voxel (`prior` 0.5, the default: the
+    offset starts at 0). With lesions at 1 % of a patch a Tversky or Dice loss then starts from a sea of
+    false positives and needs many iterations to leave it: the 400-iteration demo does not (DSC 0.1,
+    sensitivity 0.99), so `configs/demo.yaml` starts at logit(0.01) (the focal-loss initialisation of Lin
+    et al. 2017), "few lesions". On real scans, 1500 iterations and more, the start at 0.01 under-segments
+    (the low-load patient's lesions never rise above 0.5) and 0.5 is level with or ahead of a plain MONAI
+    loop at β 0.5, 0.7 and 0.9 (bench/RESULTS.md).
     """
 
     def __init__(self, unet: torch.nn.Module, prior: float):
