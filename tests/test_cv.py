@@ -86,7 +86,8 @@ def test_the_folds_of_a_configuration_are_merged_and_every_case_scored_once(cv_s
     assert (out / "metrics-tuned-dsc" / "cases.csv").read_text().splitlines()[1:] == rows
     per_fold = [made[rid][1]["dsc"] for rid, _ in groups["beta=0.7"]]
     thresholds = json.loads((out / "thresholds.json").read_text())
-    assert thresholds["dsc"]["per_fold"] == per_fold and thresholds["dsc"]["threshold"] == pytest.approx(np.mean(per_fold))
+    assert thresholds["dsc"]["per_fold"] == per_fold
+    assert thresholds["dsc"]["threshold"] == pytest.approx(np.mean(per_fold))
     tuned = json.loads((out / "metrics-tuned-dsc" / "summary.json").read_text())
     dsc = [float(r.split(",")[1]) for r in rows]
     assert tuned["n_cases"] == len(training) and tuned["per_case"]["dsc"]["mean"] == pytest.approx(np.mean(dsc))
@@ -135,3 +136,24 @@ def test_the_report_counts_each_patient_once_per_configuration(cv_sweep):
     assert {c["n"] for c in stats["comparisons"] if c["metric"] == "dsc"} <= {n_training}
     md = (sweep_dir / "report" / "summary.md").read_text()
     assert "## Test cases, predicted by the ensemble of the fold models" in md
+
+
+@pytest.mark.slow
+def test_a_cross_validated_sweep_through_the_cli(tmp_path):
+    from conftest import lesionseg
+
+    lesionseg("demo-data", tmp_path / "data", "--cases", 8, "--size", 24, cwd=tmp_path)  # 6 training, 2 test
+    out = lesionseg("sweep", REPO / "configs" / "sweep_beta_cv.yaml",
+                    f"data.datalist={tmp_path / 'data' / 'datalist.json'}", "output_dir=experiments", *TINY,
+                    "data.folds=3", "sweep={data.fold: [0, 1, 2], loss.beta: [0.5]}", "-q", cwd=tmp_path)
+    sweep = tmp_path / "experiments" / "sweep-beta-cv"
+    assert "merged the folds of beta=0.5" in out.stdout + out.stderr
+    cases = (sweep / "cv" / "beta=0.5" / "metrics" / "cases.csv").read_text().splitlines()[1:]
+    assert sorted(line.split(",")[0] for line in cases) == [f"case_{i:03d}" for i in range(6)]  # each once
+    tested = [json.loads((sweep / "runs" / f"beta=0.5_fold={f}" / "split.json").read_text())["test"] for f in range(3)]
+    assert sorted(c for t in tested for c in t) == [f"case_{i:03d}" for i in range(6)]
+    assert json.loads((sweep / "cv" / "beta=0.5" / "ensemble" / "metrics" / "summary.json").read_text())["n_cases"] == 2
+    import csv
+
+    (row,) = list(csv.DictReader((sweep / "report" / "summary.csv").read_text().splitlines()))
+    assert row["n_cases"] == "6" and "fold" not in row  # one row: the six out-of-fold cases
