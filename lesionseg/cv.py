@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from lesionseg import operating_points
-from lesionseg.config import Config, run_id
+from lesionseg.config import Config, flat_keys, run_id
 from lesionseg.data import load_datalist
 from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
@@ -48,16 +48,9 @@ def configurations(runs: list[tuple[str, Config]], swept: dict) -> dict[str, lis
         return {}
     out: dict[str, list[tuple[str, Config]]] = {}
     for rid, cfg in runs:
-        assignment = {k: _get(cfg, k) for k in swept if k != "data.fold"}
-        out.setdefault(run_id(assignment), []).append((rid, cfg))
+        values = flat_keys(cfg.model_dump(mode="json"))
+        out.setdefault(run_id({k: values[k] for k in swept if k != "data.fold"}), []).append((rid, cfg))
     return {cid: sorted(members, key=lambda m: m[1].data.fold) for cid, members in out.items()}
-
-
-def _get(cfg: Config, key: str):
-    value = cfg.model_dump(mode="json")
-    for part in key.split("."):
-        value = value[part]
-    return value
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
