@@ -47,9 +47,24 @@ def _nan_to_zero(values) -> np.ndarray:
     return np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
 
 
+def _cases(groups: list[dict], rows: list[dict]) -> str:
+    """`10 test cases`, or `40 out-of-fold cases` in a cross-validated sweep (each case scored by the fold
+    model that did not train on it)."""
+    return f"{rows[0]['n_cases']} {case_kind(groups)} cases"
+
+
+def case_kind(groups: list[dict]) -> str:
+    return "out-of-fold" if any(r.get("cross_validated") for g in groups for r in g["runs"]) else "test"
+
+
 def _seeds_text(groups: list[dict]) -> str:
     seeds = sorted({len(g["runs"]) for g in groups})
-    return f"{'/'.join(map(str, seeds))} seed{'s' if max(seeds) > 1 else ''} per β"
+    return f"{'/'.join(map(str, seeds))} seed{'s' if max(seeds) > 1 else ''} per {_per(groups)}"
+
+
+def _per(groups: list[dict]) -> str:
+    """What one configuration is called: `β` in a β sweep (labels `β = …`), else `configuration`."""
+    return "β" if all(g["label"].startswith("β") for g in groups) else "configuration"
 
 
 def _iso_dsc(ax) -> None:
@@ -82,8 +97,8 @@ def pr_curves(groups: list[dict], rows: list[dict], read_curve: Callable[[dict],
                               label=f"operating point (p ≥ {threshold:g})"))
         ax.legend(handles=handles, loc="lower left", framealpha=0.95)
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall (sensitivity)", ylabel="precision",
-               title=f"Pooled precision-recall over all test voxels\n"
-                     f"({rows[0]['n_cases']} test cases, {_seeds_text(groups)}; one line per run)")
+               title=f"Pooled precision-recall over all {case_kind(groups)} voxels\n"
+                     f"({_cases(groups, rows)}, {_seeds_text(groups)}; one line per run)")
         ax.grid(alpha=0.3)
         return _png(fig)
 
@@ -113,7 +128,7 @@ def metrics_vs_beta(groups: list[dict], rows: list[dict]) -> bytes:
     x, ticks, xlabel = _x_positions(groups)
     by_seed = max(len(g["runs"]) for g in groups) >= 2
     bars = (f"error bars: ± SD over seeds of the per-case mean ({_seeds_text(groups)})" if by_seed else
-            f"error bars: ± SD over the {rows[0]['n_cases']} test cases (one seed per β)")
+            f"error bars: ± SD over the {_cases(groups, rows)} (one seed per {_per(groups)})")
     span = (x.max() - x.min()) if x.size > 1 else 1.0
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(10, 4.8), layout="constrained")
@@ -131,7 +146,7 @@ def metrics_vs_beta(groups: list[dict], rows: list[dict]) -> bytes:
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
             ax.legend(loc="best", framealpha=0.95)
-        axes[0].set_ylabel(f"per-case mean over {rows[0]['n_cases']} test cases")
+        axes[0].set_ylabel(f"per-case mean over {_cases(groups, rows)}")
         axes[0].set_ylim(0, 1.05)
         fig.suptitle(f"Test metrics against {'β' if xlabel.startswith('β') else xlabel} — {bars}")
         return _png(fig)
@@ -175,7 +190,7 @@ def lesion_size(groups: list[dict], rows: list[dict], bins: list[str]) -> bytes:
         ax.set_xticks(x, [f"{_bin_label(b)}\n{c} reference lesions" for b, c in zip(bins, counts)])
         ax.set(ylim=(0, 1.15), yticks=np.linspace(0, 1, 6), xlabel="reference lesion volume",
                ylabel="LTPR (detected / reference lesions)")
-        fig.suptitle(f"Lesion detection by size, lesions pooled over {rows[0]['n_cases']} test cases"
+        fig.suptitle(f"Lesion detection by size, lesions pooled over {_cases(groups, rows)}"
                      + (f" (± SD over seeds, {_seeds_text(groups)})" if by_seed else ""))
         ax.grid(axis="y", alpha=0.3)
         ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=min(len(groups), 6), frameon=False)
@@ -230,7 +245,7 @@ def metrics_vs_threshold(groups: list[dict], rows: list[dict], read_curves: Call
         for ax in axes[::2]:
             ax.set_ylabel("per-case mean")
         axes[0].set(xlim=(0, 1), ylim=(0, 1.02))
-        fig.suptitle(f"Test metrics against the threshold ({rows[0]['n_cases']} test cases, {_seeds_text(groups)})")
+        fig.suptitle(f"Test metrics against the threshold ({_cases(groups, rows)}, {_seeds_text(groups)})")
         return _png(fig)
 
 
@@ -261,6 +276,6 @@ def reliability(groups: list[dict], rows: list[dict], read_bins: Callable[[dict]
         counts.set(yscale="log", xlim=(0, 1), xlabel="predicted lesion probability",
                    ylabel="voxels in the bin", title="How many voxels each bin holds")
         counts.grid(alpha=0.3)
-        fig.suptitle(f"Calibration on the test cases ({rows[0]['n_cases']} cases, {_seeds_text(groups)}; "
+        fig.suptitle(f"Calibration on the {_cases(groups, rows)} ({_seeds_text(groups)}; "
                      "equal-width bins)")
         return _png(fig)

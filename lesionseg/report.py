@@ -55,16 +55,21 @@ DEFAULT_BASELINE = {"loss.beta": 0.5}  # report.baseline's default: the soft Dic
 LABELS = {"dsc": "DSC", "f2": "F2", "sensitivity": "sensitivity", "precision": "precision", "apr": "APR",
           "lesion_f1": "lesion F1", "ltpr": "LTPR", "lfdr": "LFDR", "hd95_mm": "HD95 (mm)", "ece": "ECE",
           "dsc_tuned": "DSC at tuned t", "f2_tuned": "F2 at tuned t"}
+OUT_OF_FOLD = ", each scored once by the fold model that did not train on it"
+HEADLINE = ("dsc", "f2", "sensitivity", "precision", "apr")  # the answer's metrics, in this order
+HEADLINE_FIGURE = "metrics_vs_beta.png"  # shown with the answer, at the top of report.html
+# captions; {kind}: "test", or "out-of-fold" in a cross-validated sweep; {per}: "β" or "configuration"
 FIGURES = {
-    "pr_curves.png": "Pooled precision-recall curves, one per β; the dot on each is the operating point at "
+    "pr_curves.png": "Pooled precision-recall curves, one per {per}; the dot on each is the operating point at "
                      "the threshold.",
-    "metrics_vs_beta.png": "Sensitivity, precision, DSC and F2 (per-case means) against β, with error bars.",
-    "lesion_size.png": "Lesion-wise sensitivity (LTPR, pooled over the test cases) per reference lesion size, "
-                       "per β.",
-    "metrics_vs_threshold.png": "DSC, F2, sensitivity and precision (per-case means over the test cases) "
-                                "against the threshold, per β; circles: the configured threshold, triangles: "
+    "metrics_vs_beta.png": "Sensitivity, precision, DSC and F2 (per-case means over the {kind} cases) per {per}, "
+                           "with error bars.",
+    "lesion_size.png": "Lesion-wise sensitivity (LTPR, pooled over the {kind} cases) per reference lesion size, "
+                       "per {per}.",
+    "metrics_vs_threshold.png": "DSC, F2, sensitivity and precision (per-case means over the {kind} cases) "
+                                "against the threshold, per {per}; circles: the configured threshold, triangles: "
                                 "the thresholds tuned on validation (DSC panel: DSC's, F2 panel: F2's).",
-    "reliability.png": "Reliability diagram per β over the brain voxels of the test cases (equal-width bins; "
+    "reliability.png": "Reliability diagram per {per} over the brain voxels of the {kind} cases (equal-width bins; "
                        "observed lesion frequency against mean predicted probability), ECE in the legend.",
 }
 
@@ -254,9 +259,10 @@ def _best(rows: list[dict], column: str, metric: str) -> float | None:
     return min(values) if metric in LOWER_IS_BETTER else max(values)
 
 
-def tables(rows: list[dict], extra_keys: list[str], shows_beta: bool = True) -> list[Table]:
+def tables(rows: list[dict], extra_keys: list[str], shows_beta: bool = True, kind: str = "test") -> list[Table]:
     """The report's tables, the same in Markdown and HTML; the best value per column in bold. The first
-    columns tell the configurations apart: β and α (`shows_beta`), then the other swept keys."""
+    columns tell the configurations apart: β and α (`shows_beta`), then the other swept keys. `kind`: the
+    scored cases are `test` cases, or `out-of-fold` cases of a cross-validated sweep."""
     keys = [*(["beta", "alpha"] if shows_beta else []), *extra_keys]
 
     def _key_cells(row: dict, extra_keys: list[str]) -> list[tuple[str, bool]]:
@@ -281,8 +287,8 @@ def tables(rows: list[dict], extra_keys: list[str], shows_beta: bool = True) -> 
         return [cells(row, m, f"{m}_at_t{m}", f"{m}_at_t{m}_sd_cases")]
 
     per_case = Table(
-        title="Per-case means over the test cases ± SD over cases",
-        note=(f"Each patient counts once ({n_cases} test cases; {seeds_text} seed(s) per configuration, averaged "
+        title=f"Per-case means over the {kind} cases ± SD over cases",
+        note=(f"Each patient counts once ({n_cases} {kind} cases{OUT_OF_FOLD if kind != 'test' else ''}; {seeds_text} seed(s) per configuration, averaged "
               "over). "
               "`(n=k)`: the metric is defined on k cases only. 'at tuned t': at each run's threshold tuned on "
               "its validation cases (next table). Lower is better for LFDR, HD95 and ECE; best in bold."),
@@ -297,9 +303,9 @@ def tables(rows: list[dict], extra_keys: list[str], shows_beta: bool = True) -> 
 
     operating = Table(
         title="Operating points: the configured threshold against thresholds tuned on validation",
-        note=(f"Per-case means over the test cases. Left: every run at p ≥ {threshold:g}. Then each run's "
+        note=(f"Per-case means over the {kind} cases. Left: every run at p ≥ {threshold:g}. Then each run's "
               "threshold maximising the mean DSC (t_DSC) or F2 (t_F2) over its own validation cases — chosen "
-              "without the test cases; ± SD over seeds — and the test metrics at it. If a larger β only moved "
+              f"without the {kind} cases; ± SD over seeds — and the {kind} metrics at it. If a larger β only moved "
               "the operating point, the tuned columns of all β would agree."),
         columns=[*keys, f"DSC @{threshold:g}", f"F2 @{threshold:g}", f"sens. @{threshold:g}",
                  f"prec. @{threshold:g}", "t_DSC", "DSC @t_DSC", "sens. @t_DSC", "prec. @t_DSC",
@@ -311,8 +317,8 @@ def tables(rows: list[dict], extra_keys: list[str], shows_beta: bool = True) -> 
               for r in rows],
     )
     pooled = Table(
-        title="Pooled over all test voxels and lesions",
-        note="Counts summed over the test cases, then each metric computed once (APR: one precision-recall curve "
+        title=f"Pooled over all {kind} voxels and lesions",
+        note=f"Counts summed over the {kind} cases, then each metric computed once (APR: one precision-recall curve "
              "over every voxel); mean over seeds (± SD over seeds when there are several).",
         columns=[*keys, *(LABELS[m] for m in POOLED_METRICS)],
         rows=[[*_key_cells(r, extra_keys),
@@ -354,33 +360,32 @@ def ensemble_table(groups: list[dict], rows: list[dict], extra_keys: list[str], 
         columns=[*keys, *(LABELS[m] for m in METRICS), "n cases", "n seeds"], rows=body)
 
 
-def stats_table(result: dict) -> Table:
+def stats_table(result: dict, kind: str = "test") -> Table:
     rows = []
     for c in result["comparisons"]:
         diff = f"{c['mean_diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" if c["n"] else "n/a"
-        rows.append([(c["label"], False), (LABELS[c["metric"]], False), (str(c["n"]), False),
+        rows.append([(c["label"], False), (LABELS[c["metric"]], False),
+                     (c["verdict"], "than baseline" in c["verdict"]), (str(c["n"]), False),
                      (f"{c['n_seeds_baseline']} / {c['n_seeds']}", False), (fmt(c["mean_baseline"]), False),
                      (fmt(c["mean_other"]), False), (diff, False),
                      ("n/a" if c["p"] is None else f"{c['p']:.3g}", False),
-                     ("n/a" if c["p_holm"] is None else f"{c['p_holm']:.3g}", False),
-                     (c["verdict"], "than baseline" in c["verdict"])])
+                     ("n/a" if c["p_holm"] is None else f"{c['p_holm']:.3g}", False)])
     beta_story = result.get("baseline", "β = 0.5") == "β = 0.5"
     other = "β" if beta_story else "configuration"
     return Table(
         title="Against the Dice baseline (β = 0.5)" if beta_story else f"Against the baseline ({result['baseline']})",
-        note=(f"Paired by test case (each case's value averaged over seeds first). Difference = {other} − baseline, "
+        note=(f"Paired by {kind} case (each case's value averaged over seeds first). Difference = {other} − baseline, "
               f"mean with {stats.LEVEL:.0%} bootstrap CI; Wilcoxon signed-rank p, Holm-adjusted over the "
               f"{'βs' if beta_story else 'configurations'}. "
               f"No test with fewer than {stats.MIN_PAIRS} non-zero differences; a difference is claimed only "
               f"when the adjusted p < {stats.ALPHA} and the CI excludes 0."),
-        columns=["configuration", "metric", "n cases", f"seeds (base / {other})", "baseline", other,
-                 "difference [95% CI]",
-                 "p (Wilcoxon)", "p (Holm)", "verdict"],
+        columns=["configuration", "metric", "verdict", "n cases", f"seeds (base / {other})", "baseline", other,
+                 "difference [95% CI]", "p (Wilcoxon)", "p (Holm)"],
         rows=rows,
     )
 
 
-def tuning_verdict(rows: list[dict], labels: list[str], stats_result: dict) -> list[str]:
+def tuning_verdict(rows: list[dict], labels: list[str], stats_result: dict, kind: str = "test") -> list[str]:
     """Sentences answering "is a larger β more than a lower threshold?" from the table and the tests.
 
     Each row may carry `<m>_best_on_test`: the maximum of its test curve over the threshold grid, an
@@ -402,7 +407,7 @@ def tuning_verdict(rows: list[dict], labels: list[str], stats_result: dict) -> l
                          f"{fmt(max(finite) - min(finite))}")
         oracle = _finite(r.get(f"{m}_best_on_test", math.nan) for r in rows)
         if len(oracle) == len(rows) > 1:
-            parts.append(f"at each configuration's best threshold for the test cases themselves (optimistic) "
+            parts.append(f"at each configuration's best threshold for the {kind} cases themselves (optimistic) "
                          f"{fmt(min(oracle))}–{fmt(max(oracle))}, range {fmt(max(oracle) - min(oracle))}")
         claims = {key: [c["label"] + ": " + c["verdict"] for c in stats_result["comparisons"]
                         if c["metric"] == key and "than baseline" in c["verdict"]] for key in (m, f"{m}_tuned")}
@@ -412,6 +417,41 @@ def tuning_verdict(rows: list[dict], labels: list[str], stats_result: dict) -> l
                          f"and {len(claims[f'{m}_tuned'])} at the tuned thresholds"
                          + (f" ({'; '.join(claims[f'{m}_tuned'])})" if claims[f"{m}_tuned"] else ""))
         lines.append(f"{LABELS[m]}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def answer(rows: list[dict], labels: list[str], stats_result: dict, kind: str = "test") -> list[str]:
+    """The report's opening, one sentence per headline metric: the best configuration, with its SD over
+    cases, and what the paired tests against the baseline found (where the metric is tested)."""
+    n_cases = min(r["n_cases"] for r in rows)
+    lines = []
+    for m in HEADLINE:
+        values = [r[m] for r in rows]
+        finite = _finite(values)
+        if not finite:
+            lines.append(f"{LABELS[m]}: defined on no case.")
+            continue
+        best = min(finite) if m in LOWER_IS_BETTER else max(finite)
+        winners = [i for i, v in enumerate(values) if v == best]
+        text = (f"{LABELS[m]}: best with {' and '.join(labels[i] for i in winners)} ({fmt(best, m)} ± "
+                f"{fmt(rows[winners[0]][f'{m}_sd_cases'], m)} SD over {n_cases} {kind} cases)")
+        tested = [c for c in stats_result["comparisons"] if c["metric"] == m]
+        if tested:
+            bases = sorted({c["baseline"] for c in tested})
+            said = []
+            for word in ("higher", "lower"):
+                who = [c["label"] for c in tested if c["verdict"].startswith(word)]
+                if who:
+                    said.append(f"{word} with {', '.join(who)}")
+            rest = [c["label"] for c in tested if not c["verdict"].startswith(("higher", "lower"))]
+            if rest:
+                said.append(f"no significant difference with {', '.join(rest)}")
+            text += (f"; against {bases[0] if len(bases) == 1 else 'their baselines'} (paired by case, "
+                     f"Holm-adjusted): {'; '.join(said)}")
+        lines.append(text + ".")
+    if len(rows) > 1 and min(r["n_seeds"] for r in rows) < 2:
+        lines.append("One seed per configuration: a difference may be training noise, which one seed cannot "
+                     "measure (sweep `seed` to measure it).")
     return lines
 
 
@@ -434,24 +474,30 @@ def best_betas(rows: list[dict], labels: list[str]) -> dict[str, str]:
 
 
 def to_markdown(name: str, all_tables: list[Table], best: dict[str, str], stats_result: dict,
-                missing: list[str], verdict: list[str], verdict_title: str = "") -> str:
-    lines = [f"# Sweep report: {name}", "", f"## {verdict_title or VERDICT_TITLE}", "", *(f"- {v}" for v in verdict),
-             ""]
+                missing: list[str], verdict: list[str], verdict_title: str = "", opening: list[str] = (),
+                captions: dict[str, str] | None = None, kind: str = "test") -> str:
+    captions = captions or FIGURES
+    lines = [f"# Sweep report: {name}", ""]
+    if opening:
+        lines += [f"## {ANSWER_TITLE}", "", *(f"- {v}" for v in opening), "",
+                  f"![{captions[HEADLINE_FIGURE]}]({HEADLINE_FIGURE})", ""]
+    lines += [f"## {verdict_title or VERDICT_TITLE}", "", *(f"- {v}" for v in verdict), ""]
     for table in all_tables:
         lines += [f"## {table.title}", "", table.note, "", render_markdown_table(table), ""]
     lines += ["Best per-case mean: " + "; ".join(f"{LABELS[m]} {b}" for m, b in best.items()) + ".", ""]
-    st = stats_table(stats_result)
+    st = stats_table(stats_result, kind)
     lines += [f"## {st.title}", "", st.note, ""]
     base = stats_result.get("baseline", "β = 0.5")
     lines += [render_markdown_table(st) if st.rows else f"No comparison (no configuration besides a {base} baseline).",
               ""]
     lines += [f"- {note}" for note in stats_result["notes"]]
-    lines += ["## Figures", "", *(f"- `{f}`: {text}" for f, text in FIGURES.items()), ""]
+    lines += ["## Figures", "", *(f"- `{f}`: {text}" for f, text in captions.items()), ""]
     if missing:
         lines += [f"Missing (not finished, not counted): {', '.join(missing)}", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+ANSWER_TITLE = "The answer"
 VERDICT_TITLE = "Is a larger β more than a lower threshold?"
 VERDICT_TITLE_OTHER = "Is a different configuration more than a different threshold?"
 
@@ -475,7 +521,8 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     extra_keys = [k.split(".")[-1] for k in groups[0]["extra"]]
     shows_beta = beta_shown(groups)
     stats_result = compare_to_baseline(groups, n_boot=n_boot, baseline=baseline)
-    all_tables = tables(rows, extra_keys, shows_beta)
+    kind = figures.case_kind(groups)
+    all_tables = tables(rows, extra_keys, shows_beta, kind)
     if any(r.get("ensemble") for r in runs):
         all_tables.append(ensemble_table(groups, rows, extra_keys, shows_beta))
     title = VERDICT_TITLE if shows_beta else VERDICT_TITLE_OTHER
@@ -485,7 +532,9 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
         for m in TUNED_METRICS:
             finite = _finite(mean_over_cases([c[m] for c in curves])) if curves else []
             row[f"{m}_best_on_test"] = max(finite) if finite else math.nan
-    verdict = tuning_verdict(rows, labels, stats_result)
+    verdict = tuning_verdict(rows, labels, stats_result, kind)
+    opening = answer(rows, labels, stats_result, kind)
+    captions = {f: text.format(kind=kind, per="β" if shows_beta else "configuration") for f, text in FIGURES.items()}
     pngs = figures.draw_all(groups, rows, lambda r: read_pr_curve(r["dir"]), size_bins(runs[0]["summary"]))
     pngs["metrics_vs_threshold.png"] = figures.metrics_vs_threshold(groups, rows,
                                                                     lambda r: read_threshold_curves(r["dir"]))
@@ -494,14 +543,15 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     out = sweep_dir / "report"
     write_text(out / "summary.csv", to_csv(rows))
     write_json(out / "stats.json", {**stats_result, "best": best, "missing": missing_ids, "missing_state": states,
-                                    "n_runs": len(runs), "threshold_tuning": verdict})
+                                    "n_runs": len(runs), "answer": opening, "threshold_tuning": verdict})
     for fname, png in pngs.items():
         write_atomic(out / fname, lambda tmp, png=png: tmp.write_bytes(png))
     write_text(out / "summary.md", to_markdown(sweep_dir.name, all_tables, best, stats_result, missing, verdict,
-                                               title))
+                                               title, opening, captions, kind))
     config = (sweep_dir / "sweep.yaml").read_text(encoding="utf-8")
-    page = render_html(f"Sweep report: {sweep_dir.name}", [*all_tables, stats_table(stats_result)], best,
-                       {f: (pngs[f], text) for f, text in FIGURES.items()}, config, missing,
-                       stats_result["notes"], LABELS, verdict=(title, verdict))
+    page = render_html(f"Sweep report: {sweep_dir.name}", [*all_tables, stats_table(stats_result, kind)], best,
+                       {f: (pngs[f], text) for f, text in captions.items()}, config, missing,
+                       stats_result["notes"], LABELS, verdict=(title, verdict),
+                       opening=(ANSWER_TITLE, opening, HEADLINE_FIGURE))
     write_text(out / "report.html", page)
     return out

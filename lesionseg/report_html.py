@@ -34,13 +34,16 @@ def render_markdown_table(table: Table) -> str:
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 78em;
        padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.92em; }
+div.scroll { overflow-x: auto; max-width: 100%; margin: 0.5em 0 1.5em; }
+table { border-collapse: collapse; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; white-space: nowrap; }
 th { background: #f2f2f2; }
 td:first-child, th:first-child { text-align: left; }
 p.note { color: #555; max-width: 60em; }
 figure { margin: 1em 0 2em; }
-figure img { max-width: 100%; border: 1px solid #ddd; }
+figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+section.answer { background: #f5f8fc; border: 1px solid #cfdcec; border-radius: 6px; padding: 0.2em 1.2em; }
+section.answer li { margin: 0.3em 0; max-width: 70em; }
 figcaption { color: #444; margin-top: 0.3em; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 """
@@ -54,7 +57,14 @@ def _html_table(table: Table) -> str:
         for row in table.rows
     )
     return (f"<h2>{html.escape(table.title)}</h2>\n<p class=\"note\">{html.escape(table.note)}</p>\n"
-            f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>")
+            f"<div class=\"scroll\"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>")
+
+
+def _figure(name: str, png: bytes, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure id="{html.escape(name)}"><img alt="{html.escape(name)}: {html.escape(caption)}" '
+            f'src="data:image/png;base64,{data}">'
+            f"<figcaption><code>{html.escape(name)}</code> — {html.escape(caption)}</figcaption></figure>")
 
 
 def render_html(
@@ -67,8 +77,11 @@ def render_html(
     notes: list[str],
     labels: dict[str, str],
     verdict: tuple[str, list[str]] | None = None,
+    opening: tuple[str, list[str], str] | None = None,
 ) -> str:
-    """The whole report page. `figures`: file name → (PNG bytes, caption); `best`: metric → configuration."""
+    """The whole report page. `figures`: file name → (PNG bytes, caption); `best`: metric → configuration;
+    `opening`: (title, sentences, figure name) shown first, the figure with them rather than with the rest.
+    Wide tables scroll inside their own box, so the page itself never runs wider than the window."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -79,6 +92,13 @@ def render_html(
     if missing:
         parts.append(f"<p><strong>Missing runs (not finished, not counted):</strong> "
                      f"{html.escape(', '.join(missing))}</p>")
+    shown_first = None
+    if opening is not None:
+        heading, lines, shown_first = opening
+        parts.append(f'<section class="answer"><h2>{html.escape(heading)}</h2>\n<ul>'
+                     + "".join(f"<li>{html.escape(v)}</li>" for v in lines) + "</ul>"
+                     + (_figure(shown_first, *figures[shown_first]) if shown_first in figures else "")
+                     + "</section>")
     if verdict is not None:
         title, lines = verdict
         parts.append(f"<h2>{html.escape(title)}</h2>\n<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in lines)
@@ -91,10 +111,11 @@ def render_html(
         parts.append(f"<h2>Best per-case mean per metric</h2>\n<ul>{items}</ul>")
     parts.append("<h2>Figures</h2>")
     for name, (png, caption) in figures.items():
-        data = base64.b64encode(png).decode("ascii")
-        parts.append(f'<figure id="{html.escape(name)}"><img alt="{html.escape(name)}: {html.escape(caption)}" '
-                     f'src="data:image/png;base64,{data}">'
-                     f"<figcaption><code>{html.escape(name)}</code> — {html.escape(caption)}</figcaption></figure>")
+        if name == shown_first:
+            parts.append(f'<p><a href="#{html.escape(name)}"><code>{html.escape(name)}</code></a>: at the top, '
+                         "with the answer.</p>")
+        else:
+            parts.append(_figure(name, png, caption))
     parts += ["<h2>Sweep configuration (sweep.yaml)</h2>", f"<pre>{html.escape(config_yaml)}</pre>",
               "</body></html>"]
     return "\n".join(parts) + "\n"

@@ -55,6 +55,7 @@ def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             "id": rid,
             "dir": run_dir,
             "assignment": assignment,
+            "cross_validated": bool(folded),
             "values": {**flat_keys(run_cfg.model_dump(mode="json")), **({"data.fold": None} if folded else {})},
             "beta": run_cfg.loss.beta,
             "alpha": run_cfg.loss.resolved_alpha,

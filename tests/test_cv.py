@@ -136,6 +136,8 @@ def test_the_report_counts_each_patient_once_per_configuration(cv_sweep):
     assert {c["n"] for c in stats["comparisons"] if c["metric"] == "dsc"} <= {n_training}
     md = (sweep_dir / "report" / "summary.md").read_text()
     assert "## Test cases, predicted by the ensemble of the fold models" in md
+    assert "## Per-case means over the out-of-fold cases" in md and f"over {n_training} out-of-fold cases" in md
+    assert "Paired by out-of-fold case" in md
 
 
 @pytest.mark.slow

@@ -333,9 +333,9 @@ def test_html_page_holds_every_figure_and_number(tmp_path):
     result = json.loads((report / "stats.json").read_text())
     assert len(compared) - 1 == len(result["comparisons"]) == 10  # 2 βs × (3 fixed + 2 tuned metrics)
     for c, cells in zip(result["comparisons"], compared[1:]):
-        assert cells[0] == c["label"] and cells[2] == str(c["n"]) and cells[-1] == c["verdict"]
-        assert cells[6] == f"{c['mean_diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
-        assert cells[7] == f"{c['p']:.3g}"
+        assert cells[0] == c["label"] and cells[2] == c["verdict"] and cells[3] == str(c["n"])
+        assert cells[7] == f"{c['mean_diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+        assert cells[8] == f"{c['p']:.3g}"
     assert "loss.beta" in "".join(page.pre) and "seed" in "".join(page.pre)
 
 
