@@ -44,6 +44,8 @@ figure { margin: 1em 0 2em; }
 figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 section.answer { background: #f5f8fc; border: 1px solid #cfdcec; border-radius: 6px; padding: 0.2em 1.2em; }
 section.answer li { margin: 0.3em 0; max-width: 70em; }
+section.answer figure { margin: 0.5em 0 1em; }
+section.answer figure img { width: 50em; }  /* the whole figure on a laptop's first screen */
 figcaption { color: #444; margin-top: 0.3em; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 """
