@@ -9,7 +9,7 @@ volumes, HD95, ASSD and lesion-wise detection (26-connected components), plus th
 of all cases. The alternative is the obvious code: scikit-learn's scores on the flattened voxels, MedPy's
 `hd95`/`assd`, SciPy components with `ndimage.sum_labels` for the lesion overlaps, and scikit-learn's
 `average_precision_score` on the concatenated voxels for the pooled APR. MONAI's metric classes are run on
-a few cases to check HD95/ASSD (its HD95 definition is ours; MedPy's differs, see lesionseg/surface.py).
+a few cases to check HD95/ASSD (its HD95 definition is ours; MedPy's differs, see lesionseg/evaluation/surface.py).
 
     .venv/bin/python bench/bench_evaluate.py [--cases 20] [--threads N] [--monai-cases 3]
 """
@@ -33,8 +33,8 @@ from medpy.metric.binary import hd95 as medpy_hd95
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, f1_score, fbeta_score, jaccard_score, precision_score, recall_score
 
-from lesionseg import metrics
-from lesionseg.evaluate import case_metrics, evaluate_cases, load_case
+from lesionseg.evaluation import metrics
+from lesionseg.evaluation.evaluate import case_metrics, evaluate_cases, load_case
 
 SHAPE = (182, 218, 182)
 SPACING = (1.0, 1.0, 1.0)

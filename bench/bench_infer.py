@@ -27,10 +27,11 @@ from pathlib import Path
 import torch
 
 from lesionseg.config import load_config
-from lesionseg.data import preprocessing
+from lesionseg.data.preprocessing import preprocessing
+from lesionseg.inference import predict_cases
 from lesionseg.model import build_model
-from lesionseg.predict import predict_cases
-from lesionseg.train import amp_dtype, infer_volume, resolve_device
+from lesionseg.devices import amp_dtype, resolve_device
+from lesionseg.inference import infer_volume
 
 REPO = Path(__file__).resolve().parents[1]
 PATIENT = REPO.parent / "shared" / "data" / "open_ms_data" / "patient07"

@@ -41,16 +41,24 @@ from monai.inferers import sliding_window_inference
 from monai.losses import TverskyLoss
 from monai.networks.nets import UNet
 from monai.transforms import (
-    Compose, EnsureChannelFirstd, EnsureTyped, Invertd, LoadImaged, NormalizeIntensityd, Orientationd,
-    RandCropByPosNegLabeld, RandFlipd, Spacingd,
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    Invertd,
+    LoadImaged,
+    NormalizeIntensityd,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    Spacingd,
 )
 from monai.utils import set_determinism
 
 from lesionseg.config import load_config
-from lesionseg.evaluate import evaluate_cases
-from lesionseg.predict import load_model, predict_cases
+from lesionseg.evaluation.evaluate import evaluate_cases
+from lesionseg.inference import load_model, predict_cases
 from lesionseg.runs import start_run_dir
-from lesionseg.train import train_run
+from lesionseg.training.loop import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 OPEN_MS = REPO.parent / "shared" / "data" / "open_ms_data"

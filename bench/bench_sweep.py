@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from lesionseg.backends import _cpu_count, visible_gpus
 from lesionseg.config import load_config
-from lesionseg.phantom import write_demo_dataset
-from lesionseg.sweep import run_sweep
+from lesionseg.data.phantom import write_demo_dataset
+from lesionseg.experiment.backends import _cpu_count, visible_gpus
+from lesionseg.experiment.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

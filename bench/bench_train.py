@@ -1,7 +1,7 @@
 """Benchmark: training throughput of lesionseg's data path against the same step on a resident batch and
 against the MONAI-tutorial loop. Prints figures; not a test.
 
-On synthetic phantoms (`lesionseg.phantom`, written to a temporary folder), with the demo config
+On synthetic phantoms (`lesionseg.data.phantom`, written to a temporary folder), with the demo config
 (configs/demo.yaml: 3 channels, 48³ patches, 2 volumes × 2 patches per step, U-Net 16→128) or, with
 `--realistic`, an nnU-Net-sized setting meant for a GPU (4 channels, 128³ patches, 2 patches per step,
 U-Net 32→320 over six levels, the first at full resolution; ≈ 4 TFLOP per step; phantoms of 160×192×160):
@@ -35,14 +35,22 @@ from pathlib import Path
 
 import torch
 from monai.data import DataLoader, Dataset, list_data_collate
-from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandScaleIntensityd, RandShiftIntensityd, SelectItemsd
+from monai.transforms import (
+    Compose,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    SelectItemsd,
+)
 
 from lesionseg.config import Config, load_config
-from lesionseg.data import load_datalist, preprocessing, split_train_val, train_batches
-from lesionseg.losses import build_loss
+from lesionseg.data.phantom import write_demo_dataset
+from lesionseg.data.preprocessing import load_datalist, preprocessing, split_train_val, train_batches
 from lesionseg.model import build_model
-from lesionseg.phantom import write_demo_dataset
-from lesionseg.train import amp_dtype, resolve_device, seed_everything, to_memory_format, train_step
+from lesionseg.devices import amp_dtype, resolve_device
+from lesionseg.training.loop import seed_everything, to_memory_format, train_step
+from lesionseg.training.losses import build_loss
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from lesionseg.files import describe_os_error, is_disk_error
 
 
 def _demo_data(args: argparse.Namespace) -> None:
-    from lesionseg.phantom import check_demo_arguments, write_demo_dataset
+    from lesionseg.data.phantom import check_demo_arguments, write_demo_dataset
     from lesionseg.runs import claim_output
 
     check_demo_arguments(args.cases, args.size, args.seed, args.spacing, lesions=args.lesions)  # before any move
@@ -31,8 +31,8 @@ def _count(n: int, noun: str) -> str:
 
 def _check(args: argparse.Namespace) -> None:
     from lesionseg.config import expand_sweep, load_config
-    from lesionseg.data import load_datalist
-    from lesionseg.preflight import evaluation_problems, preflight
+    from lesionseg.data.preprocessing import load_datalist
+    from lesionseg.experiment.preflight import evaluation_problems, preflight
 
     cfg = load_config(args.config, args.overrides)
     # A config with a sweep: block is run by `lesionseg sweep`, which also evaluates: its checks; else train's.
@@ -47,9 +47,9 @@ def _check(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from lesionseg.config import load_config
-    from lesionseg.preflight import preflight
+    from lesionseg.experiment.preflight import preflight
     from lesionseg.runs import mark_done, move_aside, start_run_dir
-    from lesionseg.train import train_run
+    from lesionseg.training.loop import train_run
 
     cfg = load_config(args.config, args.overrides)
     preflight([(cfg.name, cfg)], evaluates=False)  # every file read, every setting tried: before any folder exists
@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from lesionseg.predict import predict_run
+    from lesionseg.inference import predict_run
 
     paths = predict_run(args.run_dir, images=args.images, out_dir=args.out, progress=not args.quiet,
                         force=args.force)
@@ -78,9 +78,9 @@ def default_metrics_dir(pred: Path) -> Path:
 def _evaluate(args: argparse.Namespace) -> None:
     from lesionseg.config import check_device_name
     from lesionseg.devices import resolve_device
-    from lesionseg.evaluate import check_options, evaluate_dirs, match_folders
+    from lesionseg.evaluation.evaluate import check_options, evaluate_dirs, match_folders
+    from lesionseg.evaluation.volumes import require_label
     from lesionseg.runs import claim_output, is_done
-    from lesionseg.volumes import require_label
 
     try:
         check_device_name(args.device)
@@ -112,7 +112,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _sweep(args: argparse.Namespace) -> None:
     from lesionseg.config import load_config
-    from lesionseg.sweep import run_sweep
+    from lesionseg.experiment.sweep import run_sweep
 
     # The options are sugar for the config keys sweep.parallel, sweep.backend and sweep.ray_address.
     # (The address is quoted: YAML would read some host:port strings as numbers.)
@@ -126,7 +126,7 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from lesionseg.report import write_report
+    from lesionseg.reporting.report import write_report
 
     report = write_report(args.sweep_dir)
     print((report / "summary.md").read_text(encoding="utf-8"))

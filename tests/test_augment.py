@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from lesionseg.batches import BatchSampler, Volume, crop_box, resample_patch, rotation_matrix
-from lesionseg.train import TTA_FLIPS, infer_volume
+from lesionseg.data.batches import BatchSampler, Volume, crop_box, resample_patch, rotation_matrix
+from lesionseg.inference import TTA_FLIPS, infer_volume
 
 
 def _volume(shape=(14, 16, 18), seed=0) -> Volume:

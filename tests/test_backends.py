@@ -7,12 +7,12 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO, TINY
-from lesionseg import backends
+
 from lesionseg.config import Config, dump_yaml, expand_sweep, load_config
 from lesionseg.errors import LesionsegError
-from lesionseg.sweep import run_sweep
+from lesionseg.experiment import backends
+from lesionseg.experiment.sweep import run_sweep
 
 TWO_BETAS = ["sweep={loss.beta: [0.5, 0.8]}", "deterministic=true"]
 

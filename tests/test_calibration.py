@@ -1,4 +1,4 @@
-"""Tests for lesionseg.calibration: a hand computation, scikit-learn's calibration_curve, edge cases."""
+"""Tests for lesionseg.evaluation.calibration: a hand computation, scikit-learn's calibration_curve, edge cases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.calibration import calibration_curve
 
-from lesionseg.calibration import calibration_bins, expected_calibration_error, reliability_rows
+from lesionseg.evaluation.calibration import calibration_bins, expected_calibration_error, reliability_rows
 
 
 def bins_of(prob, ref, n_bins=10):

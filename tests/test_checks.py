@@ -8,14 +8,14 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import REPO
-from lesionseg.checks import check_dataset, inspect_dataset
-from lesionseg.preflight import preflight
+
 from lesionseg.config import load_config
-from lesionseg.data import load_datalist
+from lesionseg.data.checks import check_dataset, inspect_dataset
+from lesionseg.data.preprocessing import load_datalist
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluate import evaluate_cases
+from lesionseg.evaluation.evaluate import evaluate_cases
+from lesionseg.experiment.preflight import preflight
 
 MODALITIES = ("flair", "t1", "t2")
 AFFINE = np.diag([-1.0, 1.0, 2.0, 1.0])  # LAS, 1 × 1 × 2 mm

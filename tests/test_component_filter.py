@@ -15,8 +15,8 @@ from scipy import ndimage
 
 from lesionseg.config import load_config
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluate import evaluate_cases
-from lesionseg.lesionwise import component_sizes, min_component_voxels, remove_small_components
+from lesionseg.evaluation.evaluate import evaluate_cases
+from lesionseg.evaluation.lesionwise import component_sizes, min_component_voxels, remove_small_components
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,9 +109,9 @@ class Echo(torch.nn.Module):
 
 
 def test_a_run_tunes_the_size_on_its_validation_cases_as_by_hand(tiny_config, tmp_path):
-    from lesionseg.data import load_datalist, split_train_val, volume_dataset
-    from lesionseg.sweep import COMPONENT_SIZES_ML, tune_thresholds
-    from lesionseg.train import infer_volume
+    from lesionseg.data.preprocessing import load_datalist, split_train_val, volume_dataset
+    from lesionseg.experiment.sweep import COMPONENT_SIZES_ML, tune_thresholds
+    from lesionseg.inference import infer_volume
 
     cfg = tiny_config("data.val_cases=2", "eval.min_component_ml=tune")
     lists = load_datalist(cfg)
@@ -140,8 +140,8 @@ def test_a_run_tunes_the_size_on_its_validation_cases_as_by_hand(tiny_config, tm
 
 
 def test_without_the_filter_thresholds_json_is_as_before(tiny_config, tmp_path):
-    from lesionseg.data import load_datalist
-    from lesionseg.sweep import tune_thresholds
+    from lesionseg.data.preprocessing import load_datalist
+    from lesionseg.experiment.sweep import tune_thresholds
 
     cfg = tiny_config()
     tune_thresholds(Echo(), cfg, load_datalist(cfg), tmp_path, torch.device("cpu"), progress=False)

@@ -1,4 +1,4 @@
-"""Cross-validated configurations (`lesionseg.cv`): hand-made fold runs merged, the ensemble of the fold
+"""Cross-validated configurations (`lesionseg.experiment.cv`): hand-made fold runs merged, the ensemble of the fold
 models, and the report that treats the folds as one configuration."""
 
 import json
@@ -7,15 +7,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, TINY
+
 from lesionseg.config import dump_yaml, expand_sweep, load_config
-from lesionseg.cv import configurations, merge_configuration
-from lesionseg.data import load_datalist
-from lesionseg.evaluate import evaluate_cases, evaluate_cases_at
+from lesionseg.data.preprocessing import load_datalist
+from lesionseg.evaluation.evaluate import evaluate_cases, evaluate_cases_at
+from lesionseg.experiment.cv import configurations, merge_configuration
+from lesionseg.inference import predict_cases
 from lesionseg.model import build_model
-from lesionseg.predict import predict_cases
-from lesionseg.report import write_report
+from lesionseg.reporting.report import write_report
 from lesionseg.runs import mark_done
 
 

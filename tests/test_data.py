@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lesionseg.batches import BatchSampler, Volume, batch_seed, crop_box
-from lesionseg.data import (
+from lesionseg.data.batches import BatchSampler, Volume, batch_seed, crop_box
+from lesionseg.data.preprocessing import (
     BrainIndicesd,
     BrainZScored,
     cache_device,

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, TINY
+
 from lesionseg.config import dump_yaml
-from lesionseg.evaluate import evaluate_dirs
+from lesionseg.evaluation.evaluate import evaluate_dirs
 from lesionseg.runs import start_run_dir
-from lesionseg.train import train_run
+from lesionseg.training.loop import train_run
 
 # Runs `lesionseg ARGS…` with writes past LIMIT bytes refused by the kernel (EFBIG; SIGXFSZ ignored so
 # that the write fails instead of killing the process).

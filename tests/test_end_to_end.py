@@ -12,7 +12,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, TINY, lesionseg
 
 pytestmark = pytest.mark.slow

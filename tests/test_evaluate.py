@@ -1,4 +1,4 @@
-"""Tests for lesionseg.evaluate on tiny seeded NIfTI files written to tmp_path (one case without lesions)."""
+"""Tests for lesionseg.evaluation.evaluate on tiny seeded NIfTI files written to tmp_path (one case without lesions)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, precision_score
 
-from lesionseg import LesionsegError, metrics
-from lesionseg.evaluate import FIRST_COLUMNS, evaluate_cases, evaluate_cases_at, evaluate_dirs, load_case
+from lesionseg import LesionsegError
+from lesionseg.evaluation import metrics
+from lesionseg.evaluation.evaluate import FIRST_COLUMNS, evaluate_cases, evaluate_cases_at, evaluate_dirs, load_case
 
 SHAPE = (6, 5, 4)
 SPACING = (1.0, 1.5, 2.0)
@@ -348,8 +349,8 @@ def test_progress_bar_is_optional(pair, capsys):
 # ---- stage 2: volumes, surface distances, lesion-wise detection ----------------------------------------
 
 def test_volumes_surface_and_lesions(dataset, tmp_path):
-    from lesionseg.lesionwise import lesion_counts, lesion_metrics
-    from lesionseg.surface import surface_distances
+    from lesionseg.evaluation.lesionwise import lesion_counts, lesion_metrics
+    from lesionseg.evaluation.surface import surface_distances
 
     pred_dir, ref_dir, arrays = dataset
     summary = evaluate_dirs(pred_dir, ref_dir, tmp_path / "out", lesion_min_overlap=0.2)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from lesionseg.data.folds import assign_folds
 from lesionseg.errors import LesionsegError
-from lesionseg.folds import assign_folds
 
 
 def loads(n, seed=0):
@@ -45,7 +45,7 @@ def test_more_folds_than_cases_is_an_error():
 
 
 def test_each_fold_run_tests_its_fold_and_trains_on_the_others(tiny_config, tiny_dataset):
-    from lesionseg.data import load_datalist
+    from lesionseg.data.preprocessing import load_datalist
 
     whole = load_datalist(tiny_config())
     training = [e["case"] for e in whole["training"]]
@@ -60,7 +60,7 @@ def test_each_fold_run_tests_its_fold_and_trains_on_the_others(tiny_config, tiny
 
 
 def test_folds_without_a_fold_fail_before_anything_is_written(tiny_config, tmp_path):
-    from lesionseg.preflight import preflight
+    from lesionseg.experiment.preflight import preflight
 
     cfg = tiny_config("data.folds=3")
     with pytest.raises(LesionsegError, match=r"data.folds = 3 needs data.fold, .* sweep: \{data.fold: \[0, 1, 2\]\}"):

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
-
-from lesionseg.checks import check_dataset
-from lesionseg.data import load_datalist, read_datalist, volume_dataset
-from lesionseg.errors import LesionsegError
 from test_checks import AFFINE, SHAPE, config, save
+
+from lesionseg.data.checks import check_dataset
+from lesionseg.data.preprocessing import load_datalist, read_datalist, volume_dataset
+from lesionseg.errors import LesionsegError
 
 
 def volume(seed, lesion=False):

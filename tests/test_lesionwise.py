@@ -1,4 +1,4 @@
-"""Tests for lesionseg.lesionwise: hand-checked tables, SciPy components, an independent brute-force matcher."""
+"""Tests for lesionseg.evaluation.lesionwise: hand-checked tables, SciPy components, an independent brute-force matcher."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from lesionseg.lesionwise import check_parameters, lesion_counts, lesion_metrics, size_bin_names
+from lesionseg.evaluation.lesionwise import check_parameters, lesion_counts, lesion_metrics, size_bin_names
 
 NAN = math.nan
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lesionseg.config import LossConfig
-from lesionseg.losses import build_loss
+from lesionseg.training.losses import build_loss
 
 
 def tversky_by_hand(p: torch.Tensor, g: torch.Tensor, alpha: float, beta: float, smooth: float) -> float:

@@ -1,4 +1,4 @@
-"""Tests for lesionseg.metrics: hand-checked tables of tiny tensors, then scikit-learn on random inputs."""
+"""Tests for lesionseg.evaluation.metrics: hand-checked tables of tiny tensors, then scikit-learn on random inputs."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from lesionseg import metrics
+from lesionseg.evaluation import metrics
 
 NAN = math.nan
 

@@ -1,4 +1,4 @@
-"""Tests for lesionseg.operating_points against scikit-learn and brute force on the same voxels."""
+"""Tests for lesionseg.evaluation.operating_points against scikit-learn and brute force on the same voxels."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import f1_score, fbeta_score, precision_score, recall_score
 
-from lesionseg import metrics
-from lesionseg.operating_points import (
+from lesionseg.evaluation import metrics
+from lesionseg.evaluation.operating_points import (
     CURVE_THRESHOLDS,
     counts_at,
     mean_over_cases,

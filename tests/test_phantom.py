@@ -1,4 +1,4 @@
-"""Tests for lesionseg.phantom: determinism, geometry, anatomy and contrast, and the written dataset."""
+"""Tests for lesionseg.data.phantom: determinism, geometry, anatomy and contrast, and the written dataset."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lesionseg.errors import LesionsegError
-from lesionseg.phantom import (
+from lesionseg.data.phantom import (
     MODALITIES,
     las_affine,
     make_phantom,
@@ -18,6 +17,7 @@ from lesionseg.phantom import (
     render_phantom,
     write_demo_dataset,
 )
+from lesionseg.errors import LesionsegError
 
 CONNECT_26 = np.ones((3, 3, 3), bool)
 

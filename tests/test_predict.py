@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from lesionseg.errors import LesionsegError
+from lesionseg.inference import predict_cases, predict_run
 from lesionseg.model import build_model
-from lesionseg.predict import predict_cases, predict_run
 from lesionseg.runs import start_run_dir
 
 

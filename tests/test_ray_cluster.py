@@ -23,10 +23,10 @@ import pytest
 pytest.importorskip("ray", reason="the Ray backend needs Ray (pip install 'lesionseg[ray]')")
 
 import torch  # noqa: E402
-
 from conftest import REPO, TINY  # noqa: E402
-from lesionseg import backends  # noqa: E402
+
 from lesionseg.config import expand_sweep, load_config  # noqa: E402
+from lesionseg.experiment import backends  # noqa: E402
 
 RAY = Path(sys.executable).with_name("ray")
 pytestmark = [

@@ -7,7 +7,6 @@ inverse of both reorientation and resampling is exercised.
 """
 
 import json
-
 from pathlib import Path
 
 import nibabel as nib
@@ -15,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from lesionseg.checks import check_dataset
 from lesionseg.config import load_config
-from lesionseg.data import load_datalist
-from lesionseg.evaluate import evaluate_dirs
-from lesionseg.predict import load_model, predict_cases
+from lesionseg.data.checks import check_dataset
+from lesionseg.data.preprocessing import load_datalist
+from lesionseg.evaluation.evaluate import evaluate_dirs
+from lesionseg.inference import load_model, predict_cases
 from lesionseg.runs import mark_done, start_run_dir
-from lesionseg.train import train_run
+from lesionseg.training.loop import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"

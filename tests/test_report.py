@@ -16,11 +16,11 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from lesionseg import stats
 from lesionseg.config import Config, dump_yaml, expand_sweep
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluate import evaluate_cases
-from lesionseg.report import LABELS, LOWER_IS_BETTER, POOLED_METRICS, TABLE_METRICS, fmt, write_report
+from lesionseg.evaluation.evaluate import evaluate_cases
+from lesionseg.reporting import stats
+from lesionseg.reporting.report import LABELS, LOWER_IS_BETTER, POOLED_METRICS, TABLE_METRICS, fmt, write_report
 from lesionseg.runs import mark_done
 
 COLUMNS = ["dsc", "f2", "sensitivity", "precision", "specificity", "apr", "hd95_mm", "ltpr", "lfdr", "lesion_f1",
@@ -471,7 +471,7 @@ def test_the_default_baseline_matches_no_loss_sweep_and_says_so(tmp_path):
 
 
 def test_figures_put_a_numeric_swept_key_on_the_x_axis():
-    from lesionseg.figures import _x_positions
+    from lesionseg.reporting.figures import _x_positions
 
     groups = [{"beta": 0.7, "extra": {"train.lr": lr}, "swept": {"train.lr": lr}, "label": f"lr = {lr}"}
               for lr in (1e-4, 1e-3)]

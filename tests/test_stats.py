@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from lesionseg import stats
+from lesionseg.reporting import stats
 
 
 def test_bootstrap_of_equal_differences_is_a_zero_width_interval():

@@ -1,4 +1,4 @@
-"""Tests for lesionseg.surface: hand-checked distances, MONAI (same definition) and MedPy (shown, differs)."""
+"""Tests for lesionseg.evaluation.surface: hand-checked distances, MONAI (same definition) and MedPy (shown, differs)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from medpy.metric.binary import hd95 as medpy_hd95
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 from scipy import ndimage
 
-from lesionseg.surface import directed_surface_distances, surface_distances, surface_voxels
+from lesionseg.evaluation.surface import directed_surface_distances, surface_distances, surface_voxels
 
 
 def mask(shape, *voxels):
@@ -133,7 +133,7 @@ def test_medpy_differs_and_why():
 
 def test_blocked_brute_force_matches_kd_tree():
     """The GPU path's nearest-neighbour search, run on CPU: same distances as the k-d tree."""
-    from lesionseg.surface import _nearest, _nearest_blocked
+    from lesionseg.evaluation.surface import _nearest, _nearest_blocked
 
     gen = torch.Generator().manual_seed(0)
     query, target = torch.rand(300, 3, generator=gen, dtype=torch.float64), torch.rand(70, 3, generator=gen, dtype=torch.float64)

@@ -12,8 +12,15 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 
 from lesionseg.config import Config
-from lesionseg.tensorboard_log import (COLOURS, hparam_values, lesion_slice, log_hparams, log_validation_overlay,
-                                       overlay_due, overlay_panel)
+from lesionseg.training.tensorboard_log import (
+    COLOURS,
+    hparam_values,
+    lesion_slice,
+    log_hparams,
+    log_validation_overlay,
+    overlay_due,
+    overlay_panel,
+)
 
 
 def events(run_dir) -> EventAccumulator:

@@ -5,10 +5,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lesionseg.config import Config
+from lesionseg.devices import amp_dtype, resolve_device
 from lesionseg.errors import LesionsegError
 from lesionseg.model import build_model
 from lesionseg.runs import start_run_dir
-from lesionseg.train import amp_dtype, resolve_device, train_run
+from lesionseg.training.loop import train_run
 
 pytestmark = pytest.mark.slow
 
@@ -88,9 +89,9 @@ def test_compiled_training_runs_and_saves_plain_weights(tiny_config, tmp_path, m
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
-    import lesionseg.train as train_module
+    import lesionseg.training.loop as train_module
     from lesionseg.errors import LesionsegError
-    from lesionseg.losses import build_loss
+    from lesionseg.training.losses import build_loss
 
     calls = []
 
@@ -118,7 +119,7 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
 
     import numpy as np
 
-    from lesionseg.train import rng_state, set_rng_state
+    from lesionseg.training.loop import rng_state, set_rng_state
 
     torch.save({"rng": rng_state()}, tmp_path / "c.pt")
     first = (random.random(), np.random.rand(), torch.rand(1).item())

@@ -20,7 +20,7 @@ import numpy as np
 
 from lesionseg.config import Config
 from lesionseg.errors import LesionsegError
-from lesionseg.layouts import Lists
+from lesionseg.data.layouts import Lists
 
 
 def assign_folds(loads: dict[str, float], k: int, seed: int) -> dict[str, int]:

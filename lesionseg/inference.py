@@ -15,19 +15,53 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
 from tqdm import tqdm
 
-from lesionseg.checks import check_prediction_inputs
 from lesionseg.config import Config, load_config
-from lesionseg.data import load_datalist, preprocessing, volume_dataset
+from lesionseg.data.checks import check_prediction_inputs
+from lesionseg.data.layouts import case_id_from_path
+from lesionseg.data.preprocessing import load_datalist, preprocessing, volume_dataset
+from lesionseg.devices import amp_dtype, autocast, resolve_device
 from lesionseg.errors import LesionsegError
+from lesionseg.evaluation.lesionwise import component_sizes, min_component_voxels
+from lesionseg.evaluation.metrics import PRTable, confusion_counts, overlap_metrics, pr_table
 from lesionseg.files import write_atomic
-from lesionseg.layouts import case_id_from_path
-from lesionseg.lesionwise import component_sizes, min_component_voxels
-from lesionseg.metrics import PRTable, confusion_counts, overlap_metrics, pr_table
 from lesionseg.model import build_model
 from lesionseg.runs import claim_output, read_checkpoint
-from lesionseg.train import infer_volume, resolve_device
+
+# Test-time flips (`eval.tta`): every subset of the three spatial axes of a (B, C, D, H, W) batch, the
+# identity first — the 8 mirrorings nnU-Net averages over.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
+
+
+def infer_volume(model: torch.nn.Module, image: torch.Tensor, cfg: Config, device: torch.device,
+                 tta: bool = False) -> torch.Tensor:
+    """Lesion probabilities `(1, D, H, W)` for one preprocessed volume `(C, D, H, W)`, by sliding window
+    (in the training AMP dtype on CUDA; in fp32 on the CPU).
+
+    `tta`: the mean of the probabilities over the 8 mirrorings of the volume (`TTA_FLIPS`), each flipped
+    back before averaging (8 times the work).
+    """
+    dtype = amp_dtype(device, cfg.train.amp) if device.type == "cuda" else None
+    volume = image.as_tensor() if isinstance(image, MetaTensor) else image
+    volume = volume.unsqueeze(0).to(device)
+    flips = TTA_FLIPS if tta else TTA_FLIPS[:1]
+    total = None
+    with torch.no_grad(), autocast(device, dtype):
+        for axes in flips:
+            logits = sliding_window_inference(
+                volume.flip(axes) if axes else volume,
+                roi_size=cfg.data.patch_size,
+                sw_batch_size=cfg.eval.sw_batch_size,
+                predictor=model,
+                overlap=cfg.eval.overlap,
+                mode="gaussian",
+            )
+            prob = torch.sigmoid(logits.float())
+            prob = prob.flip(axes) if axes else prob
+            total = prob if total is None else total + prob
+    return (total / len(flips))[0]
 
 
 def load_model(run_dir: Path, cfg: Config, device: torch.device) -> torch.nn.Module:

@@ -1,6 +1,6 @@
 """The sweep report: which β, and is the difference real?
 
-`write_report(sweep_dir)` reads the finished runs (`lesionseg.results`; the others are listed as missing,
+`write_report(sweep_dir)` reads the finished runs (`lesionseg.reporting.results`; the others are listed as missing,
 with where each stands: not started, interrupted after iteration N, …)
 and writes `report/`:
 
@@ -12,15 +12,15 @@ and writes `report/`:
   seeds of the per-case mean; NaN with one seed) and `<m>_n` (cases where the metric is defined, the
   fewest over seeds); then pooled figures `<m>_pooled` (summed counts over all test cases), their SD over
   seeds, and the lesion-wise sensitivity per lesion-size bin, pooled (`ltpr_<bin>_pooled`, `n_ref_<bin>`).
-  Operating points (`lesionseg.operating_points`): `threshold_dsc`, `threshold_f2` (each run's threshold
+  Operating points (`lesionseg.evaluation.operating_points`): `threshold_dsc`, `threshold_f2` (each run's threshold
   tuned on its validation cases, mean over seeds) and the test metrics at them, `<m>_at_tdsc` and
   `<m>_at_tf2` (per-case means, with `_sd_cases`); `ece` (per-case mean) and `ece_pooled` (calibration);
   last, `dsc_best_on_test`, `f2_best_on_test`: the maximum of the test curve over the threshold grid
   (chosen on the test cases: an optimistic bound, never a result).
-- `stats.json` — each β against the Dice baseline β = 0.5 (`lesionseg.stats`): Wilcoxon signed-rank and
+- `stats.json` — each β against the Dice baseline β = 0.5 (`lesionseg.reporting.stats`): Wilcoxon signed-rank and
   bootstrap 95 % CI of the mean paired difference in DSC, F2 and sensitivity at the configured threshold,
   and in DSC and F2 at the tuned thresholds (`dsc_tuned`, `f2_tuned`), per case averaged over seeds.
-- `summary.md`, `report.html` (self-contained, figures embedded), and the figures of `lesionseg.figures`.
+- `summary.md`, `report.html` (self-contained, figures embedded), and the figures of `lesionseg.reporting.figures`.
 """
 
 from __future__ import annotations
@@ -32,14 +32,21 @@ from pathlib import Path
 
 import numpy as np
 
-from lesionseg import figures, stats
-from lesionseg.errors import LesionsegError
-from lesionseg.files import write_atomic, write_json, write_text
-from lesionseg.operating_points import CURVE_METRICS, TUNED_METRICS, mean_over_cases
-from lesionseg.report_html import Table, render_html, render_markdown_table
 from lesionseg.config import expand_sweep
-from lesionseg.results import (collect_runs, read_calibration, read_cases, read_pr_curve,
-                               read_threshold_curves, run_state, sweep_config)
+from lesionseg.errors import LesionsegError
+from lesionseg.evaluation.operating_points import CURVE_METRICS, TUNED_METRICS, mean_over_cases
+from lesionseg.files import write_atomic, write_json, write_text
+from lesionseg.reporting import figures, stats
+from lesionseg.reporting.render import Table, render_html, render_markdown_table
+from lesionseg.reporting.results import (
+    collect_runs,
+    read_calibration,
+    read_cases,
+    read_pr_curve,
+    read_threshold_curves,
+    run_state,
+    sweep_config,
+)
 
 METRICS = ("dsc", "f2", "sensitivity", "precision", "apr")
 LESION_METRICS = ("lesion_f1", "ltpr", "lfdr", "hd95_mm", "ece")
@@ -337,7 +344,7 @@ def tables(rows: list[dict], extra_keys: list[str], shows_beta: bool = True, kin
 
 
 def ensemble_table(groups: list[dict], rows: list[dict], extra_keys: list[str], shows_beta: bool) -> Table:
-    """The datalist's test cases predicted by each configuration's ensemble of fold models (`lesionseg.cv`)."""
+    """The datalist's test cases predicted by each configuration's ensemble of fold models (`lesionseg.experiment.cv`)."""
     keys = [*(["beta", "alpha"] if shows_beta else []), *extra_keys]
     body = []
     for group, row in zip(groups, rows):
@@ -504,7 +511,7 @@ VERDICT_TITLE_OTHER = "Is a different configuration more than a different thresh
 
 def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     """Write the report of the finished runs of a sweep into `<sweep_dir>/report/`; return that folder."""
-    from lesionseg.cv import merge_finished
+    from lesionseg.experiment.cv import merge_finished
 
     sweep_dir = Path(sweep_dir)
     cfg = sweep_config(sweep_dir)

@@ -1,12 +1,12 @@
 """Cross-validated configurations: the K fold runs of one configuration merged into one result.
 
-A sweep over `data.fold` (with `data.folds: K`, `lesionseg.folds`) trains each configuration K times, each
+A sweep over `data.fold` (with `data.folds: K`, `lesionseg.data.folds`) trains each configuration K times, each
 run tested on its own fold. Once all K runs of a configuration are finished, `merge_configuration` writes
 
 ```
 <sweep>/cv/<config-id>/          e.g. cv/beta=0.7_seed=0 (the run id without its fold)
     metrics/                     every training case, each predicted by the fold model that never saw it,
-                                 evaluated together at eval.threshold (lesionseg.evaluate: per-case and
+                                 evaluated together at eval.threshold (lesionseg.evaluation.evaluate: per-case and
                                  pooled metrics, APR and the calibration over all out-of-fold voxels)
     metrics-tuned-<m>/           each case at its own fold's threshold tuned on that fold's validation
                                  cases: the folds' cases.csv rows together, their statistics recomputed
@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lesionseg import operating_points
 from lesionseg.config import Config, flat_keys, run_id
-from lesionseg.data import load_datalist
+from lesionseg.data.preprocessing import load_datalist
 from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluate import case_statistics, evaluate_cases_at
+from lesionseg.evaluation import operating_points
+from lesionseg.evaluation.evaluate import case_statistics, evaluate_cases_at
 from lesionseg.files import write_json, write_text
 from lesionseg.runs import is_done, mark_done, read_json
 
@@ -80,7 +80,7 @@ def _merge_tuned(fold_dirs: list[Path], metric: str, thresholds: list[float], ou
 
 def merge_configuration(sweep_dir: Path, cid: str, members: list[tuple[str, Config]], progress: bool = True) -> Path:
     """Write `<sweep_dir>/cv/<cid>/` from the finished fold runs `members` (see the module docstring)."""
-    from lesionseg.predict import load_model, predict_cases  # inference; imported late (torch, MONAI)
+    from lesionseg.inference import load_model, predict_cases  # inference; imported late (torch, MONAI)
 
     out = sweep_dir / CV_DIR / cid
     cfg = members[0][1]
@@ -93,7 +93,7 @@ def merge_configuration(sweep_dir: Path, cid: str, members: list[tuple[str, Conf
         test = load_datalist(run_cfg)["test"]  # this fold's cases
         entries += test
         cases += [(e["case"], fold_dir / "predictions" / f"{e['case']}.nii.gz", Path(e["label"])) for e in test]
-    from lesionseg.sweep import evaluation_options  # the options every run evaluates with
+    from lesionseg.experiment.sweep import evaluation_options  # the options every run evaluates with
 
     options = evaluation_options(cfg, entries, device, progress, cfg.eval.min_component_ml)
     evaluate_cases_at(cases, {out / "metrics": cfg.eval.threshold}, **options)

@@ -20,7 +20,7 @@ Outputs (written atomically into `out_dir`):
   mean over cases of the per-case values, then the pooled ones (`<metric>_pooled`); `operating_points`.
 - `calibration.csv` — the pooled reliability diagram (`bin_low, bin_high, n_voxels, confidence,
   observed`) over the brain voxels; the per-case ECE is the `ece` column of `cases.csv` and the pooled
-  one `pooled.ece` of `summary.json` (`lesionseg.calibration`: equal-width bins).
+  one `pooled.ece` of `summary.json` (`lesionseg.evaluation.calibration`: equal-width bins).
 
 A voxel is predicted lesion when `probability >= threshold` (the convention of the precision-recall curve,
 so the at-threshold figures are a point of the curve). Binary masks (0/1, any dtype) are probabilities too.
@@ -44,11 +44,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lesionseg import calibration, lesionwise, metrics, operating_points
 from lesionseg.errors import LesionsegError
+from lesionseg.evaluation import calibration, lesionwise, metrics, operating_points
+from lesionseg.evaluation.surface import surface_distances
+from lesionseg.evaluation.volumes import load_case, load_mask, load_region, nifti_files, require_label
 from lesionseg.files import write_json, write_text
-from lesionseg.surface import surface_distances
-from lesionseg.volumes import load_case, load_mask, load_region, nifti_files, require_label
 
 FIRST_COLUMNS = ["case", "dsc", "f2", "sensitivity", "precision", "specificity", "apr"]
 COUNT_COLUMNS = ["tp", "fp", "fn", "tn"]
@@ -209,8 +209,8 @@ def evaluate_cases_at(
         f_beta: β of an extra Fβ column `f{β:g}` (F2 is always reported).
         ref_label: lesion value in a multi-label reference; None requires a binary reference. A case
             without it has no lesion, but no reference holding it at all is a LesionsegError.
-        surface: compute `hd95_mm` and `assd_mm` (`lesionseg.surface`: MONAI's definitions).
-        lesion_min_voxels, lesion_min_overlap: lesion-wise detection parameters (`lesionseg.lesionwise`:
+        surface: compute `hd95_mm` and `assd_mm` (`lesionseg.evaluation.surface`: MONAI's definitions).
+        lesion_min_voxels, lesion_min_overlap: lesion-wise detection parameters (`lesionseg.evaluation.lesionwise`:
             ISBI 2015 definitions, 26-connectivity).
         size_bins_ml: edges of the lesion-size bins of LTPR in mL, or `size_bins_voxels` in voxels.
         pr_curve_max_points: most rows in `pr_curve.csv` (None: every point of the exact curve).
@@ -219,7 +219,7 @@ def evaluate_cases_at(
         brains: one image (or None) per case whose non-zero voxels are the brain (a brain mask or a
             skull-stripped image, on the reference's grid): the voxels of the calibration figures when the
             case has no `masks` entry. Neither: every voxel.
-        calibration_bins: equal-width bins of the reliability diagram and the ECE (`lesionseg.calibration`).
+        calibration_bins: equal-width bins of the reliability diagram and the ECE (`lesionseg.evaluation.calibration`).
         min_component_ml: post-processing: predicted lesions smaller than this (mL) are removed before
             scoring (`case_metrics`); recorded in `summary.json` when > 0.
 

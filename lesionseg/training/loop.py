@@ -14,49 +14,24 @@ import random
 import shutil
 import signal
 import threading
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.inferers import sliding_window_inference
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from lesionseg.config import Config
-from lesionseg.data import load_datalist, split_train_val, train_batches, volume_dataset
-from lesionseg.devices import resolve_device
+from lesionseg.data.preprocessing import load_datalist, split_train_val, train_batches, volume_dataset
+from lesionseg.devices import amp_dtype, autocast, resolve_device
 from lesionseg.errors import LesionsegError
+from lesionseg.evaluation.metrics import confusion_counts, overlap_metrics
 from lesionseg.files import write_atomic, write_json
-from lesionseg.losses import build_loss
-from lesionseg.metrics import confusion_counts, overlap_metrics
+from lesionseg.inference import infer_volume
 from lesionseg.model import build_model
 from lesionseg.runs import CHECKPOINT, file_checksums, read_checkpoint
-from lesionseg.tensorboard_log import log_validation_overlay, overlay_due
-
-
-def amp_dtype(device: torch.device, setting: str) -> torch.dtype | None:
-    """The autocast dtype for `train.amp`; None means full precision (fp32).
-
-    auto: bf16 on a GPU that has it, else fp16 (with a gradient scaler); fp32 on the CPU. bf16 and fp16
-    ask for that dtype (bf16 also on the CPU; fp16 only on CUDA).
-    """
-    if setting == "off" or (setting == "auto" and device.type != "cuda"):
-        return None
-    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
-    if setting == "auto":
-        return torch.bfloat16 if bf16_ok else torch.float16
-    if setting == "bf16" and not bf16_ok:
-        raise LesionsegError(f"train.amp: bf16 is not supported on {device} ({torch.cuda.get_device_name(device)}); "
-                             "use auto or fp16")
-    if setting == "fp16" and device.type != "cuda":
-        raise LesionsegError(f"train.amp: fp16 needs a CUDA device, not {device}; use auto, bf16 or off")
-    return torch.bfloat16 if setting == "bf16" else torch.float16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+from lesionseg.training.losses import build_loss
+from lesionseg.training.tensorboard_log import log_validation_overlay, overlay_due
 
 
 def seed_everything(cfg: Config, device: torch.device) -> None:
@@ -89,40 +64,6 @@ def to_memory_format(batch: dict[str, torch.Tensor], channels_last: bool) -> tup
     """The batch's image and label, in channels_last_3d layout when `train.channels_last` asks for it."""
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     return batch["image"].contiguous(memory_format=fmt), batch["label"].contiguous(memory_format=fmt)
-
-
-# Test-time flips (`eval.tta`): every subset of the three spatial axes of a (B, C, D, H, W) batch, the
-# identity first — the 8 mirrorings nnU-Net averages over.
-TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
-
-
-def infer_volume(model: torch.nn.Module, image: torch.Tensor, cfg: Config, device: torch.device,
-                 tta: bool = False) -> torch.Tensor:
-    """Lesion probabilities `(1, D, H, W)` for one preprocessed volume `(C, D, H, W)`, by sliding window
-    (in the training AMP dtype on CUDA; in fp32 on the CPU).
-
-    `tta`: the mean of the probabilities over the 8 mirrorings of the volume (`TTA_FLIPS`), each flipped
-    back before averaging (8 times the work).
-    """
-    dtype = amp_dtype(device, cfg.train.amp) if device.type == "cuda" else None
-    volume = image.as_tensor() if isinstance(image, MetaTensor) else image
-    volume = volume.unsqueeze(0).to(device)
-    flips = TTA_FLIPS if tta else TTA_FLIPS[:1]
-    total = None
-    with torch.no_grad(), autocast(device, dtype):
-        for axes in flips:
-            logits = sliding_window_inference(
-                volume.flip(axes) if axes else volume,
-                roi_size=cfg.data.patch_size,
-                sw_batch_size=cfg.eval.sw_batch_size,
-                predictor=model,
-                overlap=cfg.eval.overlap,
-                mode="gaussian",
-            )
-            prob = torch.sigmoid(logits.float())
-            prob = prob.flip(axes) if axes else prob
-            total = prob if total is None else total + prob
-    return (total / len(flips))[0]
 
 
 def validate(

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lesionseg.metrics import PRTable
+from lesionseg.evaluation.metrics import PRTable
 
 CURVE_THRESHOLDS = np.round(np.arange(1, 100) / 100, 2)  # 0.01 … 0.99, the grid of the curves and figures
 CURVE_METRICS = ("dsc", "f2", "sensitivity", "precision")

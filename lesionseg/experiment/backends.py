@@ -1,11 +1,11 @@
 """Executing the runs of a sweep: `local` (one process per run, one GPU each) or `ray` (tasks on a cluster).
 
-Both take the unfinished runs as `(run id, config)` pairs, run each with `lesionseg.sweep.run_one` in
+Both take the unfinished runs as `(run id, config)` pairs, run each with `lesionseg.experiment.sweep.run_one` in
 `<sweep_dir>/runs/<run id>/`, and return `{run id: error message}` for the runs that failed: a failing run
 never stops the others. SIGINT/SIGTERM stop the sweep: no run is started any more, the running ones are
 told to stop (training checkpoints and exits), and `LesionsegError` says how to resume (the same command).
 
-local  `sweep.parallel` runs at once, each a `python -m lesionseg.backends` process pinned to one GPU
+local  `sweep.parallel` runs at once, each a `python -m lesionseg.experiment.backends` process pinned to one GPU
        (`CUDA_VISIBLE_DEVICES`, honouring the one this process was given) and, when several run at once,
        with its share of the CPU threads. With one at a time the child shows its progress bars; with more,
        each child's output lines are prefixed by its run id.
@@ -32,7 +32,7 @@ import yaml
 
 from lesionseg.config import Config, SweepOptions, dump_yaml, validate
 from lesionseg.errors import LesionsegError
-from lesionseg.train import StopRequest
+from lesionseg.training.loop import StopRequest
 
 Runs = list[tuple[str, Config]]
 RESUME = "Run the same command again to resume: finished runs are skipped, interrupted ones resume."
@@ -158,7 +158,7 @@ def run_local(runs: Runs, sweep_dir: Path, parallel: int, progress: bool = True)
 
 
 class _Child:
-    """One run as `python -m lesionseg.backends`: config YAML on stdin, the outcome as JSON on a pipe."""
+    """One run as `python -m lesionseg.experiment.backends`: config YAML on stdin, the outcome as JSON on a pipe."""
 
     def __init__(self, rid: str, slot: int, proc: subprocess.Popen, result_fd: int, reader) -> None:
         self.rid, self.slot, self.proc, self.result_fd, self.reader = rid, slot, proc, result_fd, reader
@@ -167,7 +167,7 @@ class _Child:
     def start(cls, rid: str, slot: int, cfg: Config, run_dir: Path, env: dict, progress: bool,
               lock: threading.Lock) -> _Child:
         result_r, result_w = os.pipe()
-        args = [sys.executable, "-m", "lesionseg.backends", str(run_dir), "--result-fd", str(result_w)]
+        args = [sys.executable, "-m", "lesionseg.experiment.backends", str(run_dir), "--result-fd", str(result_w)]
         # With progress bars the child owns the terminal; otherwise its lines are read and prefixed.
         piped = subprocess.PIPE if not progress else None
         proc = subprocess.Popen([*args, *(["--progress"] if progress else [])], env=env, stdin=subprocess.PIPE,
@@ -199,17 +199,17 @@ class _Child:
 
 def _run_from_yaml(config_yaml: str, run_dir: Path, progress: bool) -> str:
     """`sweep.run_one` of a run sent as config YAML (a child process or a Ray task); its summary line."""
-    from lesionseg.sweep import run_one
+    from lesionseg.experiment.sweep import run_one
 
     cfg = validate(yaml.safe_load(config_yaml), source=f"(sweep run {run_dir.name})")
     return summary_line(run_dir.name, run_one(cfg, run_dir, progress=progress))
 
 
 def _child_main(argv: list[str]) -> int:
-    """`python -m lesionseg.backends RUN_DIR --result-fd N [--progress]`, the run's config YAML on stdin."""
+    """`python -m lesionseg.experiment.backends RUN_DIR --result-fd N [--progress]`, the run's config YAML on stdin."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m lesionseg.backends")
+    parser = argparse.ArgumentParser(prog="python -m lesionseg.experiment.backends")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--result-fd", type=int, required=True)
     parser.add_argument("--progress", action="store_true")

@@ -17,7 +17,7 @@ import yaml
 
 from lesionseg.config import Config, expand_sweep, flat_keys, validate
 from lesionseg.errors import LesionsegError
-from lesionseg.operating_points import CURVE_METRICS, TUNED_METRICS
+from lesionseg.evaluation.operating_points import CURVE_METRICS, TUNED_METRICS
 from lesionseg.runs import is_done, read_json
 
 
@@ -34,8 +34,8 @@ def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     the run's whole resolved config, dotted keys), and the ids missing.
 
     In a cross-validated sweep (`data.fold` swept) each configuration's merged folder `cv/<id>/` is its
-    run (`lesionseg.cv`), finished when all its folds are; the missing ids are the unfinished fold runs."""
-    from lesionseg.cv import CV_DIR, configurations
+    run (`lesionseg.experiment.cv`), finished when all its folds are; the missing ids are the unfinished fold runs."""
+    from lesionseg.experiment.cv import CV_DIR, configurations
 
     cfg = sweep_config(sweep_dir)
     expanded = expand_sweep(cfg) if cfg.sweep else [("run", cfg)]

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lesionseg.checks import DatasetReport, inspect_dataset, raise_problems, require_datalist
 from lesionseg.config import Config
-from lesionseg.data import split_train_val
+from lesionseg.data.checks import DatasetReport, inspect_dataset, raise_problems, require_datalist
+from lesionseg.data.folds import with_fold
+from lesionseg.data.layouts import Lists
+from lesionseg.data.preprocessing import split_train_val
 from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
-from lesionseg.folds import with_fold
-from lesionseg.layouts import Lists
 
 
 def evaluation_problems(cfg: Config, lists: Lists) -> list[str]:
@@ -42,7 +42,7 @@ def evaluation_problems(cfg: Config, lists: Lists) -> list[str]:
 
 def setting_problems(cfg: Config, lists: Lists) -> list[str]:
     """The settings that pass the schema but may not run on this machine or this dataset."""
-    from lesionseg.train import amp_dtype  # training's own rule for the dtype; imported late (torch, MONAI)
+    from lesionseg.devices import amp_dtype  # training's own rule for the dtype; imported late (torch)
 
     problems = []
     if cfg.data.folds is not None and cfg.eval.min_component_ml == "tune":

@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from lesionseg import metrics
 from lesionseg.errors import LesionsegError
+from lesionseg.evaluation import metrics
 from lesionseg.grid import grid_problem, spatial_shape, volume_problem
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")

@@ -3,10 +3,10 @@
 ```
 experiments/<name>/sweep.yaml         the resolved sweep config
 experiments/<name>/runs/<run-id>/     one folder per configuration, e.g. beta=0.7_seed=0
-    metrics/                          the test cases at eval.threshold (lesionseg.evaluate)
+    metrics/                          the test cases at eval.threshold (lesionseg.evaluation.evaluate)
     thresholds.json                   the thresholds maximising validation DSC and F2 (operating_points)
     metrics-tuned-dsc/, -tuned-f2/    the test cases again at those thresholds
-experiments/<name>/report/            summary.md/.csv, stats.json, report.html, figures (lesionseg.report)
+experiments/<name>/report/            summary.md/.csv, stats.json, report.html, figures (lesionseg.reporting.report)
 ```
 A run folder with a `DONE` marker is finished and skipped when the sweep is started again; an unfinished
 one is resumed from its last checkpoint, or set aside (`<run-id>.old-<timestamp>`) and run again.
@@ -21,20 +21,21 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lesionseg.backends import run_all
-from lesionseg import operating_points
 from lesionseg.config import Config, dump_yaml, expand_sweep
-from lesionseg.cv import CV_DIR, merge_finished
-from lesionseg.data import load_datalist, split_train_val
+from lesionseg.data.preprocessing import load_datalist, split_train_val
+from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluate import evaluate_cases_at
+from lesionseg.evaluation import operating_points
+from lesionseg.evaluation.evaluate import evaluate_cases_at
+from lesionseg.experiment.backends import run_all
+from lesionseg.experiment.cv import CV_DIR, merge_finished
+from lesionseg.experiment.preflight import evaluation_problems, preflight
 from lesionseg.files import disk_error, write_json, write_text
-from lesionseg.predict import load_model, predict_cases, validation_tables
-from lesionseg.report import write_report
-from lesionseg.preflight import evaluation_problems, preflight
+from lesionseg.inference import load_model, predict_cases, validation_tables
+from lesionseg.reporting.report import write_report
 from lesionseg.runs import config_differences, is_done, mark_done, move_aside, saved_config, start_run_dir
-from lesionseg.tensorboard_log import log_hparams
-from lesionseg.train import resolve_device, train_run
+from lesionseg.training.loop import train_run
+from lesionseg.training.tensorboard_log import log_hparams
 
 
 def run_one(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
@@ -119,7 +120,7 @@ def tune_thresholds(model, cfg: Config, lists: dict, run_dir: Path, device, prog
 def run_sweep(cfg: Config, progress: bool = True, force: bool = False) -> Path:
     """Run every configuration not finished yet, then write the report; returns the report folder.
 
-    The runs go to `sweep.backend` (`lesionseg.backends`): `sweep.parallel` at once, each its own process.
+    The runs go to `sweep.backend` (`lesionseg.experiment.backends`): `sweep.parallel` at once, each its own process.
     A failed run does not stop the others; after the report of the finished ones, `LesionsegError` names it.
     `force`: start the whole sweep over, moving an existing sweep folder aside (never deleting it).
     """

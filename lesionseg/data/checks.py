@@ -26,7 +26,7 @@ from scipy import ndimage
 from lesionseg.config import Config
 from lesionseg.errors import LesionsegError
 from lesionseg.grid import grid_problem, spatial_shape, volume_problem
-from lesionseg.layouts import Lists, duplicate_problems, read_layout
+from lesionseg.data.layouts import Lists, duplicate_problems, read_layout
 
 LESION_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)  # 26-connected components
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
