@@ -48,16 +48,15 @@ def _check(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from lesionseg.config import load_config
     from lesionseg.experiment.preflight import preflight
-    from lesionseg.runs import mark_done, move_aside, start_run_dir
-    from lesionseg.training.loop import train_run
+    from lesionseg.experiment.run import run_one
+    from lesionseg.runs import move_aside
 
     cfg = load_config(args.config, args.overrides)
     preflight([(cfg.name, cfg)], evaluates=False)  # every file read, every setting tried: before any folder exists
     if args.force and (aside := move_aside(cfg.output_dir / cfg.name)):
         print(f"--force: moved the earlier run to {aside}")
-    run_dir = start_run_dir(cfg.output_dir / cfg.name, cfg)
-    summary = train_run(cfg, run_dir, progress=not args.quiet)
-    mark_done(run_dir, {"best_iteration": summary["best"]["iteration"]})
+    run_dir = cfg.output_dir / cfg.name
+    run_one(cfg, run_dir, progress=not args.quiet, evaluate=False)
     print(f"finished {run_dir}")
 
 
@@ -72,7 +71,10 @@ def _predict(args: argparse.Namespace) -> None:
 def default_metrics_dir(pred: Path) -> Path:
     """`evaluate`'s default --out: `metrics/` beside a run's `predictions/`, `metrics-<name>/` beside any
     other prediction folder (two prediction folders with one parent get two metrics folders)."""
-    return pred.parent / ("metrics" if pred.name == "predictions" else f"metrics-{pred.name}")
+    from lesionseg.runs import RunPaths
+
+    run = RunPaths(pred.parent)
+    return run.metrics if pred.name == run.predictions.name else pred.parent / f"{run.metrics.name}-{pred.name}"
 
 
 def _evaluate(args: argparse.Namespace) -> None:

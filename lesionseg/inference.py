@@ -28,7 +28,7 @@ from lesionseg.evaluation.lesionwise import component_sizes, min_component_voxel
 from lesionseg.evaluation.metrics import PRTable, confusion_counts, overlap_metrics, pr_table
 from lesionseg.files import write_atomic
 from lesionseg.model import build_model
-from lesionseg.runs import claim_output, read_checkpoint
+from lesionseg.runs import RunPaths, claim_output, read_checkpoint
 
 # Test-time flips (`eval.tta`): every subset of the three spatial axes of a (B, C, D, H, W) batch, the
 # identity first — the 8 mirrorings nnU-Net averages over.
@@ -66,13 +66,13 @@ def infer_volume(model: torch.nn.Module, image: torch.Tensor, cfg: Config, devic
 
 def load_model(run_dir: Path, cfg: Config, device: torch.device) -> torch.nn.Module:
     """The run's best checkpoint (by validation DSC), else its last one."""
-    for name in ("best.pt", "last.pt"):
-        path = run_dir / "checkpoints" / name
+    paths = RunPaths(run_dir)
+    for path in (paths.best, paths.last):
         if path.is_file():
             model = build_model(cfg).to(device)
             model.load_state_dict(read_checkpoint(path, map_location=device)["model"])
             return model.eval()
-    raise LesionsegError(f"no checkpoint in {run_dir / 'checkpoints'}: train the run first (lesionseg train)")
+    raise LesionsegError(f"no checkpoint in {paths.checkpoints}: train the run first (lesionseg train)")
 
 
 def save_probability(prob: np.ndarray, reference: Path, path: Path) -> None:
@@ -137,10 +137,10 @@ def predict_run(run_dir: Path, images: list[str] | None = None, out_dir: Path | 
     images); any problem is a LesionsegError listing all of them, and nothing is written. An output folder
     that holds files already is refused (`runs.claim_output`); `force` moves it aside first."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    if not RunPaths(run_dir).config.is_file():
         raise LesionsegError(f"{run_dir} is not a run folder (no config.yaml): give the folder `lesionseg train` "
                              "wrote (<output_dir>/<name>/) or a sweep's runs/<run-id>/")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(RunPaths(run_dir).config)
     if images:
         if len(images) != len(cfg.data.modalities):
             raise LesionsegError(
@@ -157,7 +157,7 @@ def predict_run(run_dir: Path, images: list[str] | None = None, out_dir: Path | 
     check_prediction_inputs(entries, cfg.data.modalities, source)  # before the model, before any output
     device = resolve_device(cfg.train.device)
     model = load_model(run_dir, cfg, device)
-    out_dir = Path(out_dir or run_dir / "predictions")
+    out_dir = Path(out_dir or RunPaths(run_dir).predictions)
     if aside := claim_output(out_dir, force, "write the predictions elsewhere with --out DIR"):
         tqdm.write(f"--force: moved the earlier predictions to {aside}")
     return predict_cases(model, cfg, entries, out_dir, device, progress)

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,8 +19,37 @@ from lesionseg.config import Config, dump_yaml, flat_keys
 from lesionseg.errors import LesionsegError
 from lesionseg.files import disk_error, write_json, write_text
 
-DONE = "DONE"
-CHECKPOINT = Path("checkpoints") / "last.pt"  # the latest state of a run, from which it resumes
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files of one run folder: the only place their names are written. Training, inference,
+    cross-validation, the backends and the report all reach a run's files through this."""
+
+    root: Path
+
+    config = property(lambda self: self.root / "config.yaml")  # the resolved config, written first
+    env = property(lambda self: self.root / "env.json")  # versions, device, git revision
+    inputs = property(lambda self: self.root / "inputs.json")  # checksums of every input file
+    split = property(lambda self: self.root / "split.json")  # the case ids of train/validation/test
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    last = property(lambda self: self.root / "checkpoints" / "last.pt")  # the latest state: resume from here
+    best = property(lambda self: self.root / "checkpoints" / "best.pt")  # the best validation DSC
+    train_summary = property(lambda self: self.root / "train_summary.json")
+    thresholds = property(lambda self: self.root / "thresholds.json")  # tuned on the validation cases
+    predictions = property(lambda self: self.root / "predictions")  # the test cases' probabilities
+    metrics = property(lambda self: self.root / "metrics")  # the test cases at eval.threshold
+    summary = property(lambda self: self.root / "metrics" / "summary.json")
+    ensemble = property(lambda self: self.root / "ensemble")  # cross-validation: the fold models together
+    done = property(lambda self: self.root / "DONE")  # written last
+
+    def tuned(self, metric: str) -> Path:
+        """The test cases again at the threshold tuned for `metric` (dsc, f2)."""
+        return self.root / f"metrics-tuned-{metric}"
+
+def sweep_run(sweep_dir: Path, rid: str) -> Path:
+    """The folder of run `rid` (e.g. `beta=0.7_seed=0`) of the sweep in `sweep_dir`."""
+    return sweep_dir / "runs" / rid
+
 
 # Where and how a run executes, never what it computes: a run is the same run whatever these say.
 # (`report` too: how the runs are compared, not what they computed.) A key counts with everything below it.
@@ -28,12 +58,12 @@ EXECUTION_KEYS = frozenset({"name", "output_dir", "sweep", "train.device", "data
 
 
 def is_done(run_dir: Path) -> bool:
-    return (run_dir / DONE).is_file()
+    return RunPaths(run_dir).done.is_file()
 
 
 def mark_done(run_dir: Path, summary: dict | None = None) -> None:
     """Written last: its presence means every output of the run is complete."""
-    write_json(run_dir / DONE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(summary or {})})
+    write_json(RunPaths(run_dir).done, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(summary or {})})
 
 
 def start_run_dir(run_dir: Path, cfg: Config) -> Path:
@@ -50,7 +80,8 @@ def start_run_dir(run_dir: Path, cfg: Config) -> Path:
             f"{run_dir} holds a finished run; choose another name (name=...) or start over with --force "
             "(it moves that folder aside)"
         )
-    checkpoint = run_dir / CHECKPOINT
+    paths = RunPaths(run_dir)
+    checkpoint = paths.last
     if checkpoint.is_file() and not config_differences(saved_config(run_dir), cfg):
         try:
             read_checkpoint(checkpoint)
@@ -63,8 +94,8 @@ def start_run_dir(run_dir: Path, cfg: Config) -> Path:
         run_dir.mkdir(parents=True)
     except OSError as err:
         raise disk_error(run_dir, err, action="create run folder") from None
-    write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    write_json(run_dir / "env.json", environment())
+    write_text(paths.config, dump_yaml(cfg))
+    write_json(paths.env, environment())
     return run_dir
 
 
@@ -85,7 +116,7 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 def saved_config(run_dir: Path) -> dict | None:
     try:
-        return yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        return yaml.safe_load(RunPaths(run_dir).config.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return None
 

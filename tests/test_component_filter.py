@@ -110,7 +110,7 @@ class Echo(torch.nn.Module):
 
 def test_a_run_tunes_the_size_on_its_validation_cases_as_by_hand(tiny_config, tmp_path):
     from lesionseg.data.preprocessing import load_datalist, split_train_val, volume_dataset
-    from lesionseg.experiment.sweep import COMPONENT_SIZES_ML, tune_thresholds
+    from lesionseg.experiment.run import COMPONENT_SIZES_ML, tune_thresholds
     from lesionseg.inference import infer_volume
 
     cfg = tiny_config("data.val_cases=2", "eval.min_component_ml=tune")
@@ -141,7 +141,7 @@ def test_a_run_tunes_the_size_on_its_validation_cases_as_by_hand(tiny_config, tm
 
 def test_without_the_filter_thresholds_json_is_as_before(tiny_config, tmp_path):
     from lesionseg.data.preprocessing import load_datalist
-    from lesionseg.experiment.sweep import tune_thresholds
+    from lesionseg.experiment.run import tune_thresholds
 
     cfg = tiny_config()
     tune_thresholds(Echo(), cfg, load_datalist(cfg), tmp_path, torch.device("cpu"), progress=False)

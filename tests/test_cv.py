@@ -26,7 +26,7 @@ def sweep_config(tiny_dataset, tmp_path, *extra):
 
 
 def hand_made_fold_run(run_dir, cfg, seed):
-    """A finished fold run as `sweep.run_one` leaves it, without training: a seeded random model, a
+    """A finished fold run as `run.run_one` leaves it, without training: a seeded random model, a
     prediction of each of its fold's cases (the label blurred with noise), tuned thresholds and the test
     cases evaluated at them."""
     rng = np.random.default_rng(seed)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from lesionseg.errors import LesionsegError
-from lesionseg.experiment.sweep import run_one
+from lesionseg.experiment.run import run_one
 
 
 def test_restricting_evaluation_to_masks_needs_a_mask_for_every_test_case(tiny_config, tiny_dataset, tmp_path):

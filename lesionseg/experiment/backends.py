@@ -1,6 +1,6 @@
 """Executing the runs of a sweep: `local` (one process per run, one GPU each) or `ray` (tasks on a cluster).
 
-Both take the unfinished runs as `(run id, config)` pairs, run each with `lesionseg.experiment.sweep.run_one` in
+Both take the unfinished runs as `(run id, config)` pairs, run each with `lesionseg.experiment.run.run_one` in
 `<sweep_dir>/runs/<run id>/`, and return `{run id: error message}` for the runs that failed: a failing run
 never stops the others. SIGINT/SIGTERM stop the sweep: no run is started any more, the running ones are
 told to stop (training checkpoints and exits), and `LesionsegError` says how to resume (the same command).
@@ -32,6 +32,7 @@ import yaml
 
 from lesionseg.config import Config, SweepOptions, dump_yaml, validate
 from lesionseg.errors import LesionsegError
+from lesionseg.runs import sweep_run
 from lesionseg.training.loop import StopRequest
 
 Runs = list[tuple[str, Config]]
@@ -137,7 +138,7 @@ def run_local(runs: Runs, sweep_dir: Path, parallel: int, progress: bool = True)
                     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
                 with lock:
                     print(f"run {i}/{len(runs)}: {rid}" + (f" (GPU {gpu})" if gpu is not None else ""), flush=True)
-                child = _Child.start(rid, slot, cfg, sweep_dir / "runs" / rid, env, progress and parallel == 1, lock)
+                child = _Child.start(rid, slot, cfg, sweep_run(sweep_dir, rid), env, progress and parallel == 1, lock)
                 children[child.proc] = child
             time.sleep(0.1)
             for proc in [p for p in children if p.poll() is not None]:
@@ -198,8 +199,8 @@ class _Child:
 
 
 def _run_from_yaml(config_yaml: str, run_dir: Path, progress: bool) -> str:
-    """`sweep.run_one` of a run sent as config YAML (a child process or a Ray task); its summary line."""
-    from lesionseg.experiment.sweep import run_one
+    """`run.run_one` of a run sent as config YAML (a child process or a Ray task); its summary line."""
+    from lesionseg.experiment.run import run_one
 
     cfg = validate(yaml.safe_load(config_yaml), source=f"(sweep run {run_dir.name})")
     return summary_line(run_dir.name, run_one(cfg, run_dir, progress=progress))
@@ -245,7 +246,7 @@ def _import_ray():
 
 # A run whose Ray worker process or node dies (a system failure: the process crashed or was killed, the
 # raylet or the machine went away) is run again by Ray up to this many times, on any node with room; it
-# goes through `sweep.run_one` again, which resumes it from its last checkpoint on the shared filesystem
+# goes through `run.run_one` again, which resumes it from its last checkpoint on the shared filesystem
 # (`start_run_dir` keeps an interrupted run of the same config). An error raised by the run itself (a bad
 # config, a NaN loss) is not retried (`retry_exceptions=False`): it would fail the same way again.
 RAY_RETRIES = 2
@@ -266,15 +267,15 @@ def _ray_attempt() -> int:
 
 def _ray_run(config_yaml: str, run_dir: str) -> dict:
     """One run inside a Ray worker: `{"line": its summary line, "attempt": 0, or the retry it took}`."""
-    from lesionseg.runs import is_done, read_json
+    from lesionseg.runs import RunPaths, is_done, read_json
 
     run_dir = Path(run_dir)
     attempt = _ray_attempt()
     if attempt:  # Ray retries a task only when its worker or node died (`RAY_RETRIES`)
         if is_done(run_dir):  # that attempt finished the run, then died before its result came back
-            return {"line": summary_line(run_dir.name, read_json(run_dir / "metrics" / "summary.json")),
+            return {"line": summary_line(run_dir.name, read_json(RunPaths(run_dir).summary)),
                     "attempt": attempt}
-        checkpoint = run_dir / "checkpoints" / "last.pt"
+        checkpoint = RunPaths(run_dir).last
         how = f"resuming from {checkpoint}" if checkpoint.is_file() else "no checkpoint yet: starting over"
         print(f"[{run_dir.name}] Ray retry {attempt} of at most {RAY_RETRIES}: the worker or node of the "
               f"previous attempt died; {how}", flush=True)
@@ -330,7 +331,7 @@ def run_ray(runs: Runs, sweep_dir: Path, options: SweepOptions) -> dict[str, str
             while pending and len(in_flight) < limit:
                 rid, cfg = pending.pop(0)
                 print(f"run submitted: {rid}", flush=True)
-                ref = task.options(name=rid, **resources).remote(dump_yaml(cfg), str(sweep_dir / "runs" / rid))
+                ref = task.options(name=rid, **resources).remote(dump_yaml(cfg), str(sweep_run(sweep_dir, rid)))
                 in_flight[ref] = rid
             (ref,), _ = ray.wait(list(in_flight), num_returns=1)
             rid = in_flight.pop(ref)

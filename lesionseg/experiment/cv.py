@@ -34,11 +34,11 @@ from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation import operating_points
 from lesionseg.evaluation.evaluate import case_statistics, evaluate_cases_at
+from lesionseg.experiment.run import evaluation_options  # the options every run evaluates with
 from lesionseg.files import write_json, write_text
-from lesionseg.runs import is_done, mark_done, read_json
+from lesionseg.runs import RunPaths, is_done, mark_done, read_json, sweep_run
 
 CV_DIR = "cv"
-ENSEMBLE = "ensemble"
 
 
 def configurations(runs: list[tuple[str, Config]], swept: dict) -> dict[str, list[tuple[str, Config]]]:
@@ -62,17 +62,17 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 def _merge_tuned(fold_dirs: list[Path], metric: str, thresholds: list[float], out: Path) -> None:
     """`metrics-tuned-<metric>/` of the folds, together: their cases.csv rows (each case at its own fold's
     threshold) and the per-case statistics over all of them."""
-    folder = f"metrics-tuned-{metric}"
     columns, rows = [], []
     for fold_dir in fold_dirs:
-        columns, these = _read_rows(fold_dir / folder / "cases.csv")
+        columns, these = _read_rows(RunPaths(fold_dir).tuned(metric) / "cases.csv")
         rows += these
+    folder = RunPaths(out).tuned(metric)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text(out / folder / "cases.csv", buffer.getvalue())
-    write_json(out / folder / "summary.json", {
+    write_text(folder / "cases.csv", buffer.getvalue())
+    write_json(folder / "summary.json", {
         "threshold": float(np.mean(thresholds)), "thresholds_per_fold": thresholds, "n_cases": len(rows),
         "per_case": {c: case_statistics([float(r[c]) for r in rows]) for c in columns[1:]},
         "note": "each case at the threshold tuned on its own fold's validation cases; threshold: their mean"})
@@ -83,37 +83,37 @@ def merge_configuration(sweep_dir: Path, cid: str, members: list[tuple[str, Conf
     from lesionseg.inference import load_model, predict_cases  # inference; imported late (torch, MONAI)
 
     out = sweep_dir / CV_DIR / cid
+    paths = RunPaths(out)
     cfg = members[0][1]
     if cfg.eval.min_component_ml == "tune":
         raise LesionsegError("eval.min_component_ml: tune chooses a size per fold; with data.folds give a size")
-    fold_dirs = [sweep_dir / "runs" / rid for rid, _ in members]
+    fold_dirs = [sweep_run(sweep_dir, rid) for rid, _ in members]
     device = resolve_device(cfg.train.device)
     cases, entries = [], []
     for (rid, run_cfg), fold_dir in zip(members, fold_dirs):
         test = load_datalist(run_cfg)["test"]  # this fold's cases
         entries += test
-        cases += [(e["case"], fold_dir / "predictions" / f"{e['case']}.nii.gz", Path(e["label"])) for e in test]
-    from lesionseg.experiment.sweep import evaluation_options  # the options every run evaluates with
-
+        cases += [(e["case"], RunPaths(fold_dir).predictions / f"{e['case']}.nii.gz", Path(e["label"])) for e in test]
     options = evaluation_options(cfg, entries, device, progress, cfg.eval.min_component_ml)
-    evaluate_cases_at(cases, {out / "metrics": cfg.eval.threshold}, **options)
-    tuned = {m: [read_json(d / "thresholds.json")[m]["threshold"] for d in fold_dirs]
+    evaluate_cases_at(cases, {paths.metrics: cfg.eval.threshold}, **options)
+    tuned = {m: [read_json(RunPaths(d).thresholds)[m]["threshold"] for d in fold_dirs]
              for m in operating_points.TUNED_METRICS}
     for m, values in tuned.items():
         if all(math.isfinite(v) for v in values):
             _merge_tuned(fold_dirs, m, values, out)
-    write_json(out / "thresholds.json", {
+    write_json(paths.thresholds, {
         "method": "the folds' thresholds, each tuned on its own fold's validation cases; threshold: their mean",
         "folds": [rid for rid, _ in members],
         **{m: {"threshold": float(np.mean(v)), "per_fold": v} for m, v in tuned.items()}})
     ensemble = load_datalist(cfg)["ensemble"]
     if ensemble:
         models = [load_model(d, run_cfg, device) for d, (_, run_cfg) in zip(fold_dirs, members)]
-        paths = predict_cases(models, cfg, ensemble, out / ENSEMBLE / "predictions", device, progress)
-        labelled = [(e, p) for e, p in zip(ensemble, paths) if e["label"]]
+        together = RunPaths(paths.ensemble)  # laid out as a run's predictions/ and metrics/
+        predicted = predict_cases(models, cfg, ensemble, together.predictions, device, progress)
+        labelled = [(e, p) for e, p in zip(ensemble, predicted) if e["label"]]
         if labelled:
             evaluate_cases_at([(e["case"], p, Path(e["label"])) for e, p in labelled],
-                              {out / ENSEMBLE / "metrics": cfg.eval.threshold},
+                              {together.metrics: cfg.eval.threshold},
                               **evaluation_options(cfg, [e for e, _ in labelled], device, progress,
                                                    cfg.eval.min_component_ml))
     mark_done(out, {"folds": [rid for rid, _ in members]})
@@ -125,7 +125,7 @@ def merge_finished(sweep_dir: Path, runs: list[tuple[str, Config]], swept: dict,
     configuration ids merged now."""
     merged = []
     for cid, members in configurations(runs, swept).items():
-        if is_done(sweep_dir / CV_DIR / cid) or not all(is_done(sweep_dir / "runs" / rid) for rid, _ in members):
+        if is_done(sweep_dir / CV_DIR / cid) or not all(is_done(sweep_run(sweep_dir, rid)) for rid, _ in members):
             continue
         merge_configuration(sweep_dir, cid, members, progress)
         merged.append(cid)

@@ -47,14 +47,15 @@ from lesionseg.reporting.results import (
     run_state,
     sweep_config,
 )
+from lesionseg.runs import sweep_run
 
 METRICS = ("dsc", "f2", "sensitivity", "precision", "apr")
 LESION_METRICS = ("lesion_f1", "ltpr", "lfdr", "hd95_mm", "ece")
 TABLE_METRICS = METRICS + LESION_METRICS
 POOLED_METRICS = ("dsc", "f2", "sensitivity", "precision", "apr", "lesion_f1", "ltpr", "lfdr", "ece")
-# tested metric → (metrics folder of the run, column of its cases.csv)
-TESTED = {"dsc": ("metrics", "dsc"), "f2": ("metrics", "f2"), "sensitivity": ("metrics", "sensitivity"),
-          "dsc_tuned": ("metrics-tuned-dsc", "dsc"), "f2_tuned": ("metrics-tuned-f2", "f2")}
+# tested metric → (the tuned threshold it is read at, None: eval.threshold; column of the run's cases.csv)
+TESTED = {"dsc": (None, "dsc"), "f2": (None, "f2"), "sensitivity": (None, "sensitivity"),
+          "dsc_tuned": ("dsc", "dsc"), "f2_tuned": ("f2", "f2")}
 TESTED_METRICS = tuple(TESTED)
 LOWER_IS_BETTER = ("lfdr", "hd95_mm", "ece")
 REPEAT_KEYS = ("seed",)  # swept keys that are repeats, averaged over, not rows of their own
@@ -223,8 +224,8 @@ def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: in
     }
     comparisons: list[dict] = []
     notes: list[str] = []
-    values = {id(g): {m: stats.case_means([{c: v.get(column, math.nan) for c, v in read_cases(r["dir"], folder).items()}
-                                           for r in g["runs"]]) for m, (folder, column) in TESTED.items()}
+    values = {id(g): {m: stats.case_means([{c: v.get(column, math.nan) for c, v in read_cases(r["dir"], tuned).items()}
+                                           for r in g["runs"]]) for m, (tuned, column) in TESTED.items()}
               for g in groups}
     for group in groups:
         base = baseline_of(group, groups, baseline)
@@ -517,7 +518,7 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     cfg = sweep_config(sweep_dir)
     merge_finished(sweep_dir, expand_sweep(cfg) if cfg.sweep else [], cfg.sweep, progress=False)  # CV folds
     runs, missing_ids = collect_runs(sweep_dir)
-    states = {rid: run_state(sweep_dir / "runs" / rid) for rid in missing_ids}
+    states = {rid: run_state(sweep_run(sweep_dir, rid)) for rid in missing_ids}
     missing = [f"{rid} ({state})" for rid, state in states.items()]
     if not runs:
         raise LesionsegError(f"no finished runs in {sweep_dir / 'runs'}; nothing to report")

@@ -18,7 +18,7 @@ import yaml
 from lesionseg.config import Config, expand_sweep, flat_keys, validate
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation.operating_points import CURVE_METRICS, TUNED_METRICS
-from lesionseg.runs import is_done, read_json
+from lesionseg.runs import RunPaths, is_done, read_json, sweep_run
 
 
 def sweep_config(sweep_dir: Path) -> Config:
@@ -44,12 +44,13 @@ def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         entries = [(cid, members[0][1], sweep_dir / CV_DIR / cid, [rid for rid, _ in members])
                    for cid, members in folded.items()]
     else:
-        entries = [(rid, run_cfg, sweep_dir / "runs" / rid, [rid]) for rid, run_cfg in expanded]
+        entries = [(rid, run_cfg, sweep_run(sweep_dir, rid), [rid]) for rid, run_cfg in expanded]
     runs, missing = [], []
     for rid, run_cfg, run_dir, parts in entries:
         if not is_done(run_dir):
-            missing += [p for p in parts if not is_done(sweep_dir / "runs" / p)] or [rid]
+            missing += [p for p in parts if not is_done(sweep_run(sweep_dir, p))] or [rid]
             continue
+        paths = RunPaths(run_dir)
         assignment = {key: _get(run_cfg.model_dump(), key) for key in cfg.sweep if not (folded and key == "data.fold")}
         runs.append({
             "id": rid,
@@ -59,11 +60,11 @@ def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             "values": {**flat_keys(run_cfg.model_dump(mode="json")), **({"data.fold": None} if folded else {})},
             "beta": run_cfg.loss.beta,
             "alpha": run_cfg.loss.resolved_alpha,
-            "summary": read_json(run_dir / "metrics" / "summary.json"),
-            "thresholds": read_json(run_dir / "thresholds.json") if (run_dir / "thresholds.json").is_file() else {},
+            "summary": read_json(paths.summary),
+            "thresholds": read_json(paths.thresholds) if paths.thresholds.is_file() else {},
             "tuned": {m: read_json(path) for m in TUNED_METRICS
-                      if (path := run_dir / f"metrics-tuned-{m}" / "summary.json").is_file()},
-            "ensemble": read_json(path) if (path := run_dir / "ensemble" / "metrics" / "summary.json").is_file()
+                      if (path := paths.tuned(m) / "summary.json").is_file()},
+            "ensemble": read_json(path) if (path := RunPaths(paths.ensemble).summary).is_file()
                         else None,
         })
     return runs, missing
@@ -72,10 +73,11 @@ def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
 def run_state(run_dir: Path) -> str:
     """Where an unfinished run stands: not started, interrupted (after which iteration), or trained but
     not yet evaluated; re-running the sweep resumes it from there."""
-    checkpoint = run_dir / "checkpoints" / "last.pt"
+    paths = RunPaths(run_dir)
+    checkpoint = paths.last
     if not run_dir.is_dir():
         return "not started"
-    if (run_dir / "train_summary.json").is_file():
+    if paths.train_summary.is_file():
         return "trained, prediction or evaluation unfinished"
     if checkpoint.is_file():
         try:
@@ -110,11 +112,13 @@ def _columns(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         raise LesionsegError(f"cannot read {path}: {err}") from None
 
 
-def read_cases(run_dir: Path, folder: str = "metrics") -> dict[str, dict[str, float]]:
-    """`<folder>/cases.csv` as `{case: {column: value}}` (`nan` read as NaN); `{}` when a tuned-threshold
-    folder does not exist (a run without validation cases, or from before tuning)."""
-    path = run_dir / folder / "cases.csv"
-    if folder != "metrics" and not path.is_file():
+def read_cases(run_dir: Path, tuned: str | None = None) -> dict[str, dict[str, float]]:
+    """`metrics/cases.csv` (or, for the threshold tuned for metric `tuned`, `metrics-tuned-<tuned>/`) as
+    `{case: {column: value}}` (`nan` read as NaN); `{}` when a tuned-threshold folder does not exist (a run
+    without validation cases, or from before tuning)."""
+    paths = RunPaths(run_dir)
+    path = (paths.tuned(tuned) if tuned else paths.metrics) / "cases.csv"
+    if tuned and not path.is_file():
         return {}
     try:
         return {r["case"]: {k: float(v) for k, v in r.items() if k != "case"} for r in _read_csv_rows(path)}
@@ -124,17 +128,17 @@ def read_cases(run_dir: Path, folder: str = "metrics") -> dict[str, dict[str, fl
 
 def read_pr_curve(run_dir: Path) -> dict[str, np.ndarray]:
     """`metrics/pr_curve.csv` as arrays `threshold, precision, recall`."""
-    return _columns(run_dir / "metrics" / "pr_curve.csv", ("threshold", "precision", "recall"))
+    return _columns(RunPaths(run_dir).metrics / "pr_curve.csv", ("threshold", "precision", "recall"))
 
 
 def read_threshold_curves(run_dir: Path) -> dict[str, np.ndarray] | None:
     """`metrics/threshold_curves.csv` as arrays (`threshold` and the per-case means); None if absent."""
-    path = run_dir / "metrics" / "threshold_curves.csv"
+    path = RunPaths(run_dir).metrics / "threshold_curves.csv"
     return _columns(path, ("threshold", *CURVE_METRICS)) if path.is_file() else None
 
 
 def read_calibration(run_dir: Path) -> dict[str, np.ndarray] | None:
     """`metrics/calibration.csv` as arrays; None if absent."""
-    path = run_dir / "metrics" / "calibration.csv"
+    path = RunPaths(run_dir).metrics / "calibration.csv"
     names = ("bin_low", "bin_high", "n_voxels", "confidence", "observed")
     return _columns(path, names) if path.is_file() else None

@@ -29,7 +29,7 @@ from lesionseg.evaluation.metrics import confusion_counts, overlap_metrics
 from lesionseg.files import write_atomic, write_json
 from lesionseg.inference import infer_volume
 from lesionseg.model import build_model
-from lesionseg.runs import CHECKPOINT, file_checksums, read_checkpoint
+from lesionseg.runs import RunPaths, file_checksums, read_checkpoint
 from lesionseg.training.losses import build_loss
 from lesionseg.training.tensorboard_log import log_validation_overlay, overlay_due
 
@@ -141,9 +141,10 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
                    "deterministic kernels run; this can slow 3D convolution training noticeably")
     lists = lists if lists is not None else load_datalist(cfg)  # the caller may have read it already
     train_cases, val_cases = split_train_val(lists["training"], cfg)
-    write_json(run_dir / "inputs.json", file_checksums(lists))
+    paths = RunPaths(run_dir)
+    write_json(paths.inputs, file_checksums(lists))
     write_json(
-        run_dir / "split.json",
+        paths.split,
         {key: [e["case"] for e in cases] for key, cases in
          (("train", train_cases), ("validation", val_cases), ("test", lists["test"]),
           *((("ensemble", lists["ensemble"]),) if "ensemble" in lists else ()))},
@@ -164,7 +165,7 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     start, best, last = 1, {"iteration": 0, "dsc": -math.inf}, {}
-    checkpoint = run_dir / CHECKPOINT
+    checkpoint = paths.last
     if checkpoint.is_file():  # an interrupted run: go on from its last checkpoint
         state = read_checkpoint(checkpoint, map_location=device)
         model.load_state_dict(state["model"])
@@ -225,15 +226,14 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
                 tqdm.write(f"[{run_dir.name}] iteration {it}/{cfg.train.iterations}: validation {message}")
                 if last["dsc"] > best["dsc"]:
                     best = {"iteration": it, **last}
-                    save_checkpoint(run_dir / "checkpoints" / "best.pt", {**state, "val": last})
+                    save_checkpoint(paths.best, {**state, "val": last})
             save_checkpoint(checkpoint, {**state, "val": last, "best": best, "rng": rng_state()})
     stop.restore()
     writer.close()
     if val_data is None:
         # Nothing to choose with: the last weights are the best we know.
         best = {"iteration": cfg.train.iterations}
-        write_atomic(run_dir / "checkpoints" / "best.pt",
-                     lambda tmp: shutil.copyfile(run_dir / "checkpoints" / "last.pt", tmp))
+        write_atomic(paths.best, lambda tmp: shutil.copyfile(paths.last, tmp))
     summary = {"best": best, "last": last, "device": str(device), "amp": str(dtype) if dtype else "off"}
-    write_json(run_dir / "train_summary.json", summary)
+    write_json(paths.train_summary, summary)
     return summary

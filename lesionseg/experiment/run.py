@@ -1,0 +1,112 @@
+"""One run, start to finish — the lifecycle that `lesionseg train`, sweeps and every backend share.
+
+`run_one`: start the run folder (or find the interrupted run to resume) → train → and, for a run that is
+evaluated (every sweep run), tune the thresholds on the validation cases → predict the test cases →
+evaluate them at `eval.threshold` and at the tuned thresholds → `DONE`, written last. The folder's files
+are named by `lesionseg.runs.RunPaths`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lesionseg.config import Config
+from lesionseg.data.preprocessing import load_datalist, split_train_val
+from lesionseg.devices import resolve_device
+from lesionseg.errors import LesionsegError
+from lesionseg.evaluation import operating_points
+from lesionseg.evaluation.evaluate import evaluate_cases_at
+from lesionseg.experiment.preflight import evaluation_problems
+from lesionseg.files import write_json
+from lesionseg.inference import load_model, predict_cases, validation_tables
+from lesionseg.runs import RunPaths, mark_done, start_run_dir
+from lesionseg.training.loop import train_run
+from lesionseg.training.tensorboard_log import log_hparams
+
+
+def run_one(cfg: Config, run_dir: Path, progress: bool = True, evaluate: bool = True) -> dict:
+    """Train, then (`evaluate`) tune → predict → evaluate, in `run_dir`; `DONE` is written last. Returns
+    the test summary (`metrics/summary.json`), or without `evaluate` the training summary."""
+    lists = load_datalist(cfg)
+    if evaluate and (problems := evaluation_problems(cfg, lists)):  # run_sweep checked; a Ray worker checks again
+        raise LesionsegError("; ".join(problems))
+    started = time.monotonic()
+    start_run_dir(run_dir, cfg)
+    trained = train_run(cfg, run_dir, progress=progress, lists=lists)
+    if not evaluate:
+        mark_done(run_dir, {"best_iteration": trained["best"]["iteration"]})
+        return trained
+    paths = RunPaths(run_dir)
+    device = resolve_device(cfg.train.device)
+    model = load_model(run_dir, cfg, device)
+    thresholds = tune_thresholds(model, cfg, lists, run_dir, device, progress)
+    predicted = predict_cases(model, cfg, lists["test"], paths.predictions, device, progress=progress)
+    cases = [(e["case"], p, Path(e["label"])) for e, p in zip(lists["test"], predicted)]
+    options = evaluation_options(cfg, lists["test"], device, progress,
+                                 thresholds.get("component_filter", {}).get("min_component_ml", 0.0))
+    # the test cases at eval.threshold and again at the thresholds chosen on the validation cases, in one pass
+    tuned_dirs = {m: paths.tuned(m) for m in operating_points.TUNED_METRICS
+                  if math.isfinite(thresholds[m]["threshold"])}
+    summaries = evaluate_cases_at(
+        cases, {paths.metrics: cfg.eval.threshold,
+                **{folder: thresholds[m]["threshold"] for m, folder in tuned_dirs.items()}}, **options)
+    summary = summaries[paths.metrics]
+    tuned = {m: summaries[folder] for m, folder in tuned_dirs.items()}
+    log_hparams(run_dir, cfg, summary, tuned)  # this run's row in TensorBoard's HParams dashboard
+    seconds = round(time.monotonic() - started, 1)
+    mark_done(run_dir, {"seconds": seconds, "best_iteration": trained["best"]["iteration"]})
+    return summary
+
+
+def evaluation_options(cfg: Config, entries: list[dict], device, progress: bool, min_component_ml: float) -> dict:
+    """The keyword arguments of `evaluate_cases_at` for the labelled `entries` under `cfg`."""
+    return dict(device=str(device), progress=progress, lesion_min_voxels=cfg.eval.lesion_min_voxels,
+                lesion_min_overlap=cfg.eval.lesion_min_overlap, size_bins_ml=cfg.eval.size_bins_ml,
+                masks=[e["mask"] for e in entries] if cfg.eval.restrict_to_mask else None,
+                # the calibration figures count the brain: its mask, else the non-zero voxels of the first image
+                brains=[e["mask"] or e["image"][0] for e in entries], calibration_bins=cfg.eval.calibration_bins,
+                min_component_ml=min_component_ml)
+
+
+# The sizes `eval.min_component_ml: tune` chooses from (mL; 0: no post-processing).
+COMPONENT_SIZES_ML = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+def tune_thresholds(model, cfg: Config, lists: dict, run_dir: Path, device, progress: bool = True) -> dict:
+    """The thresholds maximising the mean validation DSC and F2 (`operating_points`), in `thresholds.json`,
+    and the smallest-lesion size of the post-processing (`eval.min_component_ml`).
+
+    The validation cases are the run's own (`split.json`); the test cases play no part. Without
+    validation cases both thresholds are NaN and the run is evaluated at `eval.threshold` only. With
+    `min_component_ml: tune`, the size of `COMPONENT_SIZES_ML` maximising the mean validation DSC at
+    `eval.threshold` (the smallest among ties; 0 without validation cases); otherwise the configured one.
+    """
+    _, val_cases = split_train_val(lists["training"], cfg)
+    tune_size = cfg.eval.min_component_ml == "tune"
+    sizes = COMPONENT_SIZES_ML if tune_size else ()
+    tables, dsc = validation_tables(model, cfg, val_cases, device, progress, sizes) if val_cases else ([], None)
+    if not tune_size:
+        component = {"min_component_ml": cfg.eval.min_component_ml, "method": "configured"}
+    elif dsc is None or dsc.size == 0:
+        component = {"min_component_ml": 0.0, "method": "tune: no validation case, none removed"}
+    else:
+        means = np.nanmean(dsc, axis=0)  # DSC is defined for every case (1 when both masks are empty)
+        best = int(np.argmax(means))  # the first maximum: the smallest size
+        component = {"min_component_ml": sizes[best], "method": "tune: the size maximising the mean validation "
+                     "DSC at eval.threshold (smallest among ties)",
+                     "validation_dsc": dict(zip(map(str, sizes), means.round(6).tolist()))}
+    result = {
+        "configured": cfg.eval.threshold,
+        "method": "maximum of the mean per-case metric over the validation cases, at every distinct "
+                  "validation probability (highest threshold among ties); prob >= threshold is lesion",
+        "validation_cases": [e["case"] for e in val_cases],
+        **{m: operating_points.tune_threshold(tables, m) for m in operating_points.TUNED_METRICS},
+    }
+    if tune_size or cfg.eval.min_component_ml > 0:  # absent otherwise, as before the size filter existed
+        result["component_filter"] = component
+    write_json(RunPaths(run_dir).thresholds, result)
+    return result
