@@ -80,6 +80,7 @@ def default_metrics_dir(pred: Path) -> Path:
 def _evaluate(args: argparse.Namespace) -> None:
     from lesionseg.config import check_device_name
     from lesionseg.devices import resolve_device
+    from lesionseg.evaluation import registry
     from lesionseg.evaluation.evaluate import check_options, evaluate_dirs, match_folders
     from lesionseg.evaluation.volumes import require_label
     from lesionseg.runs import claim_output, is_done
@@ -109,7 +110,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
     pc = summary["per_case"]
     print(f"{_count(summary['n_cases'], 'case')}: " + ", ".join(f"{m} {pc[m]['mean']:.4f}" for m in
-          ("dsc", "f2", "sensitivity", "precision", "apr")) + f" (per-case means); wrote {out}")
+          registry.names(headline=True)) + f" (per-case means); wrote {out}")
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -196,19 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default: metrics/ beside a run's predictions/, "
                    "metrics-<name>/ beside any other PRED folder)")
     p.add_argument("--force", action="store_true", help="move an existing output folder aside first (never deleted)")
-    p.add_argument("--threshold", type=float, default=0.5)
+    from lesionseg.config import EVAL_DEFAULTS as d  # evaluate's defaults are the config's
+
+    p.add_argument("--threshold", type=float, default=d.threshold)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--lesion-min-voxels", type=int, default=1, help="ignore components smaller than this")
-    p.add_argument("--lesion-min-overlap", type=float, default=0.0, help="share of a lesion overlapped to detect it")
-    p.add_argument("--size-bins-ml", type=float, nargs="+", default=[0.01, 0.1, 1.0], help="lesion-size bin edges")
+    p.add_argument("--lesion-min-voxels", type=int, default=d.lesion_min_voxels, help="ignore components smaller than this")
+    p.add_argument("--lesion-min-overlap", type=float, default=d.lesion_min_overlap, help="share of a lesion overlapped to detect it")
+    p.add_argument("--size-bins-ml", type=float, nargs="+", default=d.size_bins_ml, help="lesion-size bin edges")
     p.add_argument("--ref-label", type=int, help="reference label value to score when references hold several")
     p.add_argument("--mask-dir", type=Path, metavar="DIR",
                    help="brain masks <case>.nii.gz: score only the voxels inside each case's mask")
     p.add_argument("--brain-dir", type=Path, metavar="DIR",
                    help="<case>.nii.gz whose non-zero voxels are the brain (masks or skull-stripped images): the "
                         "voxels of the calibration figures (default: --mask-dir, else every voxel)")
-    p.add_argument("--calibration-bins", type=int, default=10, help="equal-width bins of the ECE")
-    p.add_argument("--min-component-ml", type=float, default=0.0, metavar="ML",
+    p.add_argument("--calibration-bins", type=int, default=d.calibration_bins, help="equal-width bins of the ECE")
+    p.add_argument("--min-component-ml", type=float, default=d.min_component_ml, metavar="ML",
                    help="post-processing: remove predicted lesions smaller than this volume before scoring")
     p.set_defaults(func=_evaluate)
 

@@ -174,6 +174,9 @@ class EvalConfig(_Section):
         return v
 
 
+EVAL_DEFAULTS = EvalConfig()  # the evaluation defaults of the evaluator's functions and of `lesionseg evaluate`
+
+
 class ReportConfig(_Section):
     baseline: dict[str, Any] = Field(
         default_factory=lambda: {"loss.beta": 0.5},

@@ -19,6 +19,15 @@ from typing import Any, Iterator
 
 from lesionseg.errors import LesionsegError
 
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def nifti_stem(name: str) -> str | None:
+    """`case_001` of `case_001.nii.gz` or `case_001.nii`; None for a name that is not NIfTI."""
+    suffix = next((s for s in NIFTI_SUFFIXES if name.endswith(s)), None)
+    return None if suffix is None else name[: -len(suffix)]
+
+
 ELSEWHERE = "write the results elsewhere (output_dir=... for train and sweep, --out DIR for predict and evaluate)"
 
 # errno → (the reason in words, what the user can do about it)

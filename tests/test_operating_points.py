@@ -12,13 +12,8 @@ from hypothesis import strategies as st
 from sklearn.metrics import f1_score, fbeta_score, precision_score, recall_score
 
 from lesionseg.evaluation import metrics
-from lesionseg.evaluation.operating_points import (
-    CURVE_THRESHOLDS,
-    counts_at,
-    mean_over_cases,
-    metrics_at,
-    tune_threshold,
-)
+from lesionseg.evaluation.nanstats import mean_over_cases
+from lesionseg.evaluation.operating_points import CURVE_THRESHOLDS, counts_at, metrics_at, tune_threshold
 
 
 def table(prob, ref):

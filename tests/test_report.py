@@ -19,8 +19,9 @@ from scipy import stats as sps
 from lesionseg.config import Config, dump_yaml, expand_sweep
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation.evaluate import evaluate_cases
+from lesionseg.evaluation.registry import lower_is_better
 from lesionseg.reporting import stats
-from lesionseg.reporting.report import LABELS, LOWER_IS_BETTER, POOLED_METRICS, TABLE_METRICS, fmt, write_report
+from lesionseg.reporting.report import LABELS, POOLED_METRICS, TABLE_METRICS, fmt, write_report
 from lesionseg.runs import mark_done
 
 COLUMNS = ["dsc", "f2", "sensitivity", "precision", "specificity", "apr", "hd95_mm", "ltpr", "lfdr", "lesion_f1",
@@ -242,7 +243,7 @@ def test_best_beta_per_metric_is_bold(tmp_path):
     header = table.splitlines()[4].split(" | ")
     for m in TABLE_METRICS:
         values = [float(r[m]) for r in rows]
-        best = int(np.argmin(values) if m in LOWER_IS_BETTER else np.argmax(values))
+        best = int(np.argmin(values) if lower_is_better(m) else np.argmax(values))
         cells = [line.split(" | ")[header.index(LABELS[m])] for line in lines]
         assert [c.startswith("**") for c in cells] == [j == best for j in range(len(rows))], m
     assert "sensitivity β = 0.8" in md and "precision β = 0.5" in md

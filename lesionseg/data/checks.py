@@ -25,10 +25,10 @@ from scipy import ndimage
 
 from lesionseg.config import Config
 from lesionseg.errors import LesionsegError
+from lesionseg.evaluation.lesionwise import label_lesions
 from lesionseg.grid import grid_problem, spatial_shape, volume_problem
 from lesionseg.data.layouts import Lists, duplicate_problems, read_layout
 
-LESION_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)  # 26-connected components
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 
 
@@ -195,7 +195,7 @@ def inspect_case(entry: dict[str, Any], split: str, modalities: list[str],
         else:
             problems += _label_problems(data, path)
             lesion = data > 0
-            summary.lesions = int(ndimage.label(lesion, structure=LESION_CONNECTIVITY)[1])
+            summary.lesions = int(label_lesions(lesion)[1])
             summary.lesion_ml = float(lesion.sum() * np.prod(img.header.get_zooms()[:3]) / 1000.0)
     return summary, [f"{entry['case']}: {p}" for p in problems]
 

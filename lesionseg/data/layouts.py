@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from lesionseg.errors import LesionsegError
+from lesionseg.files import NIFTI_SUFFIXES, nifti_stem
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PATIENT_LABEL = "label"
 PATIENT_MASK = "brainmask"
 
@@ -36,10 +36,8 @@ ID_SOURCE = ("a case's id is its 'case' key (Decathlon), its folder (patient fol
 
 def case_id_from_path(path: str | Path) -> str:
     name = Path(path).name
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+    stem = nifti_stem(name)
+    return Path(name).stem if stem is None else stem
 
 
 def _channels(available: list[str], wanted: list[str], source: str) -> list[int]:

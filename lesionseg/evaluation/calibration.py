@@ -22,7 +22,9 @@ import math
 import numpy as np
 import torch
 
-DEFAULT_BINS = 10
+from lesionseg.config import EVAL_DEFAULTS
+
+DEFAULT_BINS = EVAL_DEFAULTS.calibration_bins
 
 
 def calibration_bins(prob: torch.Tensor, ref: torch.Tensor, n_bins: int = DEFAULT_BINS) -> torch.Tensor:

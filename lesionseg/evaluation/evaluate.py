@@ -36,7 +36,6 @@ import csv
 import io
 import math
 import numbers
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -44,31 +43,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lesionseg.config import EVAL_DEFAULTS
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluation import calibration, lesionwise, metrics, operating_points
+from lesionseg.evaluation import calibration, lesionwise, metrics, operating_points, registry
+from lesionseg.evaluation.nanstats import case_statistics, mean_over_cases
 from lesionseg.evaluation.surface import surface_distances
 from lesionseg.evaluation.volumes import load_case, load_mask, load_region, nifti_files, require_label
 from lesionseg.files import write_json, write_text
 
-FIRST_COLUMNS = ["case", "dsc", "f2", "sensitivity", "precision", "specificity", "apr"]
-COUNT_COLUMNS = ["tp", "fp", "fn", "tn"]
-VOLUME_COLUMNS = ["vol_ref_ml", "vol_pred_ml", "avd_ml", "rvd"]
-SURFACE_COLUMNS = ["hd95_mm", "assd_mm"]
-LESION_COLUMNS = ["n_ref_lesions", "n_pred_lesions", "n_detected", "n_pred_tp", "ltpr", "lfdr", "lesion_f1"]
-CALIBRATION_COLUMNS = ["ece"]
-
-
-def case_statistics(values: list[float]) -> dict[str, float | int]:
-    """Mean, SD, median and counts of a metric over cases, NaN (undefined) values left out."""
-    defined = [v for v in values if not math.isnan(v)]
-    n = len(defined)
-    return {
-        "mean": statistics.fmean(defined) if n else math.nan,
-        "sd": statistics.stdev(defined) if n >= 2 else math.nan,
-        "median": statistics.median(defined) if n else math.nan,
-        "n": n,
-        "n_undefined": len(values) - n,
-    }
+FIRST_COLUMNS = ["case", *registry.names("voxel")]  # cases.csv's columns by group, from the registry
+COUNT_COLUMNS = list(registry.names("counts"))
 
 
 def _format(value: object) -> str:
@@ -111,17 +95,17 @@ def case_metrics(
     prob: torch.Tensor,
     ref: torch.Tensor,
     spacing: Sequence[float],
-    threshold: float = 0.5,
+    threshold: float = EVAL_DEFAULTS.threshold,
     *,
     f_beta: float = 2.0,
     surface: bool = True,
-    lesion_min_voxels: int = 1,
-    lesion_min_overlap: float = 0.0,
+    lesion_min_voxels: int = EVAL_DEFAULTS.lesion_min_voxels,
+    lesion_min_overlap: float = EVAL_DEFAULTS.lesion_min_overlap,
     size_bins: Sequence[float] = lesionwise.DEFAULT_SIZE_BINS_ML,
     bins_in_voxels: bool = False,
     mask: torch.Tensor | None = None,
     table: metrics.PRTable | None = None,
-    min_component_ml: float = 0.0,
+    min_component_ml: float = EVAL_DEFAULTS.min_component_ml,
 ) -> tuple[dict, torch.Tensor, dict[str, int], metrics.PRTable]:
     """Every metric of one case from tensors already loaded (`load_case`): `(row, counts, lesion counts,
     pr table)`; the last three add up across cases for the pooled figures.
@@ -172,7 +156,8 @@ def check_options(threshold, f_beta, lesion_min_voxels, lesion_min_overlap, size
 
 
 def evaluate_cases(
-    cases: Sequence[tuple[str, Path, Path]], out_dir: Path, threshold: float = 0.5, device: str = "cpu",
+    cases: Sequence[tuple[str, Path, Path]], out_dir: Path, threshold: float = EVAL_DEFAULTS.threshold,
+    device: str = "cpu",
     progress: bool = True, **options,
 ) -> dict:
     """`evaluate_cases_at` with one threshold: the outputs in `out_dir`, its summary returned."""
@@ -188,15 +173,15 @@ def evaluate_cases_at(
     f_beta: float = 2.0,
     ref_label: int | None = None,
     surface: bool = True,
-    lesion_min_voxels: int = 1,
-    lesion_min_overlap: float = 0.0,
+    lesion_min_voxels: int = EVAL_DEFAULTS.lesion_min_voxels,
+    lesion_min_overlap: float = EVAL_DEFAULTS.lesion_min_overlap,
     size_bins_ml: Sequence[float] = lesionwise.DEFAULT_SIZE_BINS_ML,
     size_bins_voxels: Sequence[int] | None = None,
     pr_curve_max_points: int | None = 10_000,
     masks: Sequence[Path | None] | None = None,
     brains: Sequence[Path | None] | None = None,
     calibration_bins: int = calibration.DEFAULT_BINS,
-    min_component_ml: float = 0.0,
+    min_component_ml: float = EVAL_DEFAULTS.min_component_ml,
 ) -> dict[Path, dict]:
     """Evaluate `(case_id, prediction path, reference path)` pairs at each threshold of `thresholds` (output
     folder → threshold), write the outputs into each folder, return `{folder: summary}`. Every case is
@@ -348,7 +333,7 @@ def threshold_curves_csv(curve_counts: Sequence[torch.Tensor]) -> str:
     pooled = operating_points.metrics_at(torch.stack(curve_counts).sum(dim=0).numpy())
     names = operating_points.CURVE_METRICS
     columns = ["threshold", *names, *(f"{m}_pooled" for m in names)]
-    means = {m: operating_points.mean_over_cases([pc[m] for pc in per_case]) for m in names}
+    means = {m: mean_over_cases([pc[m] for pc in per_case]) for m in names}
     rows = [{"threshold": float(t), **{m: float(means[m][i]) for m in names},
              **{f"{m}_pooled": float(pooled[m][i]) for m in names}}
             for i, t in enumerate(operating_points.CURVE_THRESHOLDS)]
@@ -356,9 +341,9 @@ def threshold_curves_csv(curve_counts: Sequence[torch.Tensor]) -> str:
 
 
 def _columns(extra_f: list[str], surface: bool, size_bins: list[float], bins_in_voxels: bool) -> list[str]:
-    columns = FIRST_COLUMNS + ["iou", *extra_f, *COUNT_COLUMNS, *VOLUME_COLUMNS]
-    columns += SURFACE_COLUMNS if surface else []
-    columns += LESION_COLUMNS + CALIBRATION_COLUMNS
+    columns = [*FIRST_COLUMNS, *extra_f, *COUNT_COLUMNS, *registry.names("volume")]
+    columns += registry.names("surface") if surface else []
+    columns += [*registry.names("lesion"), *registry.names("calibration")]
     for name in lesionwise.size_bin_names(size_bins, "vox" if bins_in_voxels else "ml"):
         columns += [f"n_ref_{name}", f"n_detected_{name}", f"ltpr_{name}"]
     return columns
@@ -395,7 +380,8 @@ def match_folders(pred_dir: Path, ref_dir: Path, mask_dir: Path | None = None,
 
 
 def evaluate_dirs(
-    pred_dir: Path, ref_dir: Path, out_dir: Path, threshold: float = 0.5, device: str = "cpu",
+    pred_dir: Path, ref_dir: Path, out_dir: Path, threshold: float = EVAL_DEFAULTS.threshold,
+    device: str = "cpu",
     mask_dir: Path | None = None, brain_dir: Path | None = None, **kwargs
 ) -> dict:
     """`evaluate_cases` on the cases of `match_folders`. `mask_dir`: brain masks restricting each case's

@@ -33,7 +33,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-DEFAULT_SIZE_BINS_ML = (0.01, 0.1, 1.0)
+from lesionseg.config import EVAL_DEFAULTS
+
+DEFAULT_SIZE_BINS_ML = tuple(EVAL_DEFAULTS.size_bins_ml)
 
 
 def _edge_name(value: float) -> str:
@@ -59,10 +61,15 @@ def check_parameters(min_voxels: int, min_overlap: float, edges: Sequence[float]
         raise ValueError(f"size bin edges must be increasing positive numbers, got {edges!r}.")
 
 
+def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """`(labels, n)`: the lesions of a mask, its 26-connected components (in 3D; every neighbour in any
+    dimension), numbered 1..n by `scipy.ndimage.label`. The one definition of a lesion in lesionseg."""
+    return ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+
+
 def _components(mask: np.ndarray, min_voxels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels, sizes, kept mask): labels 1..n of 26-connected components of at least `min_voxels`."""
-    structure = np.ones((3,) * mask.ndim, dtype=bool)
-    labels, n = ndimage.label(mask, structure=structure)
+    labels, n = label_lesions(mask)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     if min_voxels > 1 and n:
         keep = sizes >= min_voxels
@@ -108,8 +115,8 @@ def lesion_counts(
     pred: torch.Tensor,
     ref: torch.Tensor,
     voxel_ml: float,
-    min_voxels: int = 1,
-    min_overlap: float = 0.0,
+    min_voxels: int = EVAL_DEFAULTS.lesion_min_voxels,
+    min_overlap: float = EVAL_DEFAULTS.lesion_min_overlap,
     size_bins: Sequence[float] = DEFAULT_SIZE_BINS_ML,
     bins_in_voxels: bool = False,
 ) -> dict[str, int]:

@@ -23,6 +23,7 @@ import math
 import numbers
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 
 # (values, n_positive, n_negative): distinct probability values in descending order (float32; float64 for
@@ -63,8 +64,29 @@ def confusion_counts(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return torch.stack([tp, n_pred - tp, n_ref - tp, n - n_pred - n_ref + tp]).to(torch.int64)
 
 
-def _ratio(num: float, den: float) -> float:
-    return num / den if den > 0 else math.nan
+def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def ratios(tp, fp, fn, tn=None, f_beta: float = 2.0) -> dict[str, np.ndarray]:
+    """DSC, IoU, Fβ, sensitivity, precision (and with `tn` specificity) as float64 arrays, from counts
+    (scalars or equal-length arrays: one formula for one case and for every threshold of a curve).
+    Integer counts below 2**53 are exact in float64, so each value is the correctly rounded quotient."""
+    tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
+    empty = tp + fp + fn == 0
+    b2 = float(f_beta) ** 2
+    out = {
+        "dsc": np.where(empty, 1.0, _div(2 * tp, 2 * tp + fp + fn)),
+        "iou": np.where(empty, 1.0, _div(tp, tp + fp + fn)),
+        f_beta_key(f_beta): np.where(empty, 1.0, _div((1 + b2) * tp, (1 + b2) * tp + b2 * fn + fp)),
+        "sensitivity": _div(tp, tp + fn),
+        "precision": _div(tp, tp + fp),
+    }
+    if tn is not None:
+        tn = np.asarray(tn, dtype=np.float64)
+        out["specificity"] = _div(tn, tn + fp)
+    return out
 
 
 def f_beta_key(beta: float) -> str:
@@ -86,16 +108,7 @@ def overlap_metrics(counts: torch.Tensor | Sequence[int], f_beta: float = 2.0) -
     if len(values) != 4 or any(v < 0 for v in values):
         raise ValueError(f"counts must be four non-negative numbers [tp, fp, fn, tn], got {values}.")
     tp, fp, fn, tn = (int(v) for v in values)
-    both_empty = tp + fp + fn == 0
-    b2 = float(f_beta) ** 2
-    return {
-        "dsc": 1.0 if both_empty else 2 * tp / (2 * tp + fp + fn),
-        "iou": 1.0 if both_empty else tp / (tp + fp + fn),
-        f_beta_key(f_beta): 1.0 if both_empty else (1 + b2) * tp / ((1 + b2) * tp + b2 * fn + fp),
-        "sensitivity": _ratio(tp, tp + fn),
-        "precision": _ratio(tp, tp + fp),
-        "specificity": _ratio(tn, tn + fp),
-    }
+    return {key: float(value) for key, value in ratios(tp, fp, fn, tn, f_beta=f_beta).items()}
 
 
 def check_probabilities(prob: torch.Tensor) -> None:
@@ -224,5 +237,5 @@ def volume_metrics(counts: torch.Tensor | Sequence[int], voxel_ml: float) -> dic
         "vol_ref_ml": ref_ml,
         "vol_pred_ml": pred_ml,
         "avd_ml": abs(pred_ml - ref_ml),
-        "rvd": _ratio(pred_ml - ref_ml, ref_ml) if ref_ml > 0 else math.nan,
+        "rvd": (pred_ml - ref_ml) / ref_ml if ref_ml > 0 else math.nan,
     }

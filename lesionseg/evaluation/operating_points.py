@@ -19,11 +19,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lesionseg.evaluation.metrics import PRTable
+from lesionseg.evaluation import registry
+from lesionseg.evaluation.metrics import PRTable, ratios
 
 CURVE_THRESHOLDS = np.round(np.arange(1, 100) / 100, 2)  # 0.01 … 0.99, the grid of the curves and figures
-CURVE_METRICS = ("dsc", "f2", "sensitivity", "precision")
-TUNED_METRICS = ("dsc", "f2")
+CURVE_METRICS = registry.names(curve=True)  # dsc, f2, sensitivity, precision
+TUNED_METRICS = registry.names(tuned=True)  # dsc, f2
 
 
 def counts_at(table: PRTable, thresholds: torch.Tensor | Sequence[float]) -> torch.Tensor:
@@ -39,32 +40,13 @@ def counts_at(table: PRTable, thresholds: torch.Tensor | Sequence[float]) -> tor
     return torch.stack([tp, fp, tps[-1] - tp], dim=1)
 
 
-def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
-
-
 def metrics_at(counts: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
     """DSC, F2, sensitivity and precision (float64 arrays) from `[tp, fp, fn]` rows, with the conventions
     of `metrics.overlap_metrics`: DSC and F2 are 1 when reference and prediction are both empty,
     sensitivity is NaN without reference voxels, precision NaN without predicted ones."""
     c = np.asarray(counts, dtype=np.float64).reshape(-1, 3)
-    tp, fp, fn = c[:, 0], c[:, 1], c[:, 2]
-    empty = tp + fp + fn == 0
-    return {
-        "dsc": np.where(empty, 1.0, _div(2 * tp, 2 * tp + fp + fn)),
-        "f2": np.where(empty, 1.0, _div(5 * tp, 5 * tp + 4 * fn + fp)),
-        "sensitivity": _div(tp, tp + fn),
-        "precision": _div(tp, tp + fp),
-    }
-
-
-def mean_over_cases(per_case: Sequence[np.ndarray]) -> np.ndarray:
-    """Mean over cases at each threshold, ignoring the cases where the metric is undefined (NaN)."""
-    stacked = np.stack(per_case)
-    defined = ~np.isnan(stacked)
-    n = defined.sum(axis=0)
-    return np.where(n > 0, np.where(defined, stacked, 0.0).sum(axis=0) / np.maximum(n, 1), np.nan)
+    every = ratios(c[:, 0], c[:, 1], c[:, 2])
+    return {m: every[m] for m in CURVE_METRICS}
 
 
 def tune_threshold(tables: Sequence[PRTable], metric: str = "dsc") -> dict:

@@ -14,9 +14,8 @@ import torch
 
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation import metrics
+from lesionseg.files import nifti_stem
 from lesionseg.grid import grid_problem, spatial_shape, volume_problem
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def _load(path: Path, role: str, other: Path) -> nib.Nifti1Image:
@@ -143,10 +142,9 @@ def nifti_files(folder: Path, role: str) -> dict[str, Path]:
         raise LesionsegError(f"{role} folder {folder} does not exist or is not a folder.")
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        suffix = next((s for s in NIFTI_SUFFIXES if path.name.endswith(s)), None)
-        if suffix is None or not path.is_file():
+        case = nifti_stem(path.name)
+        if case is None or not path.is_file():
             continue
-        case = path.name[: -len(suffix)]
         if case in found:
             raise LesionsegError(
                 f"{role} folder {folder} holds case {case!r} twice: {found[case].name} and {path.name}."

@@ -32,6 +32,7 @@ import yaml
 
 from lesionseg.config import Config, SweepOptions, dump_yaml, validate
 from lesionseg.errors import LesionsegError
+from lesionseg.evaluation import registry
 from lesionseg.runs import sweep_run
 from lesionseg.training.loop import StopRequest
 
@@ -41,9 +42,7 @@ RESUME = "Run the same command again to resume: finished runs are skipped, inter
 
 def summary_line(rid: str, summary: dict) -> str:
     pc = summary["per_case"]
-    return (f"[{rid}] test: DSC {pc['dsc']['mean']:.3f}, F2 {pc['f2']['mean']:.3f}, "
-            f"sensitivity {pc['sensitivity']['mean']:.3f}, precision {pc['precision']['mean']:.3f}, "
-            f"APR {pc['apr']['mean']:.3f}")
+    return f"[{rid}] test: " + ", ".join(f"{registry.label(m)} {pc[m]['mean']:.3f}" for m in registry.names(headline=True))
 
 
 def run_all(runs: Runs, sweep_dir: Path, options: SweepOptions, progress: bool = True) -> dict[str, str]:

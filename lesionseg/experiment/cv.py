@@ -33,7 +33,8 @@ from lesionseg.data.preprocessing import load_datalist
 from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation import operating_points
-from lesionseg.evaluation.evaluate import case_statistics, evaluate_cases_at
+from lesionseg.evaluation.evaluate import evaluate_cases_at
+from lesionseg.evaluation.nanstats import case_statistics
 from lesionseg.experiment.run import evaluation_options  # the options every run evaluates with
 from lesionseg.files import write_json, write_text
 from lesionseg.runs import RunPaths, is_done, mark_done, read_json, sweep_run

@@ -24,7 +24,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from lesionseg.evaluation.operating_points import mean_over_cases
+from lesionseg.evaluation import registry
+from lesionseg.evaluation.nanstats import mean_over_cases
+from lesionseg.evaluation.operating_points import CURVE_METRICS, TUNED_METRICS
 
 RC = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10}
 DPI = 130
@@ -105,7 +107,6 @@ def pr_curves(groups: list[dict], rows: list[dict], read_curve: Callable[[dict],
 
 SERIES = (("sensitivity", "tab:blue", "^"), ("precision", "tab:orange", "v"), ("dsc", "tab:green", "o"),
           ("f2", "tab:purple", "s"))
-NAMES = {"sensitivity": "sensitivity", "precision": "precision", "dsc": "DSC", "f2": "F2"}
 
 
 def _x_positions(groups: list[dict]) -> tuple[np.ndarray, list[str], str]:
@@ -140,7 +141,7 @@ def metrics_vs_beta(groups: list[dict], rows: list[dict]) -> bytes:
                 err = _nan_to_zero([r[f"{metric}_{'sd_seeds' if by_seed else 'sd_cases'}"] for r in rows])
                 shift = (j - 0.5) * 0.012 * span  # keeps the two series' error bars apart
                 ax.errorbar(x + shift, mean, yerr=err, color=colour, marker=marker, ms=8, lw=2, capsize=4,
-                            label=NAMES[metric])
+                            label=registry.label(metric))
             ax.set_title(title)
             ax.set_xticks(x, ticks)
             ax.set_xlabel(xlabel)
@@ -222,17 +223,17 @@ def metrics_vs_threshold(groups: list[dict], rows: list[dict], read_curves: Call
         if not any(curves):
             return _no_data(fig, "no threshold_curves.csv in the runs (evaluated before lesionseg had them)")
         axes = fig.subplots(2, 2, sharex=True, sharey=True).ravel()
-        for ax, metric in zip(axes, ("dsc", "f2", "sensitivity", "precision")):
+        for ax, metric in zip(axes, CURVE_METRICS):
             for group, row, these, colour in zip(groups, rows, curves, colours(len(groups))):
                 if not these:
                     continue
                 mean = mean_over_cases([c[metric] for c in these])  # over seeds; NaN where none defines it
                 ax.plot(these[0]["threshold"], mean, color=colour, lw=2, label=group["label"])
                 ax.plot(row["threshold"], row[metric], "o", ms=8, mfc=colour, mec="black", zorder=5)
-                if metric in ("dsc", "f2") and not math.isnan(row[f"threshold_{metric}"]):
+                if metric in TUNED_METRICS and not math.isnan(row[f"threshold_{metric}"]):
                     ax.plot(row[f"threshold_{metric}"], row[f"{metric}_at_t{metric}"], "^", ms=10, mfc=colour,
                             mec="black", zorder=6)
-            ax.set_title(NAMES[metric])
+            ax.set_title(registry.label(metric))
             ax.grid(alpha=0.3)
         handles, _ = axes[0].get_legend_handles_labels()
         handles += [Line2D([], [], marker="o", ls="", ms=8, mfc="white", mec="black",

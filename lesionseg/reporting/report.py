@@ -34,7 +34,9 @@ import numpy as np
 
 from lesionseg.config import expand_sweep
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluation.operating_points import CURVE_METRICS, TUNED_METRICS, mean_over_cases
+from lesionseg.evaluation import registry
+from lesionseg.evaluation.nanstats import defined, mean_over_cases, nan_mean, nan_sd
+from lesionseg.evaluation.operating_points import CURVE_METRICS, TUNED_METRICS
 from lesionseg.files import write_atomic, write_json, write_text
 from lesionseg.reporting import figures, stats
 from lesionseg.reporting.render import Table, render_html, render_markdown_table
@@ -49,22 +51,18 @@ from lesionseg.reporting.results import (
 )
 from lesionseg.runs import sweep_run
 
-METRICS = ("dsc", "f2", "sensitivity", "precision", "apr")
-LESION_METRICS = ("lesion_f1", "ltpr", "lfdr", "hd95_mm", "ece")
-TABLE_METRICS = METRICS + LESION_METRICS
-POOLED_METRICS = ("dsc", "f2", "sensitivity", "precision", "apr", "lesion_f1", "ltpr", "lfdr", "ece")
+TABLE_METRICS = registry.names(report=True)  # the per-case table's metric columns, in order
+METRICS = tuple(m for m in TABLE_METRICS if registry.BY_NAME[m].headline)  # dsc, f2, sensitivity, precision, apr
+LESION_METRICS = tuple(m for m in TABLE_METRICS if m not in METRICS)
+POOLED_METRICS = tuple(m for m in TABLE_METRICS if registry.BY_NAME[m].pooled)
 # tested metric → (the tuned threshold it is read at, None: eval.threshold; column of the run's cases.csv)
-TESTED = {"dsc": (None, "dsc"), "f2": (None, "f2"), "sensitivity": (None, "sensitivity"),
-          "dsc_tuned": ("dsc", "dsc"), "f2_tuned": ("f2", "f2")}
+TESTED = {**{m: (None, m) for m in registry.names(tested=True)},
+          **{f"{m}_tuned": (m, m) for m in registry.names(tuned=True)}}
 TESTED_METRICS = tuple(TESTED)
-LOWER_IS_BETTER = ("lfdr", "hd95_mm", "ece")
 REPEAT_KEYS = ("seed",)  # swept keys that are repeats, averaged over, not rows of their own
 DEFAULT_BASELINE = {"loss.beta": 0.5}  # report.baseline's default: the soft Dice loss of the β sweep
-LABELS = {"dsc": "DSC", "f2": "F2", "sensitivity": "sensitivity", "precision": "precision", "apr": "APR",
-          "lesion_f1": "lesion F1", "ltpr": "LTPR", "lfdr": "LFDR", "hd95_mm": "HD95 (mm)", "ece": "ECE",
-          "dsc_tuned": "DSC at tuned t", "f2_tuned": "F2 at tuned t"}
+LABELS = {m: registry.label(m) for m in (*TABLE_METRICS, *TESTED_METRICS)}
 OUT_OF_FOLD = ", each scored once by the fold model that did not train on it"
-HEADLINE = ("dsc", "f2", "sensitivity", "precision", "apr")  # the answer's metrics, in this order
 HEADLINE_FIGURE = "metrics_vs_beta.png"  # shown with the answer, at the top of report.html
 # captions; {kind}: "test", or "out-of-fold" in a cross-validated sweep; {per}: "β" or "configuration"
 FIGURES = {
@@ -83,20 +81,6 @@ FIGURES = {
 
 
 # ----------------------------------------------------------------------------------------- aggregation
-def _finite(values) -> list[float]:
-    return [float(v) for v in values if v is not None and not math.isnan(v)]
-
-
-def _nanmean(values) -> float:
-    finite = _finite(values)
-    return float(np.mean(finite)) if finite else math.nan
-
-
-def _sd(values) -> float:
-    finite = _finite(values)
-    return float(np.std(finite, ddof=1)) if len(finite) >= 2 else math.nan
-
-
 def group_runs(runs: list[dict]) -> list[dict]:
     """Runs grouped by their swept values other than repeats: `{"beta", "alpha", "extra", "swept", "values",
     "label", "runs"}` (`swept`: the group's swept values; `values`: its first run's whole config, dotted
@@ -160,25 +144,25 @@ def summary_row(group: dict) -> dict:
     row: dict = {"beta": group["beta"], "alpha": group["alpha"]}
     row.update({k.split(".")[-1]: v for k, v in group["extra"].items()})
     for m in METRICS:
-        row[m] = _nanmean(pc[m]["mean"] for pc in per_case)
-    row["apr_pooled"] = _nanmean(p.get("apr", math.nan) for p in pooled)
+        row[m] = nan_mean(pc[m]["mean"] for pc in per_case)
+    row["apr_pooled"] = nan_mean(p.get("apr", math.nan) for p in pooled)
     row["n_cases"] = min(s["n_cases"] for s in members)
     row["n_seeds"] = len(members)
     for m in LESION_METRICS:
-        row[m] = _nanmean(pc[m]["mean"] for pc in per_case)
+        row[m] = nan_mean(pc[m]["mean"] for pc in per_case)
     for m in TABLE_METRICS:
-        row[f"{m}_sd_cases"] = _nanmean(pc[m]["sd"] for pc in per_case)
-        row[f"{m}_sd_seeds"] = _sd(pc[m]["mean"] for pc in per_case)
+        row[f"{m}_sd_cases"] = nan_mean(pc[m]["sd"] for pc in per_case)
+        row[f"{m}_sd_seeds"] = nan_sd(pc[m]["mean"] for pc in per_case)
         row[f"{m}_n"] = min(pc[m]["n"] for pc in per_case)
     for m in POOLED_METRICS:
-        row[f"{m}_pooled"] = _nanmean(p.get(m, math.nan) for p in pooled)
-        row[f"{m}_pooled_sd_seeds"] = _sd(p.get(m, math.nan) for p in pooled)
+        row[f"{m}_pooled"] = nan_mean(p.get(m, math.nan) for p in pooled)
+        row[f"{m}_pooled_sd_seeds"] = nan_sd(p.get(m, math.nan) for p in pooled)
     row.update(operating_point_columns(group))
     for name in size_bins(members[0]):
         ltpr = [p[f"n_detected_{name}"] / p[f"n_ref_{name}"] if p.get(f"n_ref_{name}") else math.nan
                 for p in pooled]
-        row[f"ltpr_{name}_pooled"] = _nanmean(ltpr)
-        row[f"ltpr_{name}_pooled_sd_seeds"] = _sd(ltpr)
+        row[f"ltpr_{name}_pooled"] = nan_mean(ltpr)
+        row[f"ltpr_{name}_pooled_sd_seeds"] = nan_sd(ltpr)
         row[f"n_ref_{name}"] = pooled[0][f"n_ref_{name}"]
     return row
 
@@ -188,13 +172,13 @@ def operating_point_columns(group: dict) -> dict:
     out: dict = {"threshold": group["runs"][0]["summary"].get("threshold", 0.5)}
     for tuned in TUNED_METRICS:
         thresholds = [r["thresholds"].get(tuned, {}).get("threshold", math.nan) for r in group["runs"]]
-        out[f"threshold_{tuned}"] = _nanmean(thresholds)
-        out[f"threshold_{tuned}_sd_seeds"] = _sd(thresholds)
+        out[f"threshold_{tuned}"] = nan_mean(thresholds)
+        out[f"threshold_{tuned}_sd_seeds"] = nan_sd(thresholds)
         summaries = [r["tuned"][tuned] for r in group["runs"] if tuned in r["tuned"]]
         for m in CURVE_METRICS:
             cells = [s["per_case"].get(m, {}) for s in summaries]
-            out[f"{m}_at_t{tuned}"] = _nanmean(c.get("mean", math.nan) for c in cells)
-            out[f"{m}_at_t{tuned}_sd_cases"] = _nanmean(c.get("sd", math.nan) for c in cells)
+            out[f"{m}_at_t{tuned}"] = nan_mean(c.get("mean", math.nan) for c in cells)
+            out[f"{m}_at_t{tuned}_sd_cases"] = nan_mean(c.get("sd", math.nan) for c in cells)
     return out
 
 
@@ -257,14 +241,14 @@ def fmt(value, metric: str = "") -> str:
         return "n/a"
     if isinstance(value, (int, np.integer)):
         return str(value)
-    return f"{value:.2f}" if metric.endswith("_mm") else f"{value:.3f}"
+    return f"{value:.{registry.decimals(metric)}f}"
 
 
 def _best(rows: list[dict], column: str, metric: str) -> float | None:
-    values = _finite(r[column] for r in rows)
+    values = defined(r[column] for r in rows)
     if not values:
         return None
-    return min(values) if metric in LOWER_IS_BETTER else max(values)
+    return min(values) if registry.lower_is_better(metric) else max(values)
 
 
 def tables(rows: list[dict], extra_keys: list[str], shows_beta: bool = True, kind: str = "test") -> list[Table]:
@@ -355,8 +339,8 @@ def ensemble_table(groups: list[dict], rows: list[dict], extra_keys: list[str], 
         cells = [(f"{row[k]:g}" if k in ("beta", "alpha") else str(row[k]), False) for k in keys]
         for m in METRICS:
             values = [s["per_case"][m]["mean"] for s in summaries]
-            sd = _sd(values)
-            cells.append((fmt(_nanmean(values), m) + ("" if math.isnan(sd) else f" ± {fmt(sd, m)}"), False))
+            sd = nan_sd(values)
+            cells.append((fmt(nan_mean(values), m) + ("" if math.isnan(sd) else f" ± {fmt(sd, m)}"), False))
         cells += [(str(summaries[0]["n_cases"]), False), (str(len(summaries)), False)]
         body.append(cells)
     return Table(
@@ -406,14 +390,14 @@ def tuning_verdict(rows: list[dict], labels: list[str], stats_result: dict, kind
         fixed, tuned = [r[m] for r in rows], [r[f"{m}_at_t{m}"] for r in rows]
         parts = []
         for name, values in ((f"at p ≥ {rows[0]['threshold']:g}", fixed), ("at the tuned thresholds", tuned)):
-            finite = _finite(values)
+            finite = defined(values)
             if not finite:
                 continue
             best = max(finite)
             who = ", ".join(lab for lab, v in zip(labels, values) if v == best)
             parts.append(f"{name} the best is {who} ({fmt(best)}), range over the configurations "
                          f"{fmt(max(finite) - min(finite))}")
-        oracle = _finite(r.get(f"{m}_best_on_test", math.nan) for r in rows)
+        oracle = defined(r.get(f"{m}_best_on_test", math.nan) for r in rows)
         if len(oracle) == len(rows) > 1:
             parts.append(f"at each configuration's best threshold for the {kind} cases themselves (optimistic) "
                          f"{fmt(min(oracle))}–{fmt(max(oracle))}, range {fmt(max(oracle) - min(oracle))}")
@@ -433,13 +417,13 @@ def answer(rows: list[dict], labels: list[str], stats_result: dict, kind: str = 
     cases, and what the paired tests against the baseline found (where the metric is tested)."""
     n_cases = min(r["n_cases"] for r in rows)
     lines = []
-    for m in HEADLINE:
+    for m in METRICS:  # the headline metrics
         values = [r[m] for r in rows]
-        finite = _finite(values)
+        finite = defined(values)
         if not finite:
             lines.append(f"{LABELS[m]}: defined on no case.")
             continue
-        best = min(finite) if m in LOWER_IS_BETTER else max(finite)
+        best = min(finite) if registry.lower_is_better(m) else max(finite)
         winners = [i for i, v in enumerate(values) if v == best]
         text = (f"{LABELS[m]}: best with {' and '.join(labels[i] for i in winners)} ({fmt(best, m)} ± "
                 f"{fmt(rows[winners[0]][f'{m}_sd_cases'], m)} SD over {n_cases} {kind} cases)")
@@ -538,7 +522,7 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     for group, row in zip(groups, rows):  # the best each configuration reaches on its test curve (optimistic)
         curves = [c for c in (read_threshold_curves(r["dir"]) for r in group["runs"]) if c is not None]
         for m in TUNED_METRICS:
-            finite = _finite(mean_over_cases([c[m] for c in curves])) if curves else []
+            finite = defined(mean_over_cases([c[m] for c in curves])) if curves else []
             row[f"{m}_best_on_test"] = max(finite) if finite else math.nan
     verdict = tuning_verdict(rows, labels, stats_result, kind)
     opening = answer(rows, labels, stats_result, kind)

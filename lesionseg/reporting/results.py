@@ -51,7 +51,8 @@ def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             missing += [p for p in parts if not is_done(sweep_run(sweep_dir, p))] or [rid]
             continue
         paths = RunPaths(run_dir)
-        assignment = {key: _get(run_cfg.model_dump(), key) for key in cfg.sweep if not (folded and key == "data.fold")}
+        values = flat_keys(run_cfg.model_dump())
+        assignment = {key: values[key] for key in cfg.sweep if not (folded and key == "data.fold")}
         runs.append({
             "id": rid,
             "dir": run_dir,
@@ -86,12 +87,6 @@ def run_state(run_dir: Path) -> str:
             return "interrupted (checkpoint unreadable)"
         return f"interrupted after iteration {iteration}"
     return "started, stopped before its first checkpoint"
-
-
-def _get(tree: dict, key: str):
-    for part in key.split("."):
-        tree = tree[part]
-    return tree
 
 
 def _read_csv_rows(path: Path) -> list[dict[str, str]]:

@@ -24,14 +24,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
+from lesionseg.evaluation.nanstats import is_defined
+
 MIN_PAIRS = 6
 N_BOOT = 10_000
 LEVEL = 0.95
 ALPHA = 0.05
-
-
-def _finite(value: float | None) -> bool:
-    return value is not None and not math.isnan(value)
 
 
 def case_means(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -42,14 +40,14 @@ def case_means(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
     cases = sorted({case for table in per_seed for case in table})
     out = {}
     for case in cases:
-        values = [table[case] for table in per_seed if case in table and _finite(table[case])]
+        values = [table[case] for table in per_seed if case in table and is_defined(table[case])]
         out[case] = float(np.mean(values)) if values else math.nan
     return out
 
 
 def paired(baseline: Mapping[str, float], other: Mapping[str, float]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Cases where both are defined, sorted by id: `(ids, baseline values, other values)`."""
-    ids = sorted(c for c in baseline.keys() & other.keys() if _finite(baseline[c]) and _finite(other[c]))
+    ids = sorted(c for c in baseline.keys() & other.keys() if is_defined(baseline[c]) and is_defined(other[c]))
     return ids, np.array([baseline[c] for c in ids], dtype=float), np.array([other[c] for c in ids], dtype=float)
 
 

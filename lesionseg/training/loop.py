@@ -25,6 +25,7 @@ from lesionseg.config import Config
 from lesionseg.data.preprocessing import load_datalist, split_train_val, train_batches, volume_dataset
 from lesionseg.devices import amp_dtype, autocast, resolve_device
 from lesionseg.errors import LesionsegError
+from lesionseg.evaluation import registry
 from lesionseg.evaluation.metrics import confusion_counts, overlap_metrics
 from lesionseg.files import write_atomic, write_json
 from lesionseg.inference import infer_volume
@@ -79,7 +80,7 @@ def validate(
         counts = confusion_counts(prob >= cfg.eval.threshold, item["label"].to(device) > 0.5)
         scores.append(overlap_metrics(counts))
     model.train()
-    means = {key: float(np.nanmean([s[key] for s in scores])) for key in ("dsc", "f2", "sensitivity", "precision")}
+    means = {key: float(np.nanmean([s[key] for s in scores])) for key in registry.names(curve=True)}
     return means, first
 
 

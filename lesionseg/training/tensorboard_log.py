@@ -14,16 +14,17 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from scipy import ndimage
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from lesionseg.config import Config
+from lesionseg.config import Config, flat_keys
+from lesionseg.evaluation import registry
+from lesionseg.evaluation.lesionwise import label_lesions
 
 HPARAM_KEYS = ("seed", "loss.name", "loss.beta", "loss.alpha", "loss.gamma", "loss.pos_weight", "loss.batch",
                "train.lr", "train.iterations", "train.batch_size", "train.lr_schedule", "model.channels",
                "data.patch_size", "eval.threshold")
-TEST_METRICS = ("dsc", "f2", "sensitivity", "precision", "apr", "lesion_f1", "ltpr", "lfdr", "hd95_mm")
+TEST_METRICS = registry.names(report=True)  # the report's per-case metrics
 # Overlay colours: agreement, missed lesion, false alarm (distinguishable with red-green colour blindness).
 COLOURS = {"both": (1.0, 0.84, 0.0), "reference only (missed)": (0.0, 0.9, 1.0),
            "prediction only (false positive)": (1.0, 0.0, 1.0)}
@@ -31,12 +32,10 @@ COLOURS = {"both": (1.0, 0.84, 0.0), "reference only (missed)": (0.0, 0.9, 1.0),
 
 def hparam_values(cfg: Config) -> dict[str, float | str | bool]:
     """The hyperparameters shown in the dashboard: numbers, text and booleans only (lists as text)."""
-    tree = cfg.model_dump(mode="json")
+    values = flat_keys(cfg.model_dump(mode="json"))
     out: dict[str, float | str | bool] = {}
     for key in HPARAM_KEYS:
-        value = tree
-        for part in key.split("."):
-            value = value[part]
+        value = values[key]
         if key == "loss.alpha":
             value = cfg.loss.resolved_alpha
         out[key] = str(value) if isinstance(value, (list, dict)) or value is None else value
@@ -76,7 +75,7 @@ def lesion_slice(ref: np.ndarray, pred: np.ndarray) -> int:
     """Index along the last (axial, RAS) axis through the largest reference lesion (26-connected), where
     it is widest; without a reference lesion, the slice with most predicted lesion; else the middle."""
     if ref.any():
-        labels, n = ndimage.label(ref, structure=np.ones((3, 3, 3)))
+        labels, n = label_lesions(ref)
         sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
         largest = labels == 1 + int(np.argmax(sizes))
         return int(np.argmax(largest.sum(axis=(0, 1))))
