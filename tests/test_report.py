@@ -21,7 +21,9 @@ from lesionseg.errors import LesionsegError
 from lesionseg.evaluation.evaluate import evaluate_cases
 from lesionseg.evaluation.registry import lower_is_better
 from lesionseg.reporting import stats
-from lesionseg.reporting.report import LABELS, POOLED_METRICS, TABLE_METRICS, fmt, write_report
+from lesionseg.reporting.aggregate import POOLED_METRICS, TABLE_METRICS
+from lesionseg.reporting.report import write_report
+from lesionseg.reporting.tables import LABELS, fmt
 from lesionseg.runs import mark_done
 
 COLUMNS = ["dsc", "f2", "sensitivity", "precision", "specificity", "apr", "hd95_mm", "ltpr", "lfdr", "lesion_f1",

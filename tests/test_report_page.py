@@ -14,7 +14,8 @@ from html.parser import HTMLParser
 import pytest
 from test_report import make_sweep
 
-from lesionseg.reporting.report import ANSWER_TITLE, HEADLINE_FIGURE, write_report
+from lesionseg.reporting.answer import ANSWER_TITLE
+from lesionseg.reporting.report import HEADLINE_FIGURE, write_report
 
 LAPTOP = (1366, 768)
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)

@@ -1,0 +1,100 @@
+"""The report's sentences: the answer that opens it (per headline metric: the best configuration and what
+the paired tests found) and the threshold verdict ("is a larger β more than a lower threshold?").
+"""
+
+from __future__ import annotations
+
+import math
+
+from lesionseg.evaluation import registry
+from lesionseg.evaluation.nanstats import defined
+from lesionseg.evaluation.operating_points import TUNED_METRICS
+from lesionseg.reporting.aggregate import (
+    METRICS,
+    TABLE_METRICS,
+)
+from lesionseg.reporting.tables import LABELS, best_value, fmt
+
+ANSWER_TITLE = "The answer"
+VERDICT_TITLE = "Is a larger β more than a lower threshold?"
+VERDICT_TITLE_OTHER = "Is a different configuration more than a different threshold?"
+
+
+def tuning_verdict(rows: list[dict], labels: list[str], stats_result: dict, kind: str = "test") -> list[str]:
+    """Sentences answering "is a larger β more than a lower threshold?" from the table and the tests.
+
+    Each row may carry `<m>_best_on_test`: the maximum of its test curve over the threshold grid, an
+    optimistic bound (the threshold is chosen on the test cases) that shows what tuning could reach."""
+    if all(math.isnan(r[f"{m}_at_t{m}"]) for r in rows for m in TUNED_METRICS):
+        return ["No run has thresholds tuned on validation cases (no validation cases?): the question cannot "
+                "be answered by this sweep."]
+    lines = []
+    for m in TUNED_METRICS:
+        fixed, tuned = [r[m] for r in rows], [r[f"{m}_at_t{m}"] for r in rows]
+        parts = []
+        for name, values in ((f"at p ≥ {rows[0]['threshold']:g}", fixed), ("at the tuned thresholds", tuned)):
+            finite = defined(values)
+            if not finite:
+                continue
+            best = max(finite)
+            who = ", ".join(lab for lab, v in zip(labels, values) if v == best)
+            parts.append(f"{name} the best is {who} ({fmt(best)}), range over the configurations "
+                         f"{fmt(max(finite) - min(finite))}")
+        oracle = defined(r.get(f"{m}_best_on_test", math.nan) for r in rows)
+        if len(oracle) == len(rows) > 1:
+            parts.append(f"at each configuration's best threshold for the {kind} cases themselves (optimistic) "
+                         f"{fmt(min(oracle))}–{fmt(max(oracle))}, range {fmt(max(oracle) - min(oracle))}")
+        claims = {key: [c["label"] + ": " + c["verdict"] for c in stats_result["comparisons"]
+                        if c["metric"] == key and "than baseline" in c["verdict"]] for key in (m, f"{m}_tuned")}
+        if len(rows) > 1:
+            parts.append(f"against {stats_result.get('baseline', 'β = 0.5')}, {len(claims[m])} significant "
+                         "difference(s) at the fixed threshold "
+                         f"and {len(claims[f'{m}_tuned'])} at the tuned thresholds"
+                         + (f" ({'; '.join(claims[f'{m}_tuned'])})" if claims[f"{m}_tuned"] else ""))
+        lines.append(f"{LABELS[m]}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def answer(rows: list[dict], labels: list[str], stats_result: dict, kind: str = "test") -> list[str]:
+    """The report's opening, one sentence per headline metric: the best configuration, with its SD over
+    cases, and what the paired tests against the baseline found (where the metric is tested)."""
+    n_cases = min(r["n_cases"] for r in rows)
+    lines = []
+    for m in METRICS:  # the headline metrics
+        values = [r[m] for r in rows]
+        finite = defined(values)
+        if not finite:
+            lines.append(f"{LABELS[m]}: defined on no case.")
+            continue
+        best = min(finite) if registry.lower_is_better(m) else max(finite)
+        winners = [i for i, v in enumerate(values) if v == best]
+        text = (f"{LABELS[m]}: best with {' and '.join(labels[i] for i in winners)} ({fmt(best, m)} ± "
+                f"{fmt(rows[winners[0]][f'{m}_sd_cases'], m)} SD over {n_cases} {kind} cases)")
+        tested = [c for c in stats_result["comparisons"] if c["metric"] == m]
+        if tested:
+            bases = sorted({c["baseline"] for c in tested})
+            said = []
+            for word in ("higher", "lower"):
+                who = [c["label"] for c in tested if c["verdict"].startswith(word)]
+                if who:
+                    said.append(f"{word} with {', '.join(who)}")
+            rest = [c["label"] for c in tested if not c["verdict"].startswith(("higher", "lower"))]
+            if rest:
+                said.append(f"no significant difference with {', '.join(rest)}")
+            text += (f"; against {bases[0] if len(bases) == 1 else 'their baselines'} (paired by case, "
+                     f"Holm-adjusted): {'; '.join(said)}")
+        lines.append(text + ".")
+    if len(rows) > 1 and min(r["n_seeds"] for r in rows) < 2:
+        lines.append("One seed per configuration: a difference may be training noise, which one seed cannot "
+                     "measure (sweep `seed` to measure it).")
+    return lines
+
+
+def best_betas(rows: list[dict], labels: list[str]) -> dict[str, str]:
+    """The configuration with the best per-case mean of each metric (ties: all of them)."""
+    out = {}
+    for m in TABLE_METRICS:
+        best = best_value(rows, m, m)
+        if best is not None:
+            out[m] = ", ".join(lab for r, lab in zip(rows, labels) if r[m] == best)
+    return out

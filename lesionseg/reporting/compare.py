@@ -1,0 +1,71 @@
+"""`stats.json`: each configuration against its baseline (`report.baseline`, default β = 0.5, the soft Dice
+loss) — Wilcoxon signed-rank and a bootstrap 95 % CI of the mean paired difference (`lesionseg.reporting.stats`)
+in the registry's tested metrics (DSC, F2, sensitivity) at the configured threshold, and in DSC and F2 at
+the tuned thresholds (`dsc_tuned`, `f2_tuned`), per case averaged over seeds, Holm-adjusted per metric.
+"""
+
+from __future__ import annotations
+
+import math
+
+from lesionseg.evaluation import registry
+from lesionseg.reporting import stats
+from lesionseg.reporting.aggregate import (
+    baseline_of,
+    setting_text,
+)
+from lesionseg.reporting.results import (
+    read_cases,
+)
+
+# tested metric → (the tuned threshold it is read at, None: eval.threshold; column of the run's cases.csv)
+TESTED = {**{m: (None, m) for m in registry.names(tested=True)},
+          **{f"{m}_tuned": (m, m) for m in registry.names(tuned=True)}}
+TESTED_METRICS = tuple(TESTED)
+DEFAULT_BASELINE = {"loss.beta": 0.5}  # report.baseline's default: the soft Dice loss of the β sweep
+
+
+def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: int = 0,
+                        baseline: dict | None = None) -> dict:
+    """Each group against its baseline group (`report.baseline`, default β = 0.5: the soft Dice loss), the
+    one holding the baseline's values with the same other swept values: `stats.json`."""
+    baseline = DEFAULT_BASELINE if baseline is None else baseline
+    name = setting_text(baseline)
+    method = {
+        "baseline": "beta = 0.5, alpha = 0.5 (soft Dice loss)" if baseline == DEFAULT_BASELINE else
+                    ", ".join(f"{k} = {v}" for k, v in baseline.items()) + " (report.baseline)",
+        "pairing": "per test case, each case's value averaged over the seeds first; pairs where both are defined",
+        "test": "Wilcoxon signed-rank, two-sided, zero differences dropped (scipy.stats.wilcoxon)",
+        "min_pairs": stats.MIN_PAIRS,
+        "multiple_comparisons": "Holm-Bonferroni over the betas, per metric" if baseline == DEFAULT_BASELINE
+                                else "Holm-Bonferroni over the configurations, per metric",
+        "ci": f"{stats.LEVEL:.0%} percentile bootstrap of the mean difference (beta - baseline), "
+              f"B = {n_boot}, numpy Generator seed {seed}",
+        "claim": f"a difference only when the Holm-adjusted p < {stats.ALPHA} and the CI excludes 0",
+    }
+    comparisons: list[dict] = []
+    notes: list[str] = []
+    values = {id(g): {m: stats.case_means([{c: v.get(column, math.nan) for c, v in read_cases(r["dir"], tuned).items()}
+                                           for r in g["runs"]]) for m, (tuned, column) in TESTED.items()}
+              for g in groups}
+    for group in groups:
+        base = baseline_of(group, groups, baseline)
+        if base is group:
+            continue
+        if base is None:
+            notes.append(f"{group['label']}: no finished {name} baseline to compare with")
+            continue
+        for m in TESTED_METRICS:
+            result = stats.compare(values[id(base)][m], values[id(group)][m], n_boot=n_boot, seed=seed)
+            comparisons.append({"label": group["label"], "beta": group["beta"], "alpha": group["alpha"],
+                                **{k.split(".")[-1]: v for k, v in group["extra"].items()},
+                                "metric": m, "baseline": base["label"], "n_seeds": len(group["runs"]),
+                                "n_seeds_baseline": len(base["runs"]), **result})
+    for m in TESTED_METRICS:
+        these = [c for c in comparisons if c["metric"] == m]
+        for c, p in zip(these, stats.holm([c["p"] for c in these])):
+            c["p_holm"] = p
+            c["verdict"] = stats.verdict(c, p)
+            if c["p"] is not None and min(c["n_seeds"], c["n_seeds_baseline"]) < 2:
+                c["verdict"] += " (one seed: training noise not assessed)"
+    return {"method": method, "baseline": name, "comparisons": comparisons, "notes": notes}
