@@ -34,7 +34,8 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, f1_score, fbeta_score, jaccard_score, precision_score, recall_score
 
 from lesionseg.evaluation import metrics
-from lesionseg.evaluation.evaluate import case_metrics, evaluate_cases, load_case
+from lesionseg.evaluation.evaluate import case_metrics, evaluate_cases
+from lesionseg.evaluation.volumes import load_case
 
 SHAPE = (182, 218, 182)
 SPACING = (1.0, 1.0, 1.0)

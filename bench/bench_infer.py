@@ -28,10 +28,9 @@ import torch
 
 from lesionseg.config import load_config
 from lesionseg.data.preprocessing import preprocessing
-from lesionseg.inference import predict_cases
-from lesionseg.model import build_model
 from lesionseg.devices import amp_dtype, resolve_device
-from lesionseg.inference import infer_volume
+from lesionseg.inference import infer_volume, predict_cases
+from lesionseg.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 PATIENT = REPO.parent / "shared" / "data" / "open_ms_data" / "patient07"

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from lesionseg.config import load_config
-from lesionseg.data.phantom import write_demo_dataset
-from lesionseg.experiment.backends import _cpu_count, visible_gpus
+from lesionseg.data.demo_data import write_demo_dataset
+from lesionseg.experiment.local_backend import _cpu_count, visible_gpus
 from lesionseg.experiment.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]

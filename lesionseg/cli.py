@@ -14,7 +14,7 @@ from lesionseg.files import describe_os_error, is_disk_error
 
 
 def _demo_data(args: argparse.Namespace) -> None:
-    from lesionseg.data.phantom import check_demo_arguments, write_demo_dataset
+    from lesionseg.data.demo_data import check_demo_arguments, write_demo_dataset
     from lesionseg.runs import claim_output
 
     check_demo_arguments(args.cases, args.size, args.seed, args.spacing, lesions=args.lesions)  # before any move
@@ -81,8 +81,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     from lesionseg.config import check_device_name
     from lesionseg.devices import resolve_device
     from lesionseg.evaluation import registry
-    from lesionseg.evaluation.evaluate import check_options, evaluate_dirs, match_folders
-    from lesionseg.evaluation.volumes import require_label
+    from lesionseg.evaluation.evaluate import check_options, evaluate_dirs
+    from lesionseg.evaluation.volumes import match_folders, require_label
     from lesionseg.runs import claim_output, is_done
 
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lesionseg.config import load_config
-from lesionseg.data.phantom import write_demo_dataset
+from lesionseg.data.demo_data import write_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "open_ms_data" / "patient07"

@@ -11,7 +11,8 @@ from conftest import REPO, TINY
 
 from lesionseg.config import Config, dump_yaml, expand_sweep, load_config
 from lesionseg.errors import LesionsegError
-from lesionseg.experiment import backends
+from lesionseg.experiment import local_backend, ray_backend
+from lesionseg.experiment.run import summary_line
 from lesionseg.experiment.sweep import run_sweep
 
 TWO_BETAS = ["sweep={loss.beta: [0.5, 0.8]}", "deterministic=true"]
@@ -59,22 +60,22 @@ def test_sweep_options_sit_beside_the_grid_and_never_reach_the_runs(tmp_path):
 def test_parallel_auto_is_one_per_visible_gpu_and_one_on_cpu(monkeypatch, tiny_config):
     runs = [(f"r{i}", tiny_config()) for i in range(3)]
     monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
-    assert backends.visible_gpus() == [] and backends.resolve_parallel("auto", runs) == 1
-    assert backends.resolve_parallel(2, runs) == 2 and backends.resolve_parallel(8, runs) == 3  # not beyond the runs
+    assert local_backend.visible_gpus() == [] and local_backend.resolve_parallel("auto", runs) == 1
+    assert local_backend.resolve_parallel(2, runs) == 2 and local_backend.resolve_parallel(8, runs) == 3  # not beyond the runs
 
     monkeypatch.setattr("torch.cuda.device_count", lambda: 2)  # what torch reports under CUDA_VISIBLE_DEVICES=5,7
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
-    assert backends.visible_gpus() == ["5", "7"] and backends.resolve_parallel("auto", runs) == 2
+    assert local_backend.visible_gpus() == ["5", "7"] and local_backend.resolve_parallel("auto", runs) == 2
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert backends.visible_gpus() == ["0", "1"]
+    assert local_backend.visible_gpus() == ["0", "1"]
     cpu_runs = [(rid, tiny_config("train.device=cpu")) for rid, _ in runs]
-    assert backends.resolve_parallel("auto", cpu_runs) == 1  # runs told to use the CPU are not pinned to GPUs
+    assert local_backend.resolve_parallel("auto", cpu_runs) == 1  # runs told to use the CPU are not pinned to GPUs
 
 
 def test_ray_backend_without_ray_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(LesionsegError, match=r"pip install 'lesionseg\[ray\]'"):
-        backends._import_ray()
+        ray_backend._import_ray()
 
 
 # ------------------------------------------------------------------------------------- real sweeps
@@ -103,7 +104,7 @@ def local_sweeps(tiny_dataset, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         # CPU results are bitwise-repeatable for a given number of torch threads; `parallel: 2` gives each
         # run half the cores, so the one-at-a-time sweep gets that many too (1 of 2, whatever the machine).
-        mp.setattr(backends, "_cpu_count", lambda: 2)
+        mp.setattr(local_backend, "_cpu_count", lambda: 2)
         mp.setenv("OMP_NUM_THREADS", "1")
         serial = run_sweep(config("name=serial", "sweep.parallel=1"), progress=False).parent
         parallel = run_sweep(config("name=parallel", "sweep.parallel=2"), progress=False).parent
@@ -131,7 +132,7 @@ def test_output_of_runs_at_once_is_prefixed_by_run_id(tiny_config, capfd):
     # Two runs that fail at once, right after starting: enough to see how their output comes back.
     cfg = tiny_config("sweep={loss.beta: [0.5, 0.8]}", "sweep.parallel=2", "data.modalities=[flair, pd]")
     runs = expand_sweep(cfg)
-    failed = backends.run_local(runs, cfg.output_dir / "prefixed", parallel=2, progress=True)
+    failed = local_backend.run_local(runs, cfg.output_dir / "prefixed", parallel=2, progress=True)
     out, err = capfd.readouterr()
     assert "running 2 runs, 2 at once (CPU" in out and "run 2/2: beta=0.8" in out
     assert set(failed) == {"beta=0.5", "beta=0.8"} and all("pd" in message for message in failed.values())
@@ -248,20 +249,20 @@ def test_a_ray_retry_says_so_and_resumes_through_run_one(tmp_path, monkeypatch, 
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
     calls = []
-    monkeypatch.setattr(backends, "_run_from_yaml", lambda text, folder, progress: calls.append(folder) or "line")
-    monkeypatch.setattr(backends, "_ray_attempt", lambda: 0)
-    assert backends._ray_run("{}", str(run_dir)) == {"line": "line", "attempt": 0}
+    monkeypatch.setattr(ray_backend, "run_from_yaml", lambda text, folder, progress: calls.append(folder) or "line")
+    monkeypatch.setattr(ray_backend, "_ray_attempt", lambda: 0)
+    assert ray_backend._ray_run("{}", str(run_dir)) == {"line": "line", "attempt": 0}
     assert capsys.readouterr().out == ""
-    monkeypatch.setattr(backends, "_ray_attempt", lambda: 1)
-    assert backends._ray_run("{}", str(run_dir)) == {"line": "line", "attempt": 1}
+    monkeypatch.setattr(ray_backend, "_ray_attempt", lambda: 1)
+    assert ray_backend._ray_run("{}", str(run_dir)) == {"line": "line", "attempt": 1}
     assert calls == [run_dir, run_dir]  # the retry goes through run_one, which resumes from the checkpoint
-    assert capsys.readouterr().out == (f"[beta=0.7] Ray retry 1 of at most {backends.RAY_RETRIES}: the worker or "
+    assert capsys.readouterr().out == (f"[beta=0.7] Ray retry 1 of at most {ray_backend.RAY_RETRIES}: the worker or "
                                        f"node of the previous attempt died; resuming from "
                                        f"{run_dir / 'checkpoints' / 'last.pt'}\n")
     (run_dir / "checkpoints" / "last.pt").unlink()  # it died before its first checkpoint: run_one starts over
-    monkeypatch.setattr(backends, "_ray_attempt", lambda: 2)
-    assert backends._ray_run("{}", str(run_dir)) == {"line": "line", "attempt": 2}
-    assert capsys.readouterr().out.endswith(f"Ray retry 2 of at most {backends.RAY_RETRIES}: the worker or node of the "
+    monkeypatch.setattr(ray_backend, "_ray_attempt", lambda: 2)
+    assert ray_backend._ray_run("{}", str(run_dir)) == {"line": "line", "attempt": 2}
+    assert capsys.readouterr().out.endswith(f"Ray retry 2 of at most {ray_backend.RAY_RETRIES}: the worker or node of the "
                                             "previous attempt died; no checkpoint yet: starting over\n")
 
 
@@ -274,18 +275,18 @@ def test_a_ray_retry_of_a_run_finished_before_its_worker_died_returns_its_result
     write_json(run_dir / "metrics" / "summary.json", {"per_case": per_case})
     mark_done(run_dir)
     stamp = (run_dir / "DONE").stat().st_mtime_ns
-    monkeypatch.setattr(backends, "_run_from_yaml", lambda *args: pytest.fail("ran a finished run again"))
-    monkeypatch.setattr(backends, "_ray_attempt", lambda: 1)
-    assert backends._ray_run("{}", str(run_dir)) == {
-        "line": backends.summary_line("beta=0.7", {"per_case": per_case}), "attempt": 1}
+    monkeypatch.setattr(ray_backend, "run_from_yaml", lambda *args: pytest.fail("ran a finished run again"))
+    monkeypatch.setattr(ray_backend, "_ray_attempt", lambda: 1)
+    assert ray_backend._ray_run("{}", str(run_dir)) == {
+        "line": summary_line("beta=0.7", {"per_case": per_case}), "attempt": 1}
     assert (run_dir / "DONE").stat().st_mtime_ns == stamp
 
 
 def test_a_run_whose_ray_worker_died_on_every_attempt_says_so():
     exceptions = pytest.importorskip("ray.exceptions")
-    message = backends._ray_error(exceptions.WorkerCrashedError())
-    assert message.startswith(f"its Ray worker or node died on every attempt ({1 + backends.RAY_RETRIES}: Ray "
-                              f"retried it {backends.RAY_RETRIES} times): WorkerCrashedError: The worker died")
-    message = backends._ray_error(exceptions.NodeDiedError("node 12ab is dead"))
+    message = ray_backend._ray_error(exceptions.WorkerCrashedError())
+    assert message.startswith(f"its Ray worker or node died on every attempt ({1 + ray_backend.RAY_RETRIES}: Ray "
+                              f"retried it {ray_backend.RAY_RETRIES} times): WorkerCrashedError: The worker died")
+    message = ray_backend._ray_error(exceptions.NodeDiedError("node 12ab is dead"))
     assert message.startswith("its Ray worker or node died on every attempt") and message.endswith(
         ": NodeDiedError: node 12ab is dead")

@@ -16,7 +16,9 @@ from sklearn.metrics import average_precision_score, f1_score, precision_recall_
 
 from lesionseg import LesionsegError
 from lesionseg.evaluation import metrics
-from lesionseg.evaluation.evaluate import FIRST_COLUMNS, evaluate_cases, evaluate_cases_at, evaluate_dirs, load_case
+from lesionseg.evaluation.evaluate import evaluate_cases, evaluate_cases_at, evaluate_dirs
+from lesionseg.evaluation.outputs import FIRST_COLUMNS
+from lesionseg.evaluation.volumes import load_case
 
 SHAPE = (6, 5, 4)
 SPACING = (1.0, 1.5, 2.0)

@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lesionseg.data.phantom import (
-    MODALITIES,
-    las_affine,
-    make_phantom,
-    phantom_shape,
-    render_phantom,
-    write_demo_dataset,
-)
+from lesionseg.data.demo_data import las_affine, write_demo_dataset
+from lesionseg.data.phantom import MODALITIES, make_phantom, phantom_shape, render_phantom
 from lesionseg.errors import LesionsegError
 
 CONNECT_26 = np.ones((3, 3, 3), bool)

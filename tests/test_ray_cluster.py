@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from conftest import REPO, TINY  # noqa: E402
 
 from lesionseg.config import expand_sweep, load_config  # noqa: E402
-from lesionseg.experiment import backends  # noqa: E402
+from lesionseg.experiment import local_backend, ray_backend  # noqa: E402
 
 RAY = Path(sys.executable).with_name("ray")
 pytestmark = [
@@ -185,7 +185,7 @@ def test_a_run_whose_worker_node_dies_resumes_on_the_surviving_node(two_nodes, t
 
     # Ray ran the run of the dead node again, on the head, where it resumed mid-training; the other run ran once.
     assert re.findall(r"^\[(beta=0\.[58])\] finished after 1 Ray retry: ", text, re.MULTILINE) == [rid], text
-    assert f"[{rid}] Ray retry 1 of at most {backends.RAY_RETRIES}: the worker or node of the previous attempt " \
+    assert f"[{rid}] Ray retry 1 of at most {ray_backend.RAY_RETRIES}: the worker or node of the previous attempt " \
            f"died; resuming from {runs / rid / 'checkpoints' / 'last.pt'}" in text
     assert re.findall(rf"\[{re.escape(rid)}\] resuming after iteration (\d+) ", text) == [str(stopped_at)], text
     assert "resuming after iteration" not in text.replace(f"[{rid}] resuming", ""), "the other run resumed too"
@@ -197,7 +197,7 @@ def test_a_run_whose_worker_node_dies_resumes_on_the_surviving_node(two_nodes, t
     cfg = load_config(REPO / "configs" / "demo.yaml",
                       [f"data.datalist={tiny_dataset}", f"output_dir={tmp_path / 'alone'}", "name=alone", *RUN])
     alone = tmp_path / "alone"
-    assert backends.run_local([r for r in expand_sweep(cfg) if r[0] == rid], alone, parallel=1,
+    assert local_backend.run_local([r for r in expand_sweep(cfg) if r[0] == rid], alone, parallel=1,
                               progress=False) == {}
     lost, left = runs / rid, alone / "runs" / rid
     for name in ("metrics/cases.csv", "metrics/summary.json", "thresholds.json", "metrics-tuned-dsc/summary.json"):

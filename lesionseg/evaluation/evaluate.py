@@ -32,63 +32,30 @@ prediction and reference are set to 0 outside it for the surface distances and l
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import numbers
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from lesionseg.config import EVAL_DEFAULTS
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluation import calibration, lesionwise, metrics, operating_points, registry
-from lesionseg.evaluation.nanstats import case_statistics, mean_over_cases
+from lesionseg.evaluation import calibration, lesionwise, metrics, operating_points
+from lesionseg.evaluation.nanstats import case_statistics
+from lesionseg.evaluation.outputs import (
+    COUNT_COLUMNS,
+    calibration_voxels,
+    case_columns,
+    csv_text,
+    pr_curve_csv,
+    threshold_curves_csv,
+)
 from lesionseg.evaluation.surface import surface_distances
-from lesionseg.evaluation.volumes import load_case, load_mask, load_region, nifti_files, require_label
+from lesionseg.evaluation.volumes import load_case, load_mask, load_region, match_folders, require_label
 from lesionseg.files import write_json, write_text
-
-FIRST_COLUMNS = ["case", *registry.names("voxel")]  # cases.csv's columns by group, from the registry
-COUNT_COLUMNS = list(registry.names("counts"))
-
-
-def _format(value: object) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else repr(value)
-    return str(value)
-
-
-def _csv_text(columns: list[str], rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_format(row[c]) for c in columns])
-    return buffer.getvalue()
-
-
-def _thin(n: int, recall: np.ndarray, max_points: int | None) -> np.ndarray:
-    """Indices of curve points to keep: all when few, else first/last of each recall run, evenly sampled."""
-    if max_points is None or n <= max_points:
-        return np.arange(n)
-    change = np.flatnonzero(np.diff(recall) != 0)
-    keep = np.unique(np.concatenate([[0, n - 1], change, change + 1]))
-    if keep.size > max_points:
-        keep = keep[np.unique(np.linspace(0, keep.size - 1, max_points).round().astype(np.int64))]
-    return keep
-
-
-def pr_curve_csv(table: metrics.PRTable, max_points: int | None = 10_000) -> str:
-    precision, recall, thresholds = (t.cpu().numpy() for t in metrics.pr_curve(table))
-    thresholds = np.append(thresholds, math.inf)
-    rows = [
-        {"threshold": float(thresholds[i]), "precision": float(precision[i]), "recall": float(recall[i])}
-        for i in _thin(precision.size, recall, max_points)
-    ]
-    return _csv_text(["threshold", "precision", "recall"], rows)
 
 
 def case_metrics(
@@ -218,6 +185,50 @@ def evaluate_cases_at(
     bins_in_voxels = size_bins_voxels is not None
     size_bins = list(size_bins_voxels if bins_in_voxels else size_bins_ml)
     thresholds = {Path(folder): t for folder, t in thresholds.items()}
+    _check_arguments(cases, thresholds, f_beta, lesion_min_voxels, lesion_min_overlap, size_bins,
+                     min_component_ml, calibration_bins)
+    if ref_label is not None:  # before hours of metrics against references that are all empty
+        require_label([(pred, ref) for _, pred, ref in cases], ref_label)
+    masks = _per_case(masks, cases, "masks", "brain mask")
+    brains = _per_case(brains, cases, "brains", "brain image")
+    extra_f = [] if metrics.f_beta_key(f_beta) == "f2" else [metrics.f_beta_key(f_beta)]
+    scoring = dict(f_beta=f_beta, surface=surface, lesion_min_voxels=lesion_min_voxels,
+                   lesion_min_overlap=lesion_min_overlap, size_bins=size_bins, bins_in_voxels=bins_in_voxels,
+                   min_component_ml=min_component_ml)
+    scored = _score_cases(cases, masks, brains, thresholds, scoring, calibration_bins, device, ref_label, progress)
+
+    columns = case_columns(extra_f, surface, size_bins, bins_in_voxels)
+    shared = {  # the same in every folder
+        "pr_curve.csv": pr_curve_csv(scored.pooled_table, pr_curve_max_points),
+        "threshold_curves.csv": threshold_curves_csv(scored.curve_counts),
+        "calibration.csv": csv_text(["bin_low", "bin_high", "n_voxels", "confidence", "observed"],
+                                     calibration.reliability_rows(scored.total_bins)),
+    }
+    about = {"bins": calibration_bins, "binning": "equal-width", "voxels": calibration_voxels(masks, brains)}
+    apr = metrics.average_precision(scored.pooled_table)
+    summaries = {}
+    for folder, threshold in thresholds.items():
+        pooled = _pooled(scored, folder, apr, f_beta if extra_f else None)
+        these = scored.rows[folder]
+        summaries[folder] = {
+            "threshold": threshold,
+            "n_cases": len(these),
+            "per_case": {c: case_statistics([float(r[c]) for r in these]) for c in columns[1:]},
+            "pooled": {c: pooled[c] for c in columns[1:] if c in pooled},
+            "calibration": dict(about),
+        }
+        if min_component_ml > 0:  # absent otherwise, so that summaries without it read as before
+            summaries[folder]["postprocessing"] = {"min_component_ml": min_component_ml}
+        write_text(folder / "cases.csv", csv_text(columns, these))
+        for name, text in shared.items():
+            write_text(folder / name, text)
+        write_json(folder / "summary.json", summaries[folder])
+    return summaries
+
+
+def _check_arguments(cases, thresholds, f_beta, lesion_min_voxels, lesion_min_overlap, size_bins,
+                     min_component_ml, calibration_bins) -> None:
+    """LesionsegError naming the argument of `evaluate_cases_at` that cannot be evaluated."""
     if not thresholds:
         raise LesionsegError("no threshold to evaluate at: give at least one output folder and threshold.")
     for threshold in thresholds.values():
@@ -232,18 +243,29 @@ def evaluate_cases_at(
         raise LesionsegError(f"min_component_ml must be a volume >= 0 in mL, got {min_component_ml!r}.")
     if not (isinstance(calibration_bins, int) and calibration_bins >= 1):
         raise LesionsegError(f"calibration_bins must be an integer >= 1, got {calibration_bins!r}.")
-    if ref_label is not None:  # before hours of metrics against references that are all empty
-        require_label([(pred, ref) for _, pred, ref in cases], ref_label)
-    masks = _per_case(masks, cases, "masks", "brain mask")
-    brains = _per_case(brains, cases, "brains", "brain image")
-    extra_f = [] if metrics.f_beta_key(f_beta) == "f2" else [metrics.f_beta_key(f_beta)]
 
-    # per output folder: the rows of cases.csv, and confusion and lesion counts summed over the cases
-    rows: dict[Path, list[dict]] = {folder: [] for folder in thresholds}
-    total_counts = {folder: torch.zeros(4, dtype=torch.int64) for folder in thresholds}
-    total_lesions: dict[Path, dict[str, int]] = {folder: {} for folder in thresholds}
-    curve_counts: list[torch.Tensor] = []  # per case: [tp, fp, fn] at each threshold of the curves
-    total_bins = torch.zeros(calibration_bins, 3, dtype=torch.float64)
+
+@dataclass
+class _Scored:
+    """Every case scored at every threshold: per output folder the rows of cases.csv and the confusion and
+    lesion counts summed over the cases; once for all folders the per-case counts at the curves'
+    thresholds, the calibration bins and the merged precision-recall table."""
+
+    rows: dict[Path, list[dict]]
+    total_counts: dict[Path, torch.Tensor]
+    total_lesions: dict[Path, dict[str, int]]
+    curve_counts: list[torch.Tensor] = field(default_factory=list)  # per case: [tp, fp, fn] per threshold
+    total_bins: torch.Tensor | None = None
+    pooled_table: metrics.PRTable | None = None
+
+
+def _score_cases(cases, masks, brains, thresholds: dict[Path, float], scoring: dict, calibration_bins: int,
+                 device: str, ref_label: int | None, progress: bool) -> _Scored:
+    """Read each case once and score it at every threshold (`case_metrics` with `scoring`)."""
+    scored = _Scored(rows={f: [] for f in thresholds},
+                     total_counts={f: torch.zeros(4, dtype=torch.int64) for f in thresholds},
+                     total_lesions={f: {} for f in thresholds},
+                     total_bins=torch.zeros(calibration_bins, 3, dtype=torch.float64))
     merged: list[metrics.PRTable] = []  # one table, merged with `pending` once they are as long as it
     pending: list[metrics.PRTable] = []
     for (case_id, pred_path, ref_path), mask_path, brain_path in tqdm(
@@ -253,62 +275,39 @@ def evaluate_cases_at(
         region = mask if mask is not None or brain_path is None else load_region(brain_path, ref_path, device)
         bins = calibration.calibration_bins(prob if region is None else prob[region],
                                             ref if region is None else ref[region], calibration_bins)
-        total_bins += bins
+        scored.total_bins += bins
         table = None  # computed at the first threshold, the same at the others
         for folder, threshold in thresholds.items():
-            row, counts, lesions, table = case_metrics(
-                prob, ref, spacing, threshold, f_beta=f_beta, surface=surface,
-                lesion_min_voxels=lesion_min_voxels, lesion_min_overlap=lesion_min_overlap,
-                size_bins=size_bins, bins_in_voxels=bins_in_voxels, mask=mask, table=table,
-                min_component_ml=min_component_ml)
+            row, counts, lesions, table = case_metrics(prob, ref, spacing, threshold, mask=mask, table=table,
+                                                       **scoring)
             row["ece"] = calibration.expected_calibration_error(bins)
-            rows[folder].append({"case": case_id, **row})
-            total_counts[folder] += counts.cpu()
-            total_lesions[folder] = {k: total_lesions[folder].get(k, 0) + v for k, v in lesions.items()}
-        curve_counts.append(operating_points.counts_at(table, operating_points.CURVE_THRESHOLDS))
+            scored.rows[folder].append({"case": case_id, **row})
+            scored.total_counts[folder] += counts.cpu()
+            totals = scored.total_lesions[folder]
+            scored.total_lesions[folder] = {k: totals.get(k, 0) + v for k, v in lesions.items()}
+        scored.curve_counts.append(operating_points.counts_at(table, operating_points.CURVE_THRESHOLDS))
         pending.append(table)
         if sum(t[0].numel() for t in pending) >= sum(t[0].numel() for t in merged):  # O(n log n) overall
             merged = [metrics.merge_pr_tables(merged + pending)] if merged or len(pending) > 1 else pending
             pending = []
+    scored.pooled_table = metrics.merge_pr_tables(merged + pending) if pending else merged[0]
+    return scored
 
-    pooled_table = metrics.merge_pr_tables(merged + pending) if pending else merged[0]
 
-    columns = _columns(extra_f, surface, size_bins, bins_in_voxels)
-    apr = metrics.average_precision(pooled_table)
-    shared = {  # the same in every folder
-        "pr_curve.csv": pr_curve_csv(pooled_table, pr_curve_max_points),
-        "threshold_curves.csv": threshold_curves_csv(curve_counts),
-        "calibration.csv": _csv_text(["bin_low", "bin_high", "n_voxels", "confidence", "observed"],
-                                     calibration.reliability_rows(total_bins)),
-    }
-    summaries = {}
-    for folder, threshold in thresholds.items():
-        these, counts, lesions = rows[folder], total_counts[folder], total_lesions[folder]
-        pooled = {**metrics.overlap_metrics(counts), "apr": apr}
-        if extra_f:
-            pooled.update(metrics.overlap_metrics(counts, f_beta=f_beta))
-        pooled.update(zip(COUNT_COLUMNS, counts.tolist()))
-        vol_ref, vol_pred = sum(r["vol_ref_ml"] for r in these), sum(r["vol_pred_ml"] for r in these)
-        pooled.update({"vol_ref_ml": vol_ref, "vol_pred_ml": vol_pred, "avd_ml": abs(vol_pred - vol_ref),
-                       "rvd": (vol_pred - vol_ref) / vol_ref if vol_ref > 0 else math.nan})
-        pooled.update(lesions)
-        pooled.update(lesionwise.lesion_metrics(lesions))
-        pooled["ece"] = calibration.expected_calibration_error(total_bins)
-        summaries[folder] = {
-            "threshold": threshold,
-            "n_cases": len(these),
-            "per_case": {c: case_statistics([float(r[c]) for r in these]) for c in columns[1:]},
-            "pooled": {c: pooled[c] for c in columns[1:] if c in pooled},
-            "calibration": {"bins": calibration_bins, "binning": "equal-width",
-                            "voxels": _calibration_voxels(masks, brains)},
-        }
-        if min_component_ml > 0:  # absent otherwise, so that summaries without it read as before
-            summaries[folder]["postprocessing"] = {"min_component_ml": min_component_ml}
-        write_text(folder / "cases.csv", _csv_text(columns, these))
-        for name, text in shared.items():
-            write_text(folder / name, text)
-        write_json(folder / "summary.json", summaries[folder])
-    return summaries
+def _pooled(scored: _Scored, folder: Path, apr: float, extra_f_beta: float | None) -> dict:
+    """The pooled figures of one output folder: all its cases' voxels and lesions as one case."""
+    counts, lesions, rows = scored.total_counts[folder], scored.total_lesions[folder], scored.rows[folder]
+    pooled = {**metrics.overlap_metrics(counts), "apr": apr}
+    if extra_f_beta is not None:
+        pooled.update(metrics.overlap_metrics(counts, f_beta=extra_f_beta))
+    pooled.update(zip(COUNT_COLUMNS, counts.tolist()))
+    vol_ref, vol_pred = sum(r["vol_ref_ml"] for r in rows), sum(r["vol_pred_ml"] for r in rows)
+    pooled.update({"vol_ref_ml": vol_ref, "vol_pred_ml": vol_pred, "avd_ml": abs(vol_pred - vol_ref),
+                   "rvd": (vol_pred - vol_ref) / vol_ref if vol_ref > 0 else math.nan})
+    pooled.update(lesions)
+    pooled.update(lesionwise.lesion_metrics(lesions))
+    pooled["ece"] = calibration.expected_calibration_error(scored.total_bins)
+    return pooled
 
 
 def _per_case(paths: Sequence[Path | None] | None, cases: Sequence, name: str, what: str) -> list[Path | None]:
@@ -316,67 +315,6 @@ def _per_case(paths: Sequence[Path | None] | None, cases: Sequence, name: str, w
     if len(paths) != len(cases):
         raise LesionsegError(f"{name}: one {what} (or None) per case needed, got {len(paths)} for {len(cases)} cases.")
     return paths
-
-
-def _calibration_voxels(masks: list, brains: list) -> str:
-    if all(m is not None for m in masks):
-        return "brain mask"
-    if all(m is not None or b is not None for m, b in zip(masks, brains)):
-        return "brain (mask, or non-zero voxels of a skull-stripped image)"
-    return "every voxel" if not any(masks) and not any(brains) else "brain where known, else every voxel"
-
-
-def threshold_curves_csv(curve_counts: Sequence[torch.Tensor]) -> str:
-    """`threshold_curves.csv`: at each threshold of `operating_points.CURVE_THRESHOLDS`, the mean over
-    cases of the per-case DSC, F2, sensitivity and precision, then the same from the pooled counts."""
-    per_case = [operating_points.metrics_at(c.numpy()) for c in curve_counts]
-    pooled = operating_points.metrics_at(torch.stack(curve_counts).sum(dim=0).numpy())
-    names = operating_points.CURVE_METRICS
-    columns = ["threshold", *names, *(f"{m}_pooled" for m in names)]
-    means = {m: mean_over_cases([pc[m] for pc in per_case]) for m in names}
-    rows = [{"threshold": float(t), **{m: float(means[m][i]) for m in names},
-             **{f"{m}_pooled": float(pooled[m][i]) for m in names}}
-            for i, t in enumerate(operating_points.CURVE_THRESHOLDS)]
-    return _csv_text(columns, rows)
-
-
-def _columns(extra_f: list[str], surface: bool, size_bins: list[float], bins_in_voxels: bool) -> list[str]:
-    columns = [*FIRST_COLUMNS, *extra_f, *COUNT_COLUMNS, *registry.names("volume")]
-    columns += registry.names("surface") if surface else []
-    columns += [*registry.names("lesion"), *registry.names("calibration")]
-    for name in lesionwise.size_bin_names(size_bins, "vox" if bins_in_voxels else "ml"):
-        columns += [f"n_ref_{name}", f"n_detected_{name}", f"ltpr_{name}"]
-    return columns
-
-
-def match_folders(pred_dir: Path, ref_dir: Path, mask_dir: Path | None = None,
-                  brain_dir: Path | None = None) -> tuple[list[tuple[str, Path, Path]], dict]:
-    """Match `<case>.nii.gz` / `<case>.nii` by case name in the folders: `[(case, prediction, reference)]`
-    and `{"masks": [...], "brains": [...]}` for the folders given.
-
-    A prediction without a reference, or a reference without a prediction, is a LesionsegError listing
-    the unmatched names; so is a case without a mask in `mask_dir` or `brain_dir` (extra ones are ignored).
-    """
-    preds = nifti_files(Path(pred_dir), "prediction")
-    refs = nifti_files(Path(ref_dir), "reference")
-    no_ref, no_pred = sorted(preds.keys() - refs.keys()), sorted(refs.keys() - preds.keys())
-    if no_ref or no_pred:
-        problems = []
-        if no_ref:
-            problems.append(f"predictions without a reference in {ref_dir}: {', '.join(no_ref)}")
-        if no_pred:
-            problems.append(f"references without a prediction in {pred_dir}: {', '.join(no_pred)}")
-        raise LesionsegError("cases do not match; " + "; ".join(problems) + ".")
-    cases = [(case, preds[case], refs[case]) for case in sorted(preds)]
-    paths = {}
-    for key, folder, role in (("masks", mask_dir, "brain mask"), ("brains", brain_dir, "brain image")):
-        if folder is not None:
-            found = nifti_files(Path(folder), role)
-            lacking = [case for case, _, _ in cases if case not in found]
-            if lacking:
-                raise LesionsegError(f"cases without a {role} in {folder}: {', '.join(lacking)}.")
-            paths[key] = [found[case] for case, _, _ in cases]
-    return cases, paths
 
 
 def evaluate_dirs(

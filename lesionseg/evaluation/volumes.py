@@ -163,3 +163,33 @@ def load_region(path: Path, ref_path: Path, device: str = "cpu") -> torch.Tensor
         path, "brain image", ref_path, "the brain image must be on the reference's grid (resample it first)."
     )
     return _tensor(array).to(device) != 0
+
+
+def match_folders(pred_dir: Path, ref_dir: Path, mask_dir: Path | None = None,
+                  brain_dir: Path | None = None) -> tuple[list[tuple[str, Path, Path]], dict]:
+    """Match `<case>.nii.gz` / `<case>.nii` by case name in the folders: `[(case, prediction, reference)]`
+    and `{"masks": [...], "brains": [...]}` for the folders given.
+
+    A prediction without a reference, or a reference without a prediction, is a LesionsegError listing
+    the unmatched names; so is a case without a mask in `mask_dir` or `brain_dir` (extra ones are ignored).
+    """
+    preds = nifti_files(Path(pred_dir), "prediction")
+    refs = nifti_files(Path(ref_dir), "reference")
+    no_ref, no_pred = sorted(preds.keys() - refs.keys()), sorted(refs.keys() - preds.keys())
+    if no_ref or no_pred:
+        problems = []
+        if no_ref:
+            problems.append(f"predictions without a reference in {ref_dir}: {', '.join(no_ref)}")
+        if no_pred:
+            problems.append(f"references without a prediction in {pred_dir}: {', '.join(no_pred)}")
+        raise LesionsegError("cases do not match; " + "; ".join(problems) + ".")
+    cases = [(case, preds[case], refs[case]) for case in sorted(preds)]
+    paths = {}
+    for key, folder, role in (("masks", mask_dir, "brain mask"), ("brains", brain_dir, "brain image")):
+        if folder is not None:
+            found = nifti_files(Path(folder), role)
+            lacking = [case for case, _, _ in cases if case not in found]
+            if lacking:
+                raise LesionsegError(f"cases without a {role} in {folder}: {', '.join(lacking)}.")
+            paths[key] = [found[case] for case, _, _ in cases]
+    return cases, paths

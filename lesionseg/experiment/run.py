@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from lesionseg.config import Config
+from lesionseg.config import Config, validate
 from lesionseg.data.preprocessing import load_datalist, split_train_val
 from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluation import operating_points
+from lesionseg.evaluation import operating_points, registry
 from lesionseg.evaluation.evaluate import evaluate_cases_at
 from lesionseg.experiment.preflight import evaluation_problems
 from lesionseg.files import write_json
@@ -110,3 +111,20 @@ def tune_thresholds(model, cfg: Config, lists: dict, run_dir: Path, device, prog
         result["component_filter"] = component
     write_json(RunPaths(run_dir).thresholds, result)
     return result
+
+
+Runs = list[tuple[str, Config]]
+RESUME = "Run the same command again to resume: finished runs are skipped, interrupted ones resume."
+
+
+def summary_line(rid: str, summary: dict) -> str:
+    pc = summary["per_case"]
+    """`[beta=0.7] test: DSC 0.677, F2 0.798, …`: the headline metrics of a finished run, per-case means."""
+    return f"[{rid}] test: " + ", ".join(f"{registry.label(m)} {pc[m]['mean']:.3f}"
+                                        for m in registry.names(headline=True))
+
+
+def run_from_yaml(config_yaml: str, run_dir: Path, progress: bool) -> str:
+    """`run.run_one` of a run sent as config YAML (a child process or a Ray task); its summary line."""
+    cfg = validate(yaml.safe_load(config_yaml), source=f"(sweep run {run_dir.name})")
+    return summary_line(run_dir.name, run_one(cfg, run_dir, progress=progress))
