@@ -201,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--threshold", type=float, default=d.threshold)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--lesion-min-voxels", type=int, default=d.lesion_min_voxels, help="ignore components smaller than this")
-    p.add_argument("--lesion-min-overlap", type=float, default=d.lesion_min_overlap, help="share of a lesion overlapped to detect it")
+    p.add_argument("--lesion-min-voxels", type=int, default=d.lesion_min_voxels,
+                   help="ignore components smaller than this")
+    p.add_argument("--lesion-min-overlap", type=float, default=d.lesion_min_overlap,
+                   help="share of a lesion overlapped to detect it")
     p.add_argument("--size-bins-ml", type=float, nargs="+", default=d.size_bins_ml, help="lesion-size bin edges")
     p.add_argument("--ref-label", type=int, help="reference label value to score when references hold several")
     p.add_argument("--mask-dir", type=Path, metavar="DIR",

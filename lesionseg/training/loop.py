@@ -14,6 +14,7 @@ import random
 import shutil
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,10 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def rng_state() -> dict:
     """Every RNG's state, in types that `torch.load(weights_only=True)` accepts (tensors, tuples, ints)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {"python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state: dict) -> None:
@@ -127,6 +130,69 @@ class StopRequest:
         self._previous = {}
 
 
+@dataclass
+class _Parts:
+    """What one training run steps: the network (and its compiled wrapper), loss, optimiser, schedule,
+    gradient scaler and autocast dtype."""
+
+    model: torch.nn.Module
+    step_model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None
+
+    def state(self, it: int, val: dict, best: dict | None = None) -> dict:
+        """The checkpoint after iteration `it`: `best.pt` holds the weights and their validation (`val`);
+        `last.pt`, which a run resumes from (`best` given), the best so far and every RNG's state too."""
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "iteration": it,
+                 "val": val}
+        return state if best is None else {**state, "best": best, "rng": rng_state()}
+
+
+def _build(cfg: Config, device: torch.device) -> _Parts:
+    model = build_model(cfg).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    # Validation and checkpoints use `model`; the compiled wrapper shares its parameters.
+    step_model = torch.compile(model) if cfg.train.compile else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    if cfg.train.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.iterations)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    dtype = amp_dtype(device, cfg.train.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return _Parts(model, step_model, build_loss(cfg.loss), optimizer, scheduler, scaler, dtype)
+
+
+def _resume(parts: _Parts, checkpoint: Path, device: torch.device, name: str) -> tuple[int, dict, dict]:
+    """`(first iteration, best so far, last validation)`: from `checkpoint` when an interrupted run left one."""
+    if not checkpoint.is_file():
+        return 1, {"iteration": 0, "dsc": -math.inf}, {}
+    state = read_checkpoint(checkpoint, map_location=device)
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    parts.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    tqdm.write(f"[{name}] resuming after iteration {state['iteration']} from {checkpoint}")
+    return state["iteration"] + 1, state["best"], state["val"]
+
+
+def _record_split(paths: RunPaths, lists: dict, train_cases: list[dict], val_cases: list[dict]) -> None:
+    """`inputs.json` (every input file's checksum) and `split.json` (the case ids of each list)."""
+    write_json(paths.inputs, file_checksums(lists))
+    write_json(
+        paths.split,
+        {key: [e["case"] for e in cases] for key, cases in
+         (("train", train_cases), ("validation", val_cases), ("test", lists["test"]),
+          *((("ensemble", lists["ensemble"]),) if "ensemble" in lists else ()))},
+    )
+
+
 def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | None = None) -> dict:
     """Train one model into `run_dir` (which holds config.yaml already); return the validation summary.
 
@@ -143,39 +209,9 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     lists = lists if lists is not None else load_datalist(cfg)  # the caller may have read it already
     train_cases, val_cases = split_train_val(lists["training"], cfg)
     paths = RunPaths(run_dir)
-    write_json(paths.inputs, file_checksums(lists))
-    write_json(
-        paths.split,
-        {key: [e["case"] for e in cases] for key, cases in
-         (("train", train_cases), ("validation", val_cases), ("test", lists["test"]),
-          *((("ensemble", lists["ensemble"]),) if "ensemble" in lists else ()))},
-    )
-
-    model = build_model(cfg).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    # Validation and checkpoints use `model`; the compiled wrapper shares its parameters.
-    step_model = torch.compile(model) if cfg.train.compile else model
-    loss_fn = build_loss(cfg.loss)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    if cfg.train.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.iterations)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    dtype = amp_dtype(device, cfg.train.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-    start, best, last = 1, {"iteration": 0, "dsc": -math.inf}, {}
-    checkpoint = paths.last
-    if checkpoint.is_file():  # an interrupted run: go on from its last checkpoint
-        state = read_checkpoint(checkpoint, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start, best, last = state["iteration"] + 1, state["best"], state["val"]
-        tqdm.write(f"[{run_dir.name}] resuming after iteration {state['iteration']} from {checkpoint}")
+    _record_split(paths, lists, train_cases, val_cases)
+    parts = _build(cfg, device)
+    start, best, last = _resume(parts, paths.last, device, run_dir.name)
 
     batches = train_batches(train_cases, cfg, device)
     val_data = volume_dataset(val_cases, cfg, with_label=True) if val_cases else None
@@ -187,54 +223,58 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     stop = StopRequest()
     for it in bar:
         image, label = to_memory_format(batches(it), cfg.train.channels_last)
-        loss = train_step(step_model, image, label, loss_fn, optimizer, scaler, dtype)
-        scheduler.step()
-        loss_sum += loss
+        loss_sum += train_step(parts.step_model, image, label, parts.loss_fn, parts.optimizer, parts.scaler,
+                               parts.dtype)
+        parts.scheduler.step()
         loss_count += 1
-
         if it % cfg.train.log_every == 0 or it == cfg.train.iterations:
-            mean_loss = (loss_sum / loss_count).item()
-            if not math.isfinite(mean_loss):
-                raise LesionsegError(
-                    f"training loss became {mean_loss} by iteration {it} in {run_dir}; lower train.lr or "
-                    "check the data for NaN/infinite intensities (lesionseg check)"
-                )
-            writer.add_scalar("train/loss", mean_loss, it)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], it)
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            bar.set_postfix(loss=f"{_log_loss(writer, loss_sum / loss_count, parts, it, run_dir):.4f}")
             loss_sum.zero_()
             loss_count = 0
-
-        checkpoint_due = it % cfg.train.val_every == 0 or it == cfg.train.iterations
-        if checkpoint_due or stop.requested:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "iteration": it}
         if stop.requested:
-            save_checkpoint(checkpoint, {**state, "val": last, "best": best, "rng": rng_state()})
+            save_checkpoint(paths.last, parts.state(it, last, best))
             stop.restore()
-            raise LesionsegError(
-                f"stopped by {stop.requested} after iteration {it}; the checkpoint {checkpoint} holds it. "
-                "Run the same command again to resume."
-            )
-        if checkpoint_due:
+            raise LesionsegError(f"stopped by {stop.requested} after iteration {it}; the checkpoint {paths.last} "
+                                 "holds it. Run the same command again to resume.")
+        if it % cfg.train.val_every == 0 or it == cfg.train.iterations:
             if val_data is not None:
-                last, first_prob = validate(model, val_data, cfg, device)
-                for key, value in last.items():
-                    writer.add_scalar(f"val/{key}", value, it)
-                if overlay_due(it, cfg):
-                    log_validation_overlay(writer, val_data[0], first_prob, cfg, it)
-                message = ", ".join(f"{k} {v:.3f}" for k, v in last.items())
-                tqdm.write(f"[{run_dir.name}] iteration {it}/{cfg.train.iterations}: validation {message}")
+                last = _validate_logged(writer, parts.model, val_data, cfg, device, it, run_dir.name)
                 if last["dsc"] > best["dsc"]:
                     best = {"iteration": it, **last}
-                    save_checkpoint(paths.best, {**state, "val": last})
-            save_checkpoint(checkpoint, {**state, "val": last, "best": best, "rng": rng_state()})
+                    save_checkpoint(paths.best, parts.state(it, last))
+            save_checkpoint(paths.last, parts.state(it, last, best))
     stop.restore()
     writer.close()
     if val_data is None:
         # Nothing to choose with: the last weights are the best we know.
         best = {"iteration": cfg.train.iterations}
         write_atomic(paths.best, lambda tmp: shutil.copyfile(paths.last, tmp))
-    summary = {"best": best, "last": last, "device": str(device), "amp": str(dtype) if dtype else "off"}
+    summary = {"best": best, "last": last, "device": str(device), "amp": str(parts.dtype) if parts.dtype else "off"}
     write_json(paths.train_summary, summary)
     return summary
+
+
+def _log_loss(writer: SummaryWriter, mean: torch.Tensor, parts: _Parts, it: int, run_dir: Path) -> float:
+    """Read the mean loss back (the only host sync of the loop), stop on a NaN or infinite one, log it."""
+    mean_loss = mean.item()
+    if not math.isfinite(mean_loss):
+        raise LesionsegError(
+            f"training loss became {mean_loss} by iteration {it} in {run_dir}; lower train.lr or "
+            "check the data for NaN/infinite intensities (lesionseg check)"
+        )
+    writer.add_scalar("train/loss", mean_loss, it)
+    writer.add_scalar("train/lr", parts.scheduler.get_last_lr()[0], it)
+    return mean_loss
+
+
+def _validate_logged(writer: SummaryWriter, model: torch.nn.Module, val_data, cfg: Config, device: torch.device,
+                     it: int, name: str) -> dict:
+    """`validate`, its means written to TensorBoard (with an overlay when due) and to the log."""
+    last, first_prob = validate(model, val_data, cfg, device)
+    for key, value in last.items():
+        writer.add_scalar(f"val/{key}", value, it)
+    if overlay_due(it, cfg):
+        log_validation_overlay(writer, val_data[0], first_prob, cfg, it)
+    message = ", ".join(f"{k} {v:.3f}" for k, v in last.items())
+    tqdm.write(f"[{name}] iteration {it}/{cfg.train.iterations}: validation {message}")
+    return last
