@@ -107,7 +107,7 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     sweep_dir = Path(sweep_dir)
     cfg = sweep_config(sweep_dir)
     merge_finished(sweep_dir, expand_sweep(cfg) if cfg.sweep else [], cfg.sweep, progress=False)  # CV folds
-    runs, missing_ids = collect_runs(sweep_dir)
+    runs, missing_ids = collect_runs(sweep_dir, cfg)
     states = {rid: run_state(sweep_run(sweep_dir, rid)) for rid in missing_ids}
     missing = [f"{rid} ({state})" for rid, state in states.items()]
     if not runs:

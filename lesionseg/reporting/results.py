@@ -29,7 +29,7 @@ def sweep_config(sweep_dir: Path) -> Config:
     return validate(yaml.safe_load(sweep_file.read_text(encoding="utf-8")), source=str(sweep_file))
 
 
-def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
+def collect_runs(sweep_dir: Path, cfg: Config | None = None) -> tuple[list[dict], list[str]]:
     """Finished runs as `{"id", "dir", "assignment", "values", "beta", "alpha", "summary", …}` (`values`:
     the run's whole resolved config, dotted keys), and the ids missing.
 
@@ -37,7 +37,7 @@ def collect_runs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     run (`lesionseg.experiment.cv`), finished when all its folds are; the missing ids are the unfinished fold runs."""
     from lesionseg.experiment.cv import CV_DIR, configurations
 
-    cfg = sweep_config(sweep_dir)
+    cfg = cfg if cfg is not None else sweep_config(sweep_dir)  # the caller may have read sweep.yaml already
     expanded = expand_sweep(cfg) if cfg.sweep else [("run", cfg)]
     folded = configurations(expanded, cfg.sweep)
     if folded:

@@ -6,6 +6,7 @@ of the report is shown.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,81 +43,98 @@ def best_value(rows: list[dict], column: str, metric: str) -> float | None:
     return min(values) if registry.lower_is_better(metric) else max(values)
 
 
-def tables(rows: list[dict], extra_keys: list[str], shows_beta: bool = True, kind: str = "test") -> list[Table]:
-    """The report's tables, the same in Markdown and HTML; the best value per column in bold. The first
-    columns tell the configurations apart: β and α (`shows_beta`), then the other swept keys. `kind`: the
-    scored cases are `test` cases, or `out-of-fold` cases of a cross-validated sweep."""
-    keys = [*(["beta", "alpha"] if shows_beta else []), *extra_keys]
+@dataclass
+class _Cells:
+    """How the rows' values become cells: the configuration's key cells first, then values (bold where the
+    best of their column), `± spread` and `(n=k)` where a metric is defined on fewer cases."""
 
-    def _key_cells(row: dict, extra_keys: list[str]) -> list[tuple[str, bool]]:
-        return [*((f"{row[k]:g}", False) for k in keys[:len(keys) - len(extra_keys)]),
-                *((str(row[k]), False) for k in extra_keys)]
+    rows: list[dict]
+    keys: list[str]  # β and α (where shown), then the other swept keys
+    extra_keys: list[str]
 
-    n_cases = min(r["n_cases"] for r in rows)
-    seeds = sorted({r["n_seeds"] for r in rows})
-    seeds_text = "/".join(map(str, seeds))
+    def key_cells(self, row: dict) -> list[tuple[str, bool]]:
+        numeric = self.keys[:len(self.keys) - len(self.extra_keys)]
+        return [*((f"{row[k]:g}", False) for k in numeric), *((str(row[k]), False) for k in self.extra_keys)]
 
-    def cells(row, metric, column, spread=None, n=None, mark_best=True):
+    def __call__(self, row: dict, metric: str, column: str, spread: str | None = None, n: str | None = None,
+                 mark_best: bool = True) -> tuple[str, bool]:
         value = row[column]
         text = fmt(value, metric)
         if spread is not None and not math.isnan(row[spread]):
             text += f" ± {fmt(row[spread], metric)}"
         if n is not None and row[n] < row["n_cases"]:
             text += f" (n={row[n]})"
-        best = best_value(rows, column, metric) if mark_best else None
+        best = best_value(self.rows, column, metric) if mark_best else None
         return text, best is not None and value == best
 
-    def tuned_cells(row, m):
-        return [cells(row, m, f"{m}_at_t{m}", f"{m}_at_t{m}_sd_cases")]
 
-    per_case = Table(
+def tables(rows: list[dict], extra_keys: list[str], shows_beta: bool = True, kind: str = "test") -> list[Table]:
+    """The report's tables, the same in Markdown and HTML; the best value per column in bold. The first
+    columns tell the configurations apart: β and α (`shows_beta`), then the other swept keys. `kind`: the
+    scored cases are `test` cases, or `out-of-fold` cases of a cross-validated sweep."""
+    cells = _Cells(rows, [*(["beta", "alpha"] if shows_beta else []), *extra_keys], extra_keys)
+    out = [_per_case_table(cells, kind), _operating_table(cells, kind), _pooled_table(cells, kind)]
+    if max(r["n_seeds"] for r in rows) >= 2:
+        out.append(_repeats_table(cells))
+    return out
+
+
+def _per_case_table(cells: _Cells, kind: str) -> Table:
+    rows = cells.rows
+    seeds_text = "/".join(map(str, sorted({r["n_seeds"] for r in rows})))
+    return Table(
         title=f"Per-case means over the {kind} cases ± SD over cases",
-        note=(f"Each patient counts once ({n_cases} {kind} cases{OUT_OF_FOLD if kind != 'test' else ''}; "
-              f"{seeds_text} seed(s) per configuration, averaged over). "
+        note=(f"Each patient counts once ({min(r['n_cases'] for r in rows)} {kind} cases"
+              f"{OUT_OF_FOLD if kind != 'test' else ''}; {seeds_text} seed(s) per configuration, averaged over). "
               "`(n=k)`: the metric is defined on k cases only. 'at tuned t': at each run's threshold tuned on "
               "its validation cases (next table). Lower is better for LFDR, HD95 and ECE; best in bold."),
-        columns=[*keys, *(LABELS[m] for m in METRICS), *(LABELS[f"{m}_tuned"] for m in TUNED_METRICS),
+        columns=[*cells.keys, *(LABELS[m] for m in METRICS), *(LABELS[f"{m}_tuned"] for m in TUNED_METRICS),
                  *(LABELS[m] for m in LESION_METRICS), "n cases", "n seeds"],
-        rows=[[*_key_cells(r, extra_keys), *(cells(r, m, m, f"{m}_sd_cases", f"{m}_n") for m in METRICS),
-               *(c for m in TUNED_METRICS for c in tuned_cells(r, m)),
+        rows=[[*cells.key_cells(r), *(cells(r, m, m, f"{m}_sd_cases", f"{m}_n") for m in METRICS),
+               *(cells(r, m, f"{m}_at_t{m}", f"{m}_at_t{m}_sd_cases") for m in TUNED_METRICS),
                *(cells(r, m, m, f"{m}_sd_cases", f"{m}_n") for m in LESION_METRICS),
                (str(r["n_cases"]), False), (str(r["n_seeds"]), False)] for r in rows],
     )
-    threshold = rows[0].get("threshold", 0.5)
 
-    operating = Table(
+
+def _operating_table(cells: _Cells, kind: str) -> Table:
+    threshold = cells.rows[0].get("threshold", 0.5)
+    return Table(
         title="Operating points: the configured threshold against thresholds tuned on validation",
         note=(f"Per-case means over the {kind} cases. Left: every run at p ≥ {threshold:g}. Then each run's "
               "threshold maximising the mean DSC (t_DSC) or F2 (t_F2) over its own validation cases — chosen "
-              f"without the {kind} cases; ± SD over seeds — and the {kind} metrics at it. If a larger β only moved "
-              "the operating point, the tuned columns of all β would agree."),
-        columns=[*keys, f"DSC @{threshold:g}", f"F2 @{threshold:g}", f"sens. @{threshold:g}",
+              f"without the {kind} cases; ± SD over seeds — and the {kind} metrics at it. If a larger β only "
+              "moved the operating point, the tuned columns of all β would agree."),
+        columns=[*cells.keys, f"DSC @{threshold:g}", f"F2 @{threshold:g}", f"sens. @{threshold:g}",
                  f"prec. @{threshold:g}", "t_DSC", "DSC @t_DSC", "sens. @t_DSC", "prec. @t_DSC",
                  "t_F2", "F2 @t_F2", "sens. @t_F2", "prec. @t_F2"],
-        rows=[[*_key_cells(r, extra_keys), *(cells(r, m, m) for m in CURVE_METRICS),
+        rows=[[*cells.key_cells(r), *(cells(r, m, m) for m in CURVE_METRICS),
                *(c for tuned in TUNED_METRICS for c in (
                    cells(r, "", f"threshold_{tuned}", f"threshold_{tuned}_sd_seeds", mark_best=False),
                    *(cells(r, m, f"{m}_at_t{tuned}") for m in (tuned, "sensitivity", "precision"))))]
-              for r in rows],
+              for r in cells.rows],
     )
-    pooled = Table(
+
+
+def _pooled_table(cells: _Cells, kind: str) -> Table:
+    return Table(
         title=f"Pooled over all {kind} voxels and lesions",
-        note=f"Counts summed over the {kind} cases, then each metric computed once (APR: one precision-recall curve "
-             "over every voxel); mean over seeds (± SD over seeds when there are several).",
-        columns=[*keys, *(LABELS[m] for m in POOLED_METRICS)],
-        rows=[[*_key_cells(r, extra_keys),
-               *(cells(r, m, f"{m}_pooled", f"{m}_pooled_sd_seeds") for m in POOLED_METRICS)] for r in rows],
+        note=f"Counts summed over the {kind} cases, then each metric computed once (APR: one precision-recall "
+             "curve over every voxel); mean over seeds (± SD over seeds when there are several).",
+        columns=[*cells.keys, *(LABELS[m] for m in POOLED_METRICS)],
+        rows=[[*cells.key_cells(r), *(cells(r, m, f"{m}_pooled", f"{m}_pooled_sd_seeds") for m in POOLED_METRICS)]
+              for r in cells.rows],
     )
-    out = [per_case, operating, pooled]
-    if max(seeds) >= 2:
-        out.append(Table(
-            title="Repeats: mean ± SD over seeds of each run's per-case mean",
-            note="How much the figure moves when only the seed (initialisation, patches, split) changes.",
-            columns=[*keys, *(LABELS[m] for m in TABLE_METRICS), "n seeds"],
-            rows=[[*_key_cells(r, extra_keys), *(cells(r, m, m, f"{m}_sd_seeds") for m in TABLE_METRICS),
-                   (str(r["n_seeds"]), False)] for r in rows],
-        ))
-    return out
+
+
+def _repeats_table(cells: _Cells) -> Table:
+    return Table(
+        title="Repeats: mean ± SD over seeds of each run's per-case mean",
+        note="How much the figure moves when only the seed (initialisation, patches, split) changes.",
+        columns=[*cells.keys, *(LABELS[m] for m in TABLE_METRICS), "n seeds"],
+        rows=[[*cells.key_cells(r), *(cells(r, m, m, f"{m}_sd_seeds") for m in TABLE_METRICS),
+               (str(r["n_seeds"]), False)] for r in cells.rows],
+    )
 
 
 def ensemble_table(groups: list[dict], rows: list[dict], extra_keys: list[str], shows_beta: bool) -> Table:
