@@ -21,13 +21,12 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from lesionseg.config import Config
+from lesionseg.data.layouts import Lists, duplicate_problems, read_layout
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation.lesionwise import label_lesions
 from lesionseg.grid import grid_problem, spatial_shape, volume_problem
-from lesionseg.data.layouts import Lists, duplicate_problems, read_layout
 
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 

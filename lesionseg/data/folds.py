@@ -19,8 +19,8 @@ import nibabel as nib
 import numpy as np
 
 from lesionseg.config import Config
-from lesionseg.errors import LesionsegError
 from lesionseg.data.layouts import Lists
+from lesionseg.errors import LesionsegError
 
 
 def assign_folds(loads: dict[str, float], k: int, seed: int) -> dict[str, int]:

@@ -22,16 +22,10 @@ Case i depends only on (seed, i): each case has its own `np.random.default_rng([
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
 from typing import NamedTuple
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
-
-from lesionseg.errors import LesionsegError
-from lesionseg.files import write_atomic, write_json
 
 MODALITIES = ("flair", "t1", "t2")
 

@@ -32,13 +32,14 @@ from monai.transforms import (
 )
 from monai.transforms.utils import map_binary_to_indices
 
+from lesionseg.config import Config
 from lesionseg.data.batches import BatchSampler, Volume
 from lesionseg.data.checks import check_data_settings, inspect_dataset, raise_problems, require_datalist
-from lesionseg.config import Config
-from lesionseg.devices import resolve_device
-from lesionseg.errors import LesionsegError
 from lesionseg.data.folds import with_fold
 from lesionseg.data.layouts import Lists, duplicate_problems, read_layout
+from lesionseg.devices import resolve_device
+from lesionseg.errors import LesionsegError
+
 
 def read_datalist(path: str | Path, modalities: list[str]) -> Lists:
     """Read a dataset in any layout (see `layouts`) as `{"training": [...], "test": [...]}`, absolute paths.

@@ -15,7 +15,7 @@ from pathlib import Path
 from lesionseg.config import SweepOptions, dump_yaml
 from lesionseg.errors import LesionsegError
 from lesionseg.experiment.run import RESUME, Runs, run_from_yaml, summary_line
-from lesionseg.runs import sweep_run
+from lesionseg.runs import RunPaths, is_done, read_json, sweep_run
 
 
 def _import_ray():
@@ -50,8 +50,6 @@ def _ray_attempt() -> int:
 
 def _ray_run(config_yaml: str, run_dir: str) -> dict:
     """One run inside a Ray worker: `{"line": its summary line, "attempt": 0, or the retry it took}`."""
-    from lesionseg.runs import RunPaths, is_done, read_json
-
     run_dir = Path(run_dir)
     attempt = _ray_attempt()
     if attempt:  # Ray retries a task only when its worker or node died (`RAY_RETRIES`)

@@ -63,6 +63,11 @@ def beta_shown(groups: list[dict]) -> bool:
         g["extra"] for g in groups)
 
 
+def case_kind(groups: list[dict]) -> str:
+    """What the scored cases are: `test`, or `out-of-fold` in a cross-validated sweep."""
+    return "out-of-fold" if any(r.get("cross_validated") for g in groups for r in g["runs"]) else "test"
+
+
 def setting_text(setting: dict) -> str:
     """`{"loss.beta": 0.5}` → `β = 0.5`, `{"loss.name": "dice"}` → `name = dice`."""
     return ", ".join("β = " + f"{v:g}" if k == "loss.beta" and isinstance(v, (int, float)) else

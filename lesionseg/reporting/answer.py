@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-from lesionseg.evaluation import registry
 from lesionseg.evaluation.nanstats import defined
 from lesionseg.evaluation.operating_points import TUNED_METRICS
 from lesionseg.reporting.aggregate import (
@@ -61,13 +60,11 @@ def answer(rows: list[dict], labels: list[str], stats_result: dict, kind: str = 
     n_cases = min(r["n_cases"] for r in rows)
     lines = []
     for m in METRICS:  # the headline metrics
-        values = [r[m] for r in rows]
-        finite = defined(values)
-        if not finite:
+        best = best_value(rows, m, m)
+        if best is None:
             lines.append(f"{LABELS[m]}: defined on no case.")
             continue
-        best = min(finite) if registry.lower_is_better(m) else max(finite)
-        winners = [i for i, v in enumerate(values) if v == best]
+        winners = [i for i, r in enumerate(rows) if r[m] == best]
         text = (f"{LABELS[m]}: best with {' and '.join(labels[i] for i in winners)} ({fmt(best, m)} ± "
                 f"{fmt(rows[winners[0]][f'{m}_sd_cases'], m)} SD over {n_cases} {kind} cases)")
         tested = [c for c in stats_result["comparisons"] if c["metric"] == m]

@@ -27,6 +27,7 @@ from matplotlib.lines import Line2D
 from lesionseg.evaluation import registry
 from lesionseg.evaluation.nanstats import mean_over_cases
 from lesionseg.evaluation.operating_points import CURVE_METRICS, TUNED_METRICS
+from lesionseg.reporting.aggregate import beta_shown, case_kind
 
 RC = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10}
 DPI = 130
@@ -55,18 +56,14 @@ def _cases(groups: list[dict], rows: list[dict]) -> str:
     return f"{rows[0]['n_cases']} {case_kind(groups)} cases"
 
 
-def case_kind(groups: list[dict]) -> str:
-    return "out-of-fold" if any(r.get("cross_validated") for g in groups for r in g["runs"]) else "test"
-
-
 def _seeds_text(groups: list[dict]) -> str:
     seeds = sorted({len(g["runs"]) for g in groups})
     return f"{'/'.join(map(str, seeds))} seed{'s' if max(seeds) > 1 else ''} per {_per(groups)}"
 
 
 def _per(groups: list[dict]) -> str:
-    """What one configuration is called: `β` in a β sweep (labels `β = …`), else `configuration`."""
-    return "β" if all(g["label"].startswith("β") for g in groups) else "configuration"
+    """What one configuration is called: `β` in a β sweep, else `configuration`."""
+    return "β" if beta_shown(groups) else "configuration"
 
 
 def _iso_dsc(ax) -> None:

@@ -26,6 +26,7 @@ from lesionseg.files import write_atomic, write_json, write_text
 from lesionseg.reporting import figures, stats
 from lesionseg.reporting.aggregate import (
     beta_shown,
+    case_kind,
     group_runs,
     size_bins,
     summary_row,
@@ -119,7 +120,7 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     extra_keys = [k.split(".")[-1] for k in groups[0]["extra"]]
     shows_beta = beta_shown(groups)
     stats_result = compare_to_baseline(groups, n_boot=n_boot, baseline=baseline)
-    kind = figures.case_kind(groups)
+    kind = case_kind(groups)
     all_tables = tables(rows, extra_keys, shows_beta, kind)
     if any(r.get("ensemble") for r in runs):
         all_tables.append(ensemble_table(groups, rows, extra_keys, shows_beta))

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from lesionseg.evaluation.nanstats import is_defined
+from lesionseg.evaluation.nanstats import is_defined, nan_mean
 
 MIN_PAIRS = 6
 N_BOOT = 10_000
@@ -40,8 +40,7 @@ def case_means(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
     cases = sorted({case for table in per_seed for case in table})
     out = {}
     for case in cases:
-        values = [table[case] for table in per_seed if case in table and is_defined(table[case])]
-        out[case] = float(np.mean(values)) if values else math.nan
+        out[case] = nan_mean(table[case] for table in per_seed if case in table)
     return out
 
 
