@@ -159,6 +159,44 @@ LESION_KINDS = {
 }
 
 
+def _lesion_sites(anat: dict[str, np.ndarray], lesionable: np.ndarray,
+                  kind: LesionKind) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat indices where a lesion may be centred, their nearness to the ventricles, and drawing weights."""
+    shape, radius = lesionable.shape, float(anat["radius"])
+    # Distance to the ventricles on a coarse grid (EDT is the slow step at size 160; weights need no more).
+    step = max(1, round(min(shape) / 48))
+    dist = ndimage.distance_transform_edt(anat["ventricles"][::step, ::step, ::step] < 0.5) * step / radius
+    dist = np.repeat(np.repeat(np.repeat(dist, step, 0), step, 1), step, 2)
+    dist = dist[: shape[0], : shape[1], : shape[2]]
+    candidates = np.flatnonzero((lesionable > 0.95) & (anat["deep"] > 0.06))
+    if candidates.size == 0:  # only at toy sizes, where the cortex leaves no deep white matter
+        candidates = np.flatnonzero(lesionable > 0.5)
+    near = np.exp(-dist.ravel()[candidates] / 0.1)
+    weight = (near + 0.02) if kind.periventricular else np.ones_like(near)  # MS: mostly periventricular
+    return candidates, near, weight / weight.sum()
+
+
+def _lesion_shape(c0: np.ndarray, r: float, big: bool, rng: np.random.Generator, bumps: np.ndarray,
+                  lesionable: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """One lesion of radius `r` voxels at `c0`: a union of one to four ellipsoids (more when `big`) deformed
+    by `bumps`, as a fraction clipped to `lesionable`, with its bounding box; None if the box is empty."""
+    n_lobes = min(1 + rng.poisson(1.0 if big else 0.2), 4)  # large ones are lumpier
+    lobes = [(c0 + rng.normal(0, 0.4 * r, 3) * (k > 0), r * rng.uniform(0.6, 1.3, 3), _rotation(rng, 90))
+             for k in range(n_lobes)]
+    ext = 2 * r + 3
+    lo = np.maximum(np.floor(c0 - ext), 0).astype(int)
+    hi = np.minimum(np.ceil(c0 + ext) + 1, lesionable.shape).astype(int)
+    if np.any(hi <= lo):
+        return None
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    grid = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(lo, hi)), indexing="ij"), -1)
+    inside = np.full(grid.shape[:3], -np.inf, np.float32)
+    for centre, axes, rot in lobes:  # union of ellipsoids: max of their (1 - quadratic form)
+        local = (grid - centre) @ rot / axes
+        inside = np.maximum(inside, 1 - (local**2).sum(-1))
+    return box, np.minimum(_ramp((inside + 0.3 * bumps[box]) * 0.5 * r), lesionable[box])
+
+
 def _lesions(
     anat: dict[str, np.ndarray], rng: np.random.Generator, kind: LesionKind = LESION_KINDS["ms"]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -167,18 +205,7 @@ def _lesions(
     if kind.grey_matter:
         wm = np.clip(wm + anat["gm"], 0.0, 1.0)
     shape = wm.shape
-    # Distance to the ventricles on a coarse grid (EDT is the slow step at size 160; weights need no more).
-    step = max(1, round(min(shape) / 48))
-    dist = ndimage.distance_transform_edt(anat["ventricles"][::step, ::step, ::step] < 0.5) * step / radius
-    dist = np.repeat(np.repeat(np.repeat(dist, step, 0), step, 1), step, 2)
-    dist = dist[: shape[0], : shape[1], : shape[2]]
-    candidates = np.flatnonzero((wm > 0.95) & (anat["deep"] > 0.06))
-    if candidates.size == 0:  # only at toy sizes, where the cortex leaves no deep white matter
-        candidates = np.flatnonzero(wm > 0.5)
-    near = np.exp(-dist.ravel()[candidates] / 0.1)
-    weight = (near + 0.02) if kind.periventricular else np.ones_like(near)  # MS: mostly periventricular
-    weight /= weight.sum()
-
+    candidates, near, weight = _lesion_sites(anat, wm, kind)
     lesion, contrast, t1_share = (np.zeros(shape, np.float32) for _ in range(3))
     bumps = _smooth_field(rng, shape, max(2.0, 0.06 * radius))  # deforms lesion outlines
     median, sigma, lo, hi = kind.load
@@ -195,21 +222,10 @@ def _lesions(
             pick = rng.choice(candidates.size, p=weight)
             c0 = np.array(np.unravel_index(candidates[pick], shape), float)
             r *= 0.7 + 0.5 * near[pick]  # deep WM lesions are small; the large ones cap the ventricles
-        n_lobes = min(1 + rng.poisson(1.0 if r > 0.06 * radius else 0.2), 4)  # large ones are lumpier
-        lobes = [(c0 + rng.normal(0, 0.4 * r, 3) * (k > 0), r * rng.uniform(0.6, 1.3, 3), _rotation(rng, 90))
-                 for k in range(n_lobes)]
-        ext = 2 * r + 3
-        lo = np.maximum(np.floor(c0 - ext), 0).astype(int)
-        hi = np.minimum(np.ceil(c0 + ext) + 1, shape).astype(int)
-        if np.any(hi <= lo):
+        drawn = _lesion_shape(c0, r, r > 0.06 * radius, rng, bumps, wm)
+        if drawn is None:
             continue
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        grid = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(lo, hi)), indexing="ij"), -1)
-        inside = np.full(grid.shape[:3], -np.inf, np.float32)
-        for centre, axes, rot in lobes:  # union of ellipsoids: max of their (1 - quadratic form)
-            local = (grid - centre) @ rot / axes
-            inside = np.maximum(inside, 1 - (local**2).sum(-1))
-        frac = np.minimum(_ramp((inside + 0.3 * bumps[box]) * 0.5 * r), wm[box])
+        box, frac = drawn
         before = int((lesion[box] >= 0.5).sum())
         newer = frac > lesion[box]
         lesion[box] = np.maximum(lesion[box], frac)
