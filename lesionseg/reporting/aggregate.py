@@ -10,10 +10,11 @@ is defined, the fewest over seeds); then pooled figures `<m>_pooled` (summed cou
 their SD over seeds, and the lesion-wise sensitivity per lesion-size bin, pooled (`ltpr_<bin>_pooled`,
 `n_ref_<bin>`). Operating points (`lesionseg.evaluation.operating_points`): `threshold_dsc`,
 `threshold_f2` (each run's threshold tuned on its validation cases, mean over seeds) and the test metrics
-at them, `<m>_at_tdsc` and `<m>_at_tf2` (per-case means, with `_sd_cases`); last (added by the report),
-`dsc_best_on_test`, `f2_best_on_test`: the maximum of the test curve over the threshold grid (chosen on
-the test cases: an optimistic bound, never a result). The metrics and their order come from
-`lesionseg.evaluation.registry`.
+at them, `<m>_at_tdsc` and `<m>_at_tf2` (per-case means, with `_sd_cases`); last, `dsc_best_on_test`,
+`f2_best_on_test`: the maximum of the test curve (the runs' `threshold_curves`, mean over seeds) over the
+threshold grid (chosen on the test cases: an optimistic bound, never a result). The metrics and their order
+come from `lesionseg.evaluation.registry`. The runs arrive read (`lesionseg.reporting.results`): no file is
+read here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import math
 
 from lesionseg.evaluation import registry
-from lesionseg.evaluation.nanstats import nan_mean, nan_sd
+from lesionseg.evaluation.nanstats import defined, mean_over_cases, nan_mean, nan_sd
 from lesionseg.evaluation.operating_points import CURVE_METRICS, TUNED_METRICS
 
 TABLE_METRICS = registry.names(report=True)  # the per-case table's metric columns, in order
@@ -119,6 +120,7 @@ def summary_row(group: dict) -> dict:
         row[f"ltpr_{name}_pooled"] = nan_mean(ltpr)
         row[f"ltpr_{name}_pooled_sd_seeds"] = nan_sd(ltpr)
         row[f"n_ref_{name}"] = pooled[0][f"n_ref_{name}"]
+    row.update(best_on_test_columns(group))
     return row
 
 
@@ -134,6 +136,18 @@ def operating_point_columns(group: dict) -> dict:
             cells = [s["per_case"].get(m, {}) for s in summaries]
             out[f"{m}_at_t{tuned}"] = nan_mean(c.get("mean", math.nan) for c in cells)
             out[f"{m}_at_t{tuned}_sd_cases"] = nan_mean(c.get("sd", math.nan) for c in cells)
+    return out
+
+
+def best_on_test_columns(group: dict) -> dict:
+    """`<m>_best_on_test` per tuned metric: the best a configuration reaches on its test curve (mean over
+    seeds) at any threshold of the grid — optimistic, the threshold chosen on the test cases; NaN where no
+    run has `threshold_curves`."""
+    curves = [r["threshold_curves"] for r in group["runs"] if r["threshold_curves"] is not None]
+    out = {}
+    for m in TUNED_METRICS:
+        finite = defined(mean_over_cases([c[m] for c in curves])) if curves else []
+        out[f"{m}_best_on_test"] = max(finite) if finite else math.nan
     return out
 
 

@@ -2,6 +2,7 @@
 loss) — Wilcoxon signed-rank and a bootstrap 95 % CI of the mean paired difference (`lesionseg.reporting.stats`)
 in the registry's tested metrics (DSC, F2, sensitivity) at the configured threshold, and in DSC and F2 at
 the tuned thresholds (`dsc_tuned`, `f2_tuned`), per case averaged over seeds, Holm-adjusted per metric.
+The per-case values come with the runs (`cases`, `tuned_cases`: `lesionseg.reporting.results`); no file is read here.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ from lesionseg.reporting.aggregate import (
     baseline_of,
     setting_text,
 )
-from lesionseg.reporting.results import (
-    read_cases,
-)
 
 # tested metric → (the tuned threshold it is read at, None: eval.threshold; column of the run's cases.csv)
 TESTED = {**{m: (None, m) for m in registry.names(tested=True)},
           **{f"{m}_tuned": (m, m) for m in registry.names(tuned=True)}}
 TESTED_METRICS = tuple(TESTED)
 DEFAULT_BASELINE = {"loss.beta": 0.5}  # report.baseline's default: the soft Dice loss of the β sweep
+
+
+def case_values(group: dict, tuned: str | None, column: str) -> dict[str, float]:
+    """`{case: value}` of one `cases.csv` column, each case averaged over the group's seeds: at the configured
+    threshold (`tuned` None, the runs' `cases`) or at the one tuned for metric `tuned` (their `tuned_cases`)."""
+    tables = [r["cases"] if tuned is None else r["tuned_cases"][tuned] for r in group["runs"]]
+    return stats.case_means([{c: v.get(column, math.nan) for c, v in table.items()} for table in tables])
 
 
 def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: int = 0,
@@ -45,9 +50,7 @@ def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: in
     }
     comparisons: list[dict] = []
     notes: list[str] = []
-    values = {id(g): {m: stats.case_means([{c: v.get(column, math.nan) for c, v in read_cases(r["dir"], tuned).items()}
-                                           for r in g["runs"]]) for m, (tuned, column) in TESTED.items()}
-              for g in groups}
+    values = {id(g): {m: case_values(g, tuned, column) for m, (tuned, column) in TESTED.items()} for g in groups}
     for group in groups:
         base = baseline_of(group, groups, baseline)
         if base is group:

@@ -9,7 +9,9 @@
 - `reliability`: the reliability diagram of each β (brain voxels, pooled over cases and seeds) and the
   number of voxels per probability bin.
 
-Each β has the same colour in every figure (viridis, dark = low β).
+Each β has the same colour in every figure (viridis, dark = low β). The figures draw from data, reading no
+file: the groups of runs (`lesionseg.reporting.aggregate.group_runs`), each run carrying its tables
+(`pr_curve`, `threshold_curves`, `calibration`: `lesionseg.reporting.results`), and the rows of `summary.csv`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,14 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _no_data(fig: Figure, text: str) -> bytes:
+    """The figure holding only `text`: what there is no data for."""
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_axis_off()
+    return _png(fig)
+
+
 def _nan_to_zero(values) -> np.ndarray:
     return np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
 
@@ -74,7 +84,7 @@ def _iso_dsc(ax) -> None:
         ax.text(f + 0.01, f - 0.01, f"DSC {f:g}", color="0.5", fontsize=8, ha="left", va="top")
 
 
-def pr_curves(groups: list[dict], rows: list[dict], read_curve: Callable[[dict], dict]) -> bytes:
+def pr_curves(groups: list[dict], rows: list[dict]) -> bytes:
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(7.5, 6.2), layout="constrained")
         ax = fig.add_subplot()
@@ -83,7 +93,7 @@ def pr_curves(groups: list[dict], rows: list[dict], read_curve: Callable[[dict],
         several = max(len(g["runs"]) for g in groups) > 1
         for group, row, colour in zip(groups, rows, colours(len(groups))):
             for i, run in enumerate(group["runs"]):
-                curve = read_curve(run)
+                curve = run["pr_curve"]
                 label = f"{group['label']}   APR {row['apr_pooled']:.3f}" if i == 0 else None
                 ax.plot(curve["recall"], curve["precision"], color=colour, lw=1.3 if several else 2.0,
                         alpha=0.75 if several else 1.0, label=label)
@@ -162,11 +172,9 @@ def _bin_label(name: str) -> str:
 def lesion_size(groups: list[dict], rows: list[dict], bins: list[str]) -> bytes:
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(9, 5.2), layout="constrained")
-        ax = fig.add_subplot()
         if not bins:
-            ax.text(0.5, 0.5, "no lesion-size results in the runs' summary.json", ha="center", va="center")
-            ax.set_axis_off()
-            return _png(fig)
+            return _no_data(fig, "no lesion-size results in the runs' summary.json")
+        ax = fig.add_subplot()
         by_seed = max(len(g["runs"]) for g in groups) >= 2
         x = np.arange(len(bins), dtype=float)
         width = 0.8 / len(groups)
@@ -195,85 +203,89 @@ def lesion_size(groups: list[dict], rows: list[dict], bins: list[str]) -> bytes:
         return _png(fig)
 
 
-def draw_all(groups: list[dict], rows: list[dict], read_curve: Callable[[dict], dict],
-             bins: list[str]) -> dict[str, bytes]:
+def draw_all(groups: list[dict], rows: list[dict], bins: list[str]) -> dict[str, bytes]:
     """File name → PNG bytes of every figure of the report; `bins`: the lesion-size bin names."""
     return {
-        "pr_curves.png": pr_curves(groups, rows, read_curve),
+        "pr_curves.png": pr_curves(groups, rows),
         "metrics_vs_beta.png": metrics_vs_beta(groups, rows),
         "lesion_size.png": lesion_size(groups, rows, bins),
+        "metrics_vs_threshold.png": metrics_vs_threshold(groups, rows),
+        "reliability.png": reliability(groups, rows),
     }
 
 
-def _no_data(fig: Figure, text: str) -> bytes:
-    ax = fig.add_subplot()
-    ax.text(0.5, 0.5, text, ha="center", va="center")
-    ax.set_axis_off()
-    return _png(fig)
-
-
-def metrics_vs_threshold(groups: list[dict], rows: list[dict], read_curves: Callable[[dict], dict | None]) -> bytes:
-    """Four panels (DSC, F2, sensitivity, precision) against the threshold; a line per β (mean over seeds)."""
+def _of_run_tables(groups: list[dict], rows: list[dict], key: str, figsize: tuple[float, float],
+                   draw: Callable[[Figure, list[dict], list[dict], list[list[dict]]], None]) -> bytes:
+    """A figure of a table that each run may have (`key`: `threshold_curves` or `calibration`, None in a run
+    evaluated before lesionseg wrote `metrics/<key>.csv`): `draw(fig, groups, rows, tables)`, `tables`
+    holding per group the tables of its runs that have one; a figure saying so when no run has any."""
     with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(11, 8.2), layout="constrained")
-        curves = [[c for c in (read_curves(r) for r in g["runs"]) if c is not None] for g in groups]
-        if not any(curves):
-            return _no_data(fig, "no threshold_curves.csv in the runs (evaluated before lesionseg had them)")
-        axes = fig.subplots(2, 2, sharex=True, sharey=True).ravel()
-        for ax, metric in zip(axes, CURVE_METRICS):
-            for group, row, these, colour in zip(groups, rows, curves, colours(len(groups))):
-                if not these:
-                    continue
-                mean = mean_over_cases([c[metric] for c in these])  # over seeds; NaN where none defines it
-                ax.plot(these[0]["threshold"], mean, color=colour, lw=2, label=group["label"])
-                ax.plot(row["threshold"], row[metric], "o", ms=8, mfc=colour, mec="black", zorder=5)
-                if metric in TUNED_METRICS and not math.isnan(row[f"threshold_{metric}"]):
-                    ax.plot(row[f"threshold_{metric}"], row[f"{metric}_at_t{metric}"], "^", ms=10, mfc=colour,
-                            mec="black", zorder=6)
-            ax.set_title(registry.label(metric))
-            ax.grid(alpha=0.3)
-        handles, _ = axes[0].get_legend_handles_labels()
-        handles += [Line2D([], [], marker="o", ls="", ms=8, mfc="white", mec="black",
-                           label=f"configured threshold ({rows[0]['threshold']:g})"),
-                    Line2D([], [], marker="^", ls="", ms=10, mfc="white", mec="black",
-                           label="tuned on validation (DSC / F2 panels)")]
-        axes[0].legend(handles=handles, loc="lower left", framealpha=0.95, fontsize=9)
-        for ax in axes[2:]:
-            ax.set_xlabel("threshold (lesion when p ≥ threshold)")
-        for ax in axes[::2]:
-            ax.set_ylabel("per-case mean")
-        axes[0].set(xlim=(0, 1), ylim=(0, 1.02))
-        fig.suptitle(f"Test metrics against the threshold ({_cases(groups, rows)}, {_seeds_text(groups)})")
+        fig = Figure(figsize=figsize, layout="constrained")
+        tables = [[r[key] for r in g["runs"] if r[key] is not None] for g in groups]
+        if not any(tables):
+            return _no_data(fig, f"no {key}.csv in the runs (evaluated before lesionseg had them)")
+        draw(fig, groups, rows, tables)
         return _png(fig)
 
 
-def reliability(groups: list[dict], rows: list[dict], read_bins: Callable[[dict], dict | None]) -> bytes:
-    """Reliability diagram (observed lesion frequency against mean probability per bin) and bin counts."""
-    with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(11, 5.2), layout="constrained")
-        tables = [[b for b in (read_bins(r) for r in g["runs"]) if b is not None] for g in groups]
-        if not any(tables):
-            return _no_data(fig, "no calibration.csv in the runs (evaluated before lesionseg had them)")
-        diagram, counts = fig.subplots(1, 2, width_ratios=(1.15, 1))
-        diagram.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1, label="perfect calibration")
-        for group, row, these, colour in zip(groups, rows, tables, colours(len(groups))):
+def metrics_vs_threshold(groups: list[dict], rows: list[dict]) -> bytes:
+    """Four panels (DSC, F2, sensitivity, precision) against the threshold; a line per β (mean over seeds)."""
+    return _of_run_tables(groups, rows, "threshold_curves", (11, 8.2), _threshold_panels)
+
+
+def _threshold_panels(fig: Figure, groups: list[dict], rows: list[dict], curves: list[list[dict]]) -> None:
+    axes = fig.subplots(2, 2, sharex=True, sharey=True).ravel()
+    for ax, metric in zip(axes, CURVE_METRICS):
+        for group, row, these, colour in zip(groups, rows, curves, colours(len(groups))):
             if not these:
                 continue
-            n = sum(b["n_voxels"] for b in these)  # bins summed over seeds: pooled voxels
-            prob = sum(np.nan_to_num(b["confidence"]) * b["n_voxels"] for b in these)
-            pos = sum(np.nan_to_num(b["observed"]) * b["n_voxels"] for b in these)
-            filled = n > 0
-            diagram.plot(prob[filled] / n[filled], pos[filled] / n[filled], "o-", color=colour, lw=1.8, ms=6,
-                         label=f"{group['label']}   ECE {row['ece_pooled']:.4f}")
-            edges = np.append(these[0]["bin_low"], these[0]["bin_high"][-1])
-            counts.stairs(np.where(filled, n, np.nan), edges, color=colour, lw=1.8)
-        diagram.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted lesion probability (bin)",
-                    ylabel="observed lesion frequency", title="Reliability (brain voxels, pooled)")
-        diagram.grid(alpha=0.3)
-        diagram.legend(loc="upper left", framealpha=0.95, fontsize=9)
-        counts.set(yscale="log", xlim=(0, 1), xlabel="predicted lesion probability",
-                   ylabel="voxels in the bin", title="How many voxels each bin holds")
-        counts.grid(alpha=0.3)
-        fig.suptitle(f"Calibration on the {_cases(groups, rows)} ({_seeds_text(groups)}; "
-                     "equal-width bins)")
-        return _png(fig)
+            mean = mean_over_cases([c[metric] for c in these])  # over seeds; NaN where none defines it
+            ax.plot(these[0]["threshold"], mean, color=colour, lw=2, label=group["label"])
+            ax.plot(row["threshold"], row[metric], "o", ms=8, mfc=colour, mec="black", zorder=5)
+            if metric in TUNED_METRICS and not math.isnan(row[f"threshold_{metric}"]):
+                ax.plot(row[f"threshold_{metric}"], row[f"{metric}_at_t{metric}"], "^", ms=10, mfc=colour,
+                        mec="black", zorder=6)
+        ax.set_title(registry.label(metric))
+        ax.grid(alpha=0.3)
+    handles, _ = axes[0].get_legend_handles_labels()
+    handles += [Line2D([], [], marker="o", ls="", ms=8, mfc="white", mec="black",
+                       label=f"configured threshold ({rows[0]['threshold']:g})"),
+                Line2D([], [], marker="^", ls="", ms=10, mfc="white", mec="black",
+                       label="tuned on validation (DSC / F2 panels)")]
+    axes[0].legend(handles=handles, loc="lower left", framealpha=0.95, fontsize=9)
+    for ax in axes[2:]:
+        ax.set_xlabel("threshold (lesion when p ≥ threshold)")
+    for ax in axes[::2]:
+        ax.set_ylabel("per-case mean")
+    axes[0].set(xlim=(0, 1), ylim=(0, 1.02))
+    fig.suptitle(f"Test metrics against the threshold ({_cases(groups, rows)}, {_seeds_text(groups)})")
+
+
+def reliability(groups: list[dict], rows: list[dict]) -> bytes:
+    """Reliability diagram (observed lesion frequency against mean probability per bin) and bin counts."""
+    return _of_run_tables(groups, rows, "calibration", (11, 5.2), _reliability_panels)
+
+
+def _reliability_panels(fig: Figure, groups: list[dict], rows: list[dict], tables: list[list[dict]]) -> None:
+    diagram, counts = fig.subplots(1, 2, width_ratios=(1.15, 1))
+    diagram.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1, label="perfect calibration")
+    for group, row, these, colour in zip(groups, rows, tables, colours(len(groups))):
+        if not these:
+            continue
+        n = sum(b["n_voxels"] for b in these)  # bins summed over seeds: pooled voxels
+        prob = sum(np.nan_to_num(b["confidence"]) * b["n_voxels"] for b in these)
+        pos = sum(np.nan_to_num(b["observed"]) * b["n_voxels"] for b in these)
+        filled = n > 0
+        diagram.plot(prob[filled] / n[filled], pos[filled] / n[filled], "o-", color=colour, lw=1.8, ms=6,
+                     label=f"{group['label']}   ECE {row['ece_pooled']:.4f}")
+        edges = np.append(these[0]["bin_low"], these[0]["bin_high"][-1])
+        counts.stairs(np.where(filled, n, np.nan), edges, color=colour, lw=1.8)
+    diagram.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted lesion probability (bin)",
+                ylabel="observed lesion frequency", title="Reliability (brain voxels, pooled)")
+    diagram.grid(alpha=0.3)
+    diagram.legend(loc="upper left", framealpha=0.95, fontsize=9)
+    counts.set(yscale="log", xlim=(0, 1), xlabel="predicted lesion probability",
+               ylabel="voxels in the bin", title="How many voxels each bin holds")
+    counts.grid(alpha=0.3)
+    fig.suptitle(f"Calibration on the {_cases(groups, rows)} ({_seeds_text(groups)}; "
+                 "equal-width bins)")

@@ -1,9 +1,10 @@
 """The sweep report: which β, and is the difference real?
 
-`write_report(sweep_dir)` reads the finished runs (`lesionseg.reporting.results`; the others are listed as
-missing, with where each stands: not started, interrupted after iteration N, …), builds the rows
-(`aggregate`), compares each configuration with the baseline (`compare`), words the answer (`answer`),
-lays out the tables (`tables`) and writes `report/`:
+`write_report(sweep_dir)` reads each finished run once, every file of it the report needs
+(`lesionseg.reporting.results`; the others are listed as missing, with where each stands: not started,
+interrupted after iteration N, …), builds the rows (`aggregate`), compares each configuration with the
+baseline (`compare`), words the answer (`answer`), lays out the tables (`tables`), draws the figures from the
+runs and the rows (`figures`) and writes `report/`; the other reporting modules touch no file. `report/` holds:
 
 - `summary.csv` — one row per configuration (`lesionseg.reporting.aggregate` lists the columns).
 - `stats.json` — the paired statistics (`lesionseg.reporting.compare`), the answer and the threshold verdict.
@@ -15,13 +16,10 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 
 from lesionseg.config import expand_sweep
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluation.nanstats import defined, mean_over_cases
-from lesionseg.evaluation.operating_points import TUNED_METRICS
 from lesionseg.files import write_atomic, write_json, write_text
 from lesionseg.reporting import figures, stats
 from lesionseg.reporting.aggregate import (
@@ -43,9 +41,6 @@ from lesionseg.reporting.compare import compare_to_baseline
 from lesionseg.reporting.render import Table, render_html, render_markdown_table
 from lesionseg.reporting.results import (
     collect_runs,
-    read_calibration,
-    read_pr_curve,
-    read_threshold_curves,
     run_state,
     sweep_config,
 )
@@ -126,18 +121,10 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
         all_tables.append(ensemble_table(groups, rows, extra_keys, shows_beta))
     title = VERDICT_TITLE if shows_beta else VERDICT_TITLE_OTHER
     best = best_betas(rows, labels)
-    for group, row in zip(groups, rows):  # the best each configuration reaches on its test curve (optimistic)
-        curves = [c for c in (read_threshold_curves(r["dir"]) for r in group["runs"]) if c is not None]
-        for m in TUNED_METRICS:
-            finite = defined(mean_over_cases([c[m] for c in curves])) if curves else []
-            row[f"{m}_best_on_test"] = max(finite) if finite else math.nan
     verdict = tuning_verdict(rows, labels, stats_result, kind)
     opening = answer(rows, labels, stats_result, kind)
     captions = {f: text.format(kind=kind, per="β" if shows_beta else "configuration") for f, text in FIGURES.items()}
-    pngs = figures.draw_all(groups, rows, lambda r: read_pr_curve(r["dir"]), size_bins(runs[0]["summary"]))
-    pngs["metrics_vs_threshold.png"] = figures.metrics_vs_threshold(groups, rows,
-                                                                    lambda r: read_threshold_curves(r["dir"]))
-    pngs["reliability.png"] = figures.reliability(groups, rows, lambda r: read_calibration(r["dir"]))
+    pngs = figures.draw_all(groups, rows, size_bins(runs[0]["summary"]))
 
     out = sweep_dir / "report"
     write_text(out / "summary.csv", to_csv(rows))

@@ -1,9 +1,13 @@
 """A sweep folder's finished runs, read back: which are finished, where the others stand, and their files.
 
-Each finished run (a `DONE` marker) is `{"id", "dir", "assignment", "beta", "alpha", "summary",
-"thresholds", "tuned"}`: its swept values, its `metrics/summary.json`, its `thresholds.json` (thresholds
-tuned on validation; `{}` without) and the summaries of `metrics-tuned-<metric>/`. The tables of a run
-(`cases.csv`, `pr_curve.csv`, `threshold_curves.csv`, `calibration.csv`) are read on demand.
+Each finished run (a `DONE` marker) is read once, all the report needs of it (`collect_runs`, `read_run`):
+`{"id", "dir", "assignment", "cross_validated", "values", "beta", "alpha"}` — its swept values and whole
+config — then its files: `summary` (`metrics/summary.json`), `thresholds` (`thresholds.json`, thresholds tuned
+on validation; `{}` without), `tuned` (the summaries of `metrics-tuned-<metric>/`), `ensemble` (the fold
+ensemble's summary of a cross-validated configuration; None without), `cases` (`metrics/cases.csv`, per case),
+`tuned_cases` (`metrics-tuned-<metric>/cases.csv` per tuned metric; `{}` without), `pr_curve`
+(`metrics/pr_curve.csv`), `threshold_curves` and `calibration` (`metrics/<key>.csv`; None without). The other
+reporting modules read no file.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ def sweep_config(sweep_dir: Path) -> Config:
 
 def collect_runs(sweep_dir: Path, cfg: Config | None = None) -> tuple[list[dict], list[str]]:
     """Finished runs as `{"id", "dir", "assignment", "values", "beta", "alpha", "summary", …}` (`values`:
-    the run's whole resolved config, dotted keys), and the ids missing.
+    the run's whole resolved config, dotted keys; then its files, `read_run`), and the ids missing.
 
     In a cross-validated sweep (`data.fold` swept) each configuration's merged folder `cv/<id>/` is its
     run (`lesionseg.experiment.cv`), finished when all its folds are; the missing ids are the unfinished fold runs."""
@@ -50,7 +54,6 @@ def collect_runs(sweep_dir: Path, cfg: Config | None = None) -> tuple[list[dict]
         if not is_done(run_dir):
             missing += [p for p in parts if not is_done(sweep_run(sweep_dir, p))] or [rid]
             continue
-        paths = RunPaths(run_dir)
         values = flat_keys(run_cfg.model_dump())
         assignment = {key: values[key] for key in cfg.sweep if not (folded and key == "data.fold")}
         runs.append({
@@ -61,14 +64,25 @@ def collect_runs(sweep_dir: Path, cfg: Config | None = None) -> tuple[list[dict]
             "values": {**flat_keys(run_cfg.model_dump(mode="json")), **({"data.fold": None} if folded else {})},
             "beta": run_cfg.loss.beta,
             "alpha": run_cfg.loss.resolved_alpha,
-            "summary": read_json(paths.summary),
-            "thresholds": read_json(paths.thresholds) if paths.thresholds.is_file() else {},
-            "tuned": {m: read_json(path) for m in TUNED_METRICS
-                      if (path := paths.tuned(m) / "summary.json").is_file()},
-            "ensemble": read_json(path) if (path := RunPaths(paths.ensemble).summary).is_file()
-                        else None,
+            **read_run(run_dir),
         })
     return runs, missing
+
+
+def read_run(run_dir: Path) -> dict:
+    """Every file of a finished run that the report reads, each read once (the keys: the module docstring)."""
+    paths = RunPaths(run_dir)
+    return {
+        "summary": read_json(paths.summary),
+        "thresholds": read_json(paths.thresholds) if paths.thresholds.is_file() else {},
+        "tuned": {m: read_json(path) for m in TUNED_METRICS if (path := paths.tuned(m) / "summary.json").is_file()},
+        "ensemble": read_json(path) if (path := RunPaths(paths.ensemble).summary).is_file() else None,
+        "cases": read_cases(run_dir),
+        "tuned_cases": {m: read_cases(run_dir, m) for m in TUNED_METRICS},
+        "pr_curve": read_pr_curve(run_dir),
+        "threshold_curves": read_threshold_curves(run_dir),
+        "calibration": read_calibration(run_dir),
+    }
 
 
 def run_state(run_dir: Path) -> str:
