@@ -149,8 +149,3 @@ def best_on_test_columns(group: dict) -> dict:
         finite = defined(mean_over_cases([c[m] for c in curves])) if curves else []
         out[f"{m}_best_on_test"] = max(finite) if finite else math.nan
     return out
-
-
-def summarise(runs: list[dict]) -> list[dict]:
-    """`summary.csv` rows, one per configuration (β), sorted by β."""
-    return [summary_row(g) for g in group_runs(runs)]
