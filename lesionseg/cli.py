@@ -144,23 +144,39 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `lesionseg` parser: one sub-parser per command, in the order `--help` lists them."""
     parser = _Parser(
         prog="lesionseg",
         description="3D lesion segmentation in MRI: Tversky-loss β sweeps, evaluation, reports.")
     parser.add_argument("--version", action="version", version=f"lesionseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo_data(sub)
+    _add_with_config(sub, "check", "validate the config and read every data file: all problems, then a dataset summary",
+                     _check)
+    _add_with_config(sub, "train", "train one run into <output_dir>/<name>/", _train)
+    _add_sweep(sub)
+    _add_predict(sub)
+    _add_evaluate(sub)
+    p = sub.add_parser("report", help="rebuild a sweep's report from its finished runs")
+    p.add_argument("sweep_dir", type=Path)
+    p.set_defaults(func=_report)
+    return parser
 
-    def with_config(name: str, help_text: str, func) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("config", type=Path, help="YAML config file")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. loss.beta=0.7")
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-        if name in ("train", "sweep"):
-            p.add_argument("--force", action="store_true",
-                           help="start over: move an existing folder of that name aside (never deleted)")
-        p.set_defaults(func=func)
-        return p
 
+def _add_with_config(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:
+    """A command that reads a config and its dotted overrides (check, train, sweep)."""
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("config", type=Path, help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. loss.beta=0.7")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    if name in ("train", "sweep"):
+        p.add_argument("--force", action="store_true",
+                       help="start over: move an existing folder of that name aside (never deleted)")
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_demo_data(sub) -> None:
     p = sub.add_parser("demo-data", help="write synthetic multi-modal MS-like phantoms and a datalist")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--cases", type=int, default=40, help="number of cases; the last quarter are test cases")
@@ -172,10 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="move an existing OUT_DIR aside first (never deleted)")
     p.set_defaults(func=_demo_data)
 
-    with_config("check", "validate the config and read every data file: all problems, then a dataset summary", _check)
-    with_config("train", "train one run into <output_dir>/<name>/", _train)
-    p = with_config("sweep", "train, predict and evaluate every configuration of the sweep: block, then report",
-                    _sweep)
+
+def _add_sweep(sub) -> None:
+    p = _add_with_config(sub, "sweep", "train, predict and evaluate every configuration of the sweep: block, then "
+                         "report", _sweep)
     p.add_argument("--parallel", metavar="auto|N",
                    help="runs at once, each its own process (sweep.parallel; auto: one per visible GPU, 1 on CPU)")
     p.add_argument("--backend", choices=["local", "ray"], help="where the runs go (sweep.backend; default local)")
@@ -183,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray cluster to join, e.g. auto or HEAD:6379 (sweep.ray_address; default $RAY_ADDRESS, "
                         "else a local Ray instance)")
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="lesion probability maps for a run's test cases (or --images)")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--images", nargs="+", help="one case: one file per modality, in the run's modality order")
@@ -191,14 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_predict)
 
+
+def _add_evaluate(sub) -> None:
+    from lesionseg.config import EVAL_DEFAULTS as d  # evaluate's defaults are the config's
+
     p = sub.add_parser("evaluate", help="metrics of <case>.nii.gz predictions against <case>.nii.gz references")
     p.add_argument("--pred", type=Path, required=True, help="folder of predictions (probabilities or masks)")
     p.add_argument("--ref", type=Path, required=True, help="folder of reference lesion masks")
     p.add_argument("--out", type=Path, help="output folder (default: metrics/ beside a run's predictions/, "
                    "metrics-<name>/ beside any other PRED folder)")
     p.add_argument("--force", action="store_true", help="move an existing output folder aside first (never deleted)")
-    from lesionseg.config import EVAL_DEFAULTS as d  # evaluate's defaults are the config's
-
     p.add_argument("--threshold", type=float, default=d.threshold)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--lesion-min-voxels", type=int, default=d.lesion_min_voxels,
@@ -216,11 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-component-ml", type=float, default=d.min_component_ml, metavar="ML",
                    help="post-processing: remove predicted lesions smaller than this volume before scoring")
     p.set_defaults(func=_evaluate)
-
-    p = sub.add_parser("report", help="rebuild a sweep's report from its finished runs")
-    p.add_argument("sweep_dir", type=Path)
-    p.set_defaults(func=_report)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
