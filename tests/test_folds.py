@@ -70,3 +70,38 @@ def test_folds_without_a_fold_fail_before_anything_is_written(tiny_config, tmp_p
     with pytest.raises(Exception, match=r"data.fold = 3 needs data.folds above it"):
         tiny_config("data.folds=3", "data.fold=3")
     assert not (tmp_path / "experiments").exists()
+
+
+def test_a_cross_validated_sweep_reads_each_label_once_for_its_fold_assignment(tmp_path, monkeypatch):
+    import nibabel as nib
+    from conftest import REPO, TINY
+
+    from lesionseg.config import expand_sweep, load_config
+    from lesionseg.data import folds
+    from lesionseg.data.demo_data import write_demo_dataset
+    from lesionseg.data.preprocessing import load_datalist
+    from lesionseg.experiment.preflight import preflight
+
+    read = []
+
+    class CountingNibabel:  # what folds.py sees as `nib`: counts the label files it opens
+        @staticmethod
+        def load(path):
+            read.append(str(path))
+            return nib.load(path)
+
+    datalist = write_demo_dataset(tmp_path / "data", cases=5, size=24, seed=3)  # files no other test has read
+    monkeypatch.setattr(folds, "nib", CountingNibabel)
+    runs = expand_sweep(load_config(REPO / "configs" / "demo.yaml", [
+        f"data.datalist={datalist}", f"output_dir={tmp_path}", *TINY, "data.folds=3",
+        "sweep={data.fold: [0, 1, 2], loss.beta: [0.5, 0.7]}"]))
+    preflight(runs, evaluates=True)  # the sweep checks all 6 runs; the merge reads each fold's lists
+    for _, cfg in runs:
+        load_datalist(cfg)
+    lists = load_datalist(runs[0][1])
+    training = sorted(str(e["label"]) for e in lists["training"] + lists["test"])  # the fold's and the others'
+    assert len(runs) == 6 and sorted(read) == training  # each training label once
+    label = nib.load(training[0])
+    nib.save(nib.Nifti1Image(np.zeros(label.shape, np.uint8), label.affine), training[0])
+    load_datalist(runs[0][1])
+    assert read.count(training[0]) == 2  # a rewritten label is read again

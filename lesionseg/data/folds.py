@@ -15,6 +15,8 @@ fold would test on one end of the range with a model trained on the other.
 
 from __future__ import annotations
 
+import os
+
 import nibabel as nib
 import numpy as np
 
@@ -39,13 +41,24 @@ def assign_folds(loads: dict[str, float], k: int, seed: int) -> dict[str, int]:
 
 
 def lesion_volumes_ml(entries: list[dict]) -> dict[str, float]:
-    """Each case's lesion volume (mL) from its label file."""
-    volumes = {}
-    for entry in entries:
-        img = nib.load(entry["label"])
+    """Each case's lesion volume (mL) from its label file (a file read once per process while unchanged)."""
+    return {entry["case"]: _label_volume_ml(entry["label"]) for entry in entries}
+
+
+# (path, inode, size, mtime) → lesion volume (mL). Every run of a cross-validated sweep needs the same labels
+# for its fold assignment — preflight checks each run, the merge reads each fold's lists — so a process reads
+# each file once (a run's own process reads them once too); a rewritten file is read again.
+_VOLUMES_ML: dict[tuple, float] = {}
+
+
+def _label_volume_ml(path: str | os.PathLike) -> float:
+    stat = os.stat(path)
+    key = (os.fspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _VOLUMES_ML:
+        img = nib.load(path)
         voxel_ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
-        volumes[entry["case"]] = float((np.asanyarray(img.dataobj) > 0).sum()) * voxel_ml
-    return volumes
+        _VOLUMES_ML[key] = float((np.asanyarray(img.dataobj) > 0).sum()) * voxel_ml
+    return _VOLUMES_ML[key]
 
 
 def apply_fold(lists: Lists, folds: int, fold: int, seed: int) -> Lists:
