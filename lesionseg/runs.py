@@ -67,13 +67,20 @@ def mark_done(run_dir: Path, summary: dict | None = None) -> None:
 
 
 def start_run_dir(run_dir: Path, cfg: Config) -> Path:
-    """Create `run_dir` for a new run, saving the resolved config and the environment.
+    """`open_run_dir`, for a caller that wants the folder only: returns `run_dir`."""
+    open_run_dir(run_dir, cfg)
+    return run_dir
+
+
+def open_run_dir(run_dir: Path, cfg: Config) -> dict | None:
+    """Create `run_dir` for a new run, saving the resolved config and the environment; return None.
 
     A finished run is never touched: that is an error naming the folder. An interrupted run of the same
-    config (`config_differences` finds none) with a readable checkpoint is kept as it is, for `train_run`
-    to resume. Any other unfinished folder — an unreadable checkpoint too, said aloud — is moved aside to
-    `<name>.old-<timestamp>` (nothing is deleted), so the run starts clean and the partial output stays
-    inspectable.
+    config (`config_differences` finds none) with a readable checkpoint is kept as it is, and the state of
+    its `last.pt` (read on the CPU, `read_checkpoint`) returned for `train_run` to resume from without
+    reading it again. Any other unfinished folder — an unreadable checkpoint too, said aloud — is moved
+    aside to `<name>.old-<timestamp>` (nothing is deleted), so the run starts clean and the partial output
+    stays inspectable.
     """
     if is_done(run_dir):
         raise LesionsegError(
@@ -84,8 +91,7 @@ def start_run_dir(run_dir: Path, cfg: Config) -> Path:
     checkpoint = paths.last
     if checkpoint.is_file() and not config_differences(saved_config(run_dir), cfg):
         try:
-            read_checkpoint(checkpoint)
-            return run_dir  # an interrupted run of the same config: train_run resumes it
+            return read_checkpoint(checkpoint)  # an interrupted run of the same config: train_run resumes it
         except LesionsegError as err:
             aside = move_aside(run_dir)
             tqdm.write(f"[{run_dir.name}] {err}; moved the interrupted run to {aside} and starting it over")
@@ -96,7 +102,7 @@ def start_run_dir(run_dir: Path, cfg: Config) -> Path:
         raise disk_error(run_dir, err, action="create run folder") from None
     write_text(paths.config, dump_yaml(cfg))
     write_json(paths.env, environment())
-    return run_dir
+    return None
 
 
 def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:

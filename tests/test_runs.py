@@ -1,6 +1,6 @@
 import torch
 
-from lesionseg.runs import start_run_dir
+from lesionseg.runs import open_run_dir, start_run_dir
 
 
 def test_a_changed_config_does_not_resume_but_keeps_the_old_folder(tiny_config, tmp_path):
@@ -9,6 +9,7 @@ def test_a_changed_config_does_not_resume_but_keeps_the_old_folder(tiny_config, 
     (run / "checkpoints").mkdir()
     torch.save({"model": {}, "iteration": 3}, run / "checkpoints" / "last.pt")
     assert start_run_dir(run, tiny_config()) == run and (run / "checkpoints" / "last.pt").is_file()  # resumable
+    assert open_run_dir(run, tiny_config())["iteration"] == 3  # the state train_run resumes from, read once
     start_run_dir(run, tiny_config("loss.beta=0.9"))
     (old,) = tmp_path.glob("run.old-*")
     assert torch.load(old / "checkpoints" / "last.pt")["iteration"] == 3

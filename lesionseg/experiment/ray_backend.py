@@ -30,7 +30,7 @@ def _import_ray():
 # A run whose Ray worker process or node dies (a system failure: the process crashed or was killed, the
 # raylet or the machine went away) is run again by Ray up to this many times, on any node with room; it
 # goes through `run.run_one` again, which resumes it from its last checkpoint on the shared filesystem
-# (`start_run_dir` keeps an interrupted run of the same config). An error raised by the run itself (a bad
+# (`runs.open_run_dir` keeps an interrupted run of the same config). An error raised by the run itself (a bad
 # config, a NaN loss) is not retried (`retry_exceptions=False`): it would fail the same way again.
 RAY_RETRIES = 2
 

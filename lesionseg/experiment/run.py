@@ -24,7 +24,7 @@ from lesionseg.evaluation.evaluate import evaluate_cases_at
 from lesionseg.experiment.preflight import evaluation_problems
 from lesionseg.files import write_json
 from lesionseg.inference import load_model, predict_cases, validation_tables
-from lesionseg.runs import RunPaths, mark_done, start_run_dir
+from lesionseg.runs import RunPaths, mark_done, open_run_dir
 from lesionseg.training.loop import train_run
 from lesionseg.training.tensorboard_log import log_hparams
 
@@ -36,8 +36,8 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True, evaluate: bool = 
     if evaluate and (problems := evaluation_problems(cfg, lists)):  # run_sweep checked; a Ray worker checks again
         raise LesionsegError("; ".join(problems))
     started = time.monotonic()
-    start_run_dir(run_dir, cfg)
-    trained = train_run(cfg, run_dir, progress=progress, lists=lists)
+    # an interrupted run's last.pt, read once: open_run_dir checks that it reads, train_run resumes from it
+    trained = train_run(cfg, run_dir, progress=progress, lists=lists, resume=open_run_dir(run_dir, cfg))
     if not evaluate:
         mark_done(run_dir, {"best_iteration": trained["best"]["iteration"]})
         return trained

@@ -168,11 +168,12 @@ def _build(cfg: Config, device: torch.device) -> _Parts:
     return _Parts(model, step_model, build_loss(cfg.loss), optimizer, scheduler, scaler, dtype)
 
 
-def _resume(parts: _Parts, checkpoint: Path, device: torch.device, name: str) -> tuple[int, dict, dict]:
-    """`(first iteration, best so far, last validation)`: from `checkpoint` when an interrupted run left one."""
-    if not checkpoint.is_file():
+def _resume(parts: _Parts, state: dict | None, checkpoint: Path, name: str) -> tuple[int, dict, dict]:
+    """`(first iteration, best so far, last validation)`: from `state`, the `checkpoint` an interrupted run
+    left (read here, on the CPU, unless the caller has read it already), else those of a new run."""
+    if state is None and not checkpoint.is_file():
         return 1, {"iteration": 0, "dsc": -math.inf}, {}
-    state = read_checkpoint(checkpoint, map_location=device)
+    state = state if state is not None else read_checkpoint(checkpoint)
     parts.model.load_state_dict(state["model"])
     parts.optimizer.load_state_dict(state["optimizer"])
     parts.scheduler.load_state_dict(state["scheduler"])
@@ -193,13 +194,14 @@ def _record_split(paths: RunPaths, lists: dict, train_cases: list[dict], val_cas
     )
 
 
-def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | None = None) -> dict:
+def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | None = None,
+              resume: dict | None = None) -> dict:
     """Train one model into `run_dir` (which holds config.yaml already); return the validation summary.
 
     A `checkpoints/last.pt` already in `run_dir` (an interrupted run) is resumed: weights, optimiser,
     schedule, scaler, RNG states, iteration and best metric; batch `it` does not depend on the batches
     before it, so with `deterministic: true` on the CPU the resumed run ends bitwise where an uninterrupted
-    one would.
+    one would. `resume`: that checkpoint's state when the caller has read it already (`runs.open_run_dir`).
     """
     device = resolve_device(cfg.train.device)
     seed_everything(cfg, device)
@@ -211,7 +213,8 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     paths = RunPaths(run_dir)
     _record_split(paths, lists, train_cases, val_cases)
     parts = _build(cfg, device)
-    start, best, last = _resume(parts, paths.last, device, run_dir.name)
+    start, best, last = _resume(parts, resume, paths.last, run_dir.name)
+    del resume  # loaded into the model and optimiser: no second copy kept for the whole training
 
     batches = train_batches(train_cases, cfg, device)
     val_data = volume_dataset(val_cases, cfg, with_label=True) if val_cases else None
