@@ -118,8 +118,8 @@ RESUME = "Run the same command again to resume: finished runs are skipped, inter
 
 
 def summary_line(rid: str, summary: dict) -> str:
-    pc = summary["per_case"]
     """`[beta=0.7] test: DSC 0.677, F2 0.798, …`: the headline metrics of a finished run, per-case means."""
+    pc = summary["per_case"]
     return f"[{rid}] test: " + ", ".join(f"{registry.label(m)} {pc[m]['mean']:.3f}"
                                         for m in registry.names(headline=True))
 
