@@ -13,7 +13,7 @@ Definitions (identical to MONAI 1.x `compute_hausdorff_distance(percentile=95)` 
   Hausdorff's max(h(A, B), h(B, A)).
   MedPy's `hd95` instead takes P95 of both directions' distances pooled; it is (up to interpolation)
   never larger, and much smaller when one direction has a tail of a few per cent of its surface (e.g. a
-  distant false-positive lesion) — tests/test_surface.py shows both on such a case.
+  distant false-positive lesion) — tests/evaluation/test_surface.py shows both on such a case.
 - **ASSD** = (Σ d(pred→ref) + Σ d(ref→pred)) / (|∂pred| + |∂ref|): the mean over all surface voxels of
   both masks (Heimann et al. 2009). MONAI and MedPy 0.5.2 agree on this one (older MedPy releases
   averaged the two directed means instead, which differs when the surfaces differ in size).

@@ -11,14 +11,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from scipy import ndimage
 
 from lesionseg.config import load_config
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation.evaluate import evaluate_cases
 from lesionseg.evaluation.lesionwise import component_sizes, min_component_voxels, remove_small_components
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def save(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:

@@ -97,7 +97,7 @@ def test_the_folds_of_a_configuration_are_merged_and_every_case_scored_once(cv_s
 @pytest.mark.parametrize("tta", [False, True], ids=["plain", "flips"])
 def test_the_ensemble_is_the_mean_of_the_fold_models_probabilities(cv_sweep, tmp_path, tta):
     """With `eval.tta` each model's probability is itself the mean of its flipped-back predictions
-    (`infer_volume`, tested against a hand computation in test_augment.py); the ensemble averages those."""
+    (`infer_volume`, tested against a hand computation in tests/data/test_augment.py); the ensemble averages those."""
     cfg, sweep_dir, _ = cv_sweep
     with_tta = lambda c: c.model_copy(update={"eval": c.eval.model_copy(update={"tta": tta})})
     members = [(rid, with_tta(c)) for rid, c in configurations(expand_sweep(cfg), cfg.sweep)["beta=0.5"]]

@@ -3,7 +3,7 @@
 References: a rotation by 90° is `torch.rot90` of the plain crop, zoom 1 without rotation is the crop
 itself, and SciPy's `ndimage.affine_transform` (order 1, zeros outside) resamples the same patch by the
 same matrix. Determinism: batch `it` is a function of (seed, it) with the augmentation on, and a resumed
-run trains on the same batches (`test_resume_exact.py` runs the whole loop with the augmentation on).
+run trains on the same batches (`tests/training/test_resume_exact.py` runs the whole loop with the augmentation on).
 """
 
 import numpy as np
