@@ -12,6 +12,13 @@ What is modelled, and why it is enough for a β sweep to mean something:
   The lesion load is drawn per case, spread as widely as between real patients (median 0.6 % of brain
   voxels, from 0.05 % to 5 %), and is never zero: with loads of ~1 % everywhere (the earlier phantoms), a
   batch-summed loss that ignores low-load cases looked fine on the demo and failed on real scans.
+- Contrast as in real scans: FLAIR lesions about 1.5 SD of the brain above its mean (open MS patients:
+  1.40 and 1.56; the earlier phantoms 1.9), T2 0.7 SD, T1 about the brain mean, so that only a minority of
+  lesion voxels stand 2 SD out.
+- Mimics: unlabelled, lesion-like patches in and just under the cortex (FLAIR and T2 bright, T1 dark) and
+  the odd T1-bright spot at the surface, whatever the lesion load: 0.01-0.1 % of the brain outside the
+  lesions is 2 SD bright on FLAIR (open MS patients: 0.05 and 0.18 %). In a low-load real scan there are as
+  many such voxels outside the lesions as inside them, so brightness alone does not find the lesions.
 - Image formation: tissue fractions with one-voxel soft edges (partial volume), per-tissue FLAIR/T1/T2
   intensities in scanner-like units, mild tissue texture, a Gaussian point-spread blur, a smooth
   multiplicative bias field per modality, Rician noise of a few % of white matter, and zero outside the brain.
@@ -34,10 +41,16 @@ MODALITIES = ("flair", "t1", "t2")
 # hypointense (the T1 lesion value is the "black hole" end; each lesion gets a random share of it).
 # T2: CSF brightest, GM > WM, lesions bright.
 _CONTRAST = {
-    "flair": {"csf": 0.15, "gm": 1.25, "wm": 1.0, "lesion": 1.9},
-    "t1": {"csf": 0.25, "gm": 0.70, "wm": 1.0, "lesion": 0.50},
-    "t2": {"csf": 2.60, "gm": 1.40, "wm": 1.0, "lesion": 2.0},
+    "flair": {"csf": 0.15, "gm": 1.25, "wm": 1.0, "lesion": 1.65},
+    "t1": {"csf": 0.25, "gm": 0.70, "wm": 1.0, "lesion": 0.40},
+    "t2": {"csf": 2.60, "gm": 1.40, "wm": 1.0, "lesion": 2.3},
 }
+# Lesion-like signal that is not a lesion (not in the label): cortical and juxtacortical patches bright on
+# FLAIR and T2 and dark on T1 (the FLAIR-bright clusters outside the consensus masks of the open MS scans are
+# mostly 2-5 mm under the brain surface), and the odd T1-bright spot at the surface (vessels, fat). Added to
+# the tissue intensities, relative to white matter.
+_MIMIC = {"flair": (0.35, 0.75), "t1": (-0.25, 0.0), "t2": (0.2, 0.8)}
+_SURFACE_SPOT = {"flair": 0.6, "t1": 0.9, "t2": -0.2}
 _WM_LEVEL = {"flair": (400.0, 900.0), "t1": (500.0, 1000.0), "t2": (300.0, 700.0)}  # scanner units
 
 
@@ -45,7 +58,7 @@ class Phantom(NamedTuple):
     images: dict[str, np.ndarray]  # {modality: float32}, 0 outside the brain
     label: np.ndarray  # uint8 {0, 1}: lesion fraction >= 0.5
     mask: np.ndarray  # uint8 {0, 1}: brain fraction >= 0.5
-    tissues: dict[str, np.ndarray]  # float32 fractions: csf, gm, wm, lesion; ventricles (part of csf)
+    tissues: dict[str, np.ndarray]  # float32 fractions: csf, gm, wm, lesion; ventricles (part of csf), mimic (overlay)
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], cell: float) -> np.ndarray:
@@ -231,12 +244,49 @@ def _lesions(
         lesion[box] = np.maximum(lesion[box], frac)
         share = rng.uniform(0.25, 0.5) if rng.random() < kind.low_contrast else rng.uniform(0.75, 1.0)
         contrast[box] = np.where(newer, share, contrast[box])
-        t1_share[box] = np.where(newer, share * rng.uniform(0.0, 1.0), t1_share[box])
+        t1_share[box] = np.where(newer, share * rng.uniform(0.2, 1.0), t1_share[box])
         load += int((lesion[box] >= 0.5).sum()) - before
         previous = (c0, r)
     if load == 0:  # a bug, not a user error: every phantom must hold a lesion
         raise RuntimeError(f"phantom {shape}: no lesion could be placed in white matter")
     return lesion, contrast, t1_share
+
+
+def _mimics(anat: dict[str, np.ndarray], lesion: np.ndarray,
+            rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The unlabelled lesion-like patches (`_MIMIC`): their fraction, and the intensity (× white matter) each
+    modality gains there, float32.
+
+    Patches of 1.5-4.5 % of the brain radius in the cortex and just below it, covering a share of the brain
+    drawn per case (median 0.2 %, 0.03 … 0.8 %), of which a sixth or so ends up 2 SD bright on FLAIR; one in
+    two cases also gets a T1-bright spot or two at the surface. Never inside a lesion."""
+    radius, brain = float(anat["radius"]), anat["brain"]
+    tissue = np.clip(anat["gm"] + anat["wm"], 0.0, 1.0) * (1 - lesion)
+    cortex = np.flatnonzero((brain > 0.95) & (tissue > 0.5) & (anat["deep"] > -0.08) & (anat["deep"] < 0.03))
+    surface = np.flatnonzero((brain > 0.95) & (tissue > 0.5) & (anat["deep"] <= -0.08))
+    flat = np.zeros_like(brain)
+    added = {m: np.zeros_like(brain) for m in MODALITIES}
+    target = np.clip(np.exp(rng.normal(np.log(0.002), 0.8)), 0.0003, 0.008) * float(brain.sum())
+    n_spots = rng.integers(1, 3) if rng.random() < 0.5 else 0
+    covered, drawn = 0, 0
+    for _ in range(200):
+        spot = drawn < n_spots
+        sites = surface if spot and surface.size else cortex
+        if (covered >= target and not spot) or sites.size == 0:
+            break
+        c0 = np.array(np.unravel_index(sites[rng.integers(sites.size)], brain.shape), float)
+        shape = _lesion_shape(c0, max(0.8, rng.uniform(0.015, 0.045) * radius), False, rng, flat, tissue)
+        drawn += 1
+        if shape is None:
+            continue
+        box, frac = shape
+        newer = frac > flat[box]
+        flat[box] = np.maximum(flat[box], frac)
+        for m in MODALITIES:
+            value = _SURFACE_SPOT[m] if spot else rng.uniform(*_MIMIC[m])
+            added[m][box] = np.where(newer, value, added[m][box])
+        covered += int(((flat[box] >= 0.5) & newer).sum())
+    return flat, {m: flat * added[m] for m in MODALITIES}
 
 
 def render_phantom(shape: tuple[int, int, int], rng: np.random.Generator, lesions: str = "ms") -> Phantom:
@@ -246,9 +296,10 @@ def render_phantom(shape: tuple[int, int, int], rng: np.random.Generator, lesion
     shape = tuple(int(n) for n in shape)
     anat = _anatomy(shape, rng)
     lesion, contrast, t1_share = _lesions(anat, rng, LESION_KINDS[lesions])
+    mimic, mimic_signal = _mimics(anat, lesion, rng)
     from_wm = np.minimum(lesion, anat["wm"])  # a lesion replaces white matter, then (tumours) grey matter
     tissues = {"csf": anat["csf"], "gm": anat["gm"] - (lesion - from_wm), "wm": anat["wm"] - from_wm,
-               "lesion": lesion, "ventricles": anat["ventricles"]}
+               "lesion": lesion, "ventricles": anat["ventricles"], "mimic": mimic}
     mask = (anat["brain"] >= 0.5).astype(np.uint8)
     label = ((lesion >= 0.5) & (mask > 0)).astype(np.uint8)
     texture = 1 + 0.02 * _smooth_field(rng, shape, 3.0)  # mild tissue inhomogeneity
@@ -258,6 +309,7 @@ def render_phantom(shape: tuple[int, int, int], rng: np.random.Generator, lesion
         level["wm"] = 1.0
         lesion_level = 1 + (level["lesion"] - 1) * (t1_share if name == "t1" else contrast)
         image = sum(tissues[t] * level[t] for t in ("csf", "gm", "wm")) * texture + lesion * lesion_level
+        image = image + mimic_signal[name]
         image = ndimage.gaussian_filter(image, 0.5)  # scanner point-spread function
         image *= np.exp(0.1 * _smooth_field(rng, shape, 0.7 * max(shape)))  # receive-coil bias field
         wm_level = rng.uniform(*_WM_LEVEL[name])

@@ -96,6 +96,42 @@ def test_contrast_ordering_per_tissue(phantom64):
     assert mean["t2"]["csf"] > mean["t2"]["gm"] > mean["t2"]["wm"]
 
 
+@pytest.fixture(scope="module")
+def six_phantoms():
+    return [render_phantom(phantom_shape(64), np.random.default_rng([3, i])) for i in range(6)]
+
+
+def _flair_z(phantom) -> tuple[np.ndarray, np.ndarray]:
+    """FLAIR in SDs of the non-lesion brain above its mean: (lesion voxels, non-lesion brain voxels)."""
+    lesion = phantom.label > 0
+    other = (phantom.mask > 0) & ~lesion
+    flair = phantom.images["flair"]
+    z = (flair - flair[other].mean()) / flair[other].std()
+    return z[lesion], z[other]
+
+
+def test_lesion_contrast_is_that_of_real_scans(six_phantoms):
+    # Open MS patients 07 and 19: FLAIR lesions 1.56 and 1.40 SD above the non-lesion brain, 27 % and 6 % of
+    # lesion voxels over 2 SD. The earlier phantoms' 1.9 SD (half the voxels over 2 SD) made lesions easy.
+    z = [_flair_z(p)[0] for p in six_phantoms]
+    assert 1.2 < np.median([v.mean() for v in z]) < 1.7
+    assert np.median([(v > 2).mean() for v in z]) < 0.3
+
+
+def test_mimics_are_bright_unlabelled_and_cortical(six_phantoms):
+    for phantom in six_phantoms:
+        mimic, label, images = phantom.tissues["mimic"] >= 0.5, phantom.label > 0, phantom.images
+        assert mimic.sum() > 0 and not np.any(mimic & label)
+        pure_gm = (phantom.tissues["gm"] > 0.95) & ~mimic
+        assert images["flair"][mimic].mean() > images["flair"][pure_gm].mean()
+        assert images["t2"][mimic].mean() > images["t2"][pure_gm].mean()
+        depth = ndimage.distance_transform_edt(phantom.mask)
+        assert np.median(depth[mimic]) < np.median(depth[label])  # near the surface; lesions lie deep
+    # 2 SD bright FLAIR outside the lesions, as in the real scans (0.05 % and 0.18 % of their brains):
+    bright = [100 * (_flair_z(p)[1] > 2).mean() for p in six_phantoms]
+    assert 0.01 < np.median(bright) < 0.2, bright
+
+
 @pytest.mark.parametrize("case", [0, 1, 2])
 def test_lesions_are_closer_to_the_ventricles_than_white_matter_is(case):
     # Per lesion, not per voxel: one large deep-WM lesion may outweigh many periventricular ones.
