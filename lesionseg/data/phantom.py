@@ -1,10 +1,7 @@
 """Synthetic multi-modal brain MRI phantoms with MS-like white-matter lesions (the embedded demo data).
 
 What is modelled, and why it is enough for a β sweep to mean something:
-- Anatomy: a skull-stripped, egg-shaped brain (flatter base) with per-case size, shape, rotation and shift;
-  an outer CSF rim; a cortical grey-matter ribbon folded by sulci (CSF sheets along the zero set of a smooth
-  random field, lined by GM) and an interhemispheric fissure; deep grey matter (basal ganglia/thalamus);
-  two curved lateral ventricles of per-case size near the centre; white matter everywhere else.
+- Anatomy (`anatomy.py`): brain, cortex and sulci, deep grey matter, ventricles, white matter.
 - Lesions: only inside white matter, centres drawn with a strong periventricular preference, a heavy-tailed
   (Pareto) size distribution (many small, few large), irregular shapes (a union of overlapping ellipsoids
   deformed by smooth noise), some placed touching a previous one (confluent), and ~25 % of them of low
@@ -34,6 +31,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from lesionseg.data.anatomy import brain_anatomy, ramp, rotation, smooth_field
+
 MODALITIES = ("flair", "t1", "t2")
 
 # Intensity of each tissue relative to white matter, per modality (before per-case jitter and scale).
@@ -59,97 +58,6 @@ class Phantom(NamedTuple):
     label: np.ndarray  # uint8 {0, 1}: lesion fraction >= 0.5
     mask: np.ndarray  # uint8 {0, 1}: brain fraction >= 0.5
     tissues: dict[str, np.ndarray]  # float32 fractions: csf, gm, wm, lesion; ventricles (part of csf), mimic (overlay)
-
-
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], cell: float) -> np.ndarray:
-    """Zero-mean, unit-variance random field that varies over about `cell` voxels (float32).
-
-    Gaussian bumps on a coarse knot lattice, expanded one axis at a time with matrix products: smooth,
-    and ~10x faster than `ndimage.zoom` or filtering full-size white noise at size 160.
-    """
-    width = cell / 2
-    mats = []
-    for n in shape:
-        knots = np.arange(-3 * width, n + 3 * width, width)
-        mats.append(np.exp(-0.5 * ((np.arange(n)[:, None] - knots[None]) / width) ** 2).astype(np.float32))
-    field = rng.standard_normal([m.shape[1] for m in mats]).astype(np.float32)
-    for m in mats:  # contract the leading (coarse) axis; the new fine axis goes last, so order is kept
-        field = np.tensordot(field, m, axes=([0], [1]))
-    return field / field.std()
-
-
-def _ramp(distance: np.ndarray) -> np.ndarray:
-    """Signed distance in voxels (positive inside) → fraction, linear over one voxel (partial volume)."""
-    return np.clip(0.5 + distance, 0.0, 1.0).astype(np.float32)
-
-
-def _rotation(rng: np.random.Generator, max_degrees: float) -> np.ndarray:
-    a, b, c = np.deg2rad(rng.uniform(-max_degrees, max_degrees, 3))
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rx @ ry @ rz
-
-
-def _anatomy(shape: tuple[int, int, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Tissue fractions (float32) and helper maps. Axes are (L-R, P→A, I→S), as in the LAS affine."""
-    # Brain semi-axes in voxels: ~80 % of the field of view, varied per case.
-    semi = (np.array([0.40, 0.40, 0.37]) * np.array(shape) * rng.uniform(0.9, 1.05, 3)).astype(np.float32)
-    radius = float(np.prod(semi, dtype=float) ** (1 / 3))  # voxels per normalised unit (edges, thicknesses)
-    centre = (np.array(shape) - 1) / 2 + rng.uniform(-0.03, 0.03, 3) * np.array(shape)
-    rot = _rotation(rng, 5.0)
-    grid = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    offsets = [(g - c).astype(np.float32) for g, c in zip(grid, centre)]
-    rot = rot.astype(np.float32)
-    ux, uy, uz = (sum(rot[i, j] * offsets[j] for j in range(3)) / semi[i] for i in range(3))
-
-    # Brain outline: an ellipsoid with a flatter base and a lumpy surface; depth is in normalised units.
-    uz_base = np.where(uz < 0, uz * 1.2, uz)
-    rho = np.sqrt(ux**2 + uy**2 + uz_base**2) * (1 + 0.03 * _smooth_field(rng, shape, 0.5 * radius))
-    depth = 1 - rho
-    brain = _ramp(depth * radius)
-
-    # Cortex: sulci are CSF sheets along the zero set of a smooth field, up to ~0.2 brain radii deep;
-    # subtracting that indent from the depth makes CSF and the GM ribbon follow each fold.
-    t_csf, t_gm = rng.uniform(0.025, 0.04), rng.uniform(0.09, 0.11)
-    folds = _smooth_field(rng, shape, 0.22 * radius)
-    indent = rng.uniform(0.15, 0.22) * np.exp(-((folds / 0.3) ** 2))
-    fissure = 0.5 * np.exp(-((ux * semi[0] / 1.2) ** 2)) * np.clip((uz + 0.4) / 0.5, 0, 1)
-    cortical = depth - np.maximum(indent, fissure)
-    inner = _ramp((cortical - t_csf) * radius)
-    wm = _ramp((cortical - t_csf - t_gm) * radius)
-    csf, gm = brain - inner, inner - wm
-
-    def paint(alpha: np.ndarray, tissue: str) -> None:  # alpha of `tissue` replaces what was there
-        for frac in fracs.values():
-            frac *= 1 - alpha
-        fracs[tissue] += alpha
-
-    fracs = {"csf": csf, "gm": gm, "wm": wm}
-    # Deep grey matter (basal ganglia, thalamus): an ellipsoid per hemisphere, below and lateral to the
-    # ventricles.
-    for side in (-1, 1):
-        q = ((ux - side * 0.17) / 0.09) ** 2 + ((uy + 0.02) / 0.22) ** 2 + ((uz + 0.1) / 0.14) ** 2
-        paint(_ramp((1 - q) * 0.045 * radius) * brain, "gm")
-    # Lateral ventricles: curved tubes arching over the centre, horns diverging; width varies per case.
-    scale, length = rng.uniform(0.7, 1.6), rng.uniform(0.42, 0.5)
-    t = uy / length
-    wx, wz = 0.065 * scale, 0.11 * scale * (1 - 0.3 * t**2)
-    wobble = 1 + 0.15 * _smooth_field(rng, shape, 0.3 * radius)
-    ventricles = np.zeros(shape, np.float32)
-    for side in (-1, 1):
-        xc = side * (wx + 0.025 + 0.08 * t**2)
-        q = (((ux - xc) / wx) ** 2 + ((uz - 0.1 + 0.2 * t**2) / wz) ** 2 + t**4) * wobble
-        ventricles = np.maximum(ventricles, _ramp((1 - q) * 0.5 * wx * radius))
-    w3 = max(0.02 * scale, 0.6 / radius)  # third ventricle: a midline slit between the thalami
-    q = (ux / w3) ** 2 + (uy / 0.16) ** 2 + ((uz + 0.1) / 0.11) ** 2
-    ventricles = np.maximum(ventricles, _ramp((1 - q) * 0.5 * w3 * radius)) * brain
-    paint(ventricles, "csf")
-    # The septum between the ventricles and the midline below them are drawn as WM but are a membrane
-    # and the diencephalon: no lesion may grow there (the corpus callosum above them stays lesionable).
-    septum = (np.abs(ux) < wx + 0.03) & (np.abs(t) < 1.05) & (uz - 0.1 + 0.2 * t**2 < wz) & (uz > -0.45)
-    return {**fracs, "ventricles": ventricles, "brain": brain, "deep": cortical - t_csf - t_gm,
-            "lesionable": np.where(septum, 0, fracs["wm"]).astype(np.float32), "radius": np.float32(radius)}
 
 
 class LesionKind(NamedTuple):
@@ -194,7 +102,7 @@ def _lesion_shape(c0: np.ndarray, r: float, big: bool, rng: np.random.Generator,
     """One lesion of radius `r` voxels at `c0`: a union of one to four ellipsoids (more when `big`) deformed
     by `bumps`, as a fraction clipped to `lesionable`, with its bounding box; None if the box is empty."""
     n_lobes = min(1 + rng.poisson(1.0 if big else 0.2), 4)  # large ones are lumpier
-    lobes = [(c0 + rng.normal(0, 0.4 * r, 3) * (k > 0), r * rng.uniform(0.6, 1.3, 3), _rotation(rng, 90))
+    lobes = [(c0 + rng.normal(0, 0.4 * r, 3) * (k > 0), r * rng.uniform(0.6, 1.3, 3), rotation(rng, 90))
              for k in range(n_lobes)]
     ext = 2 * r + 3
     lo = np.maximum(np.floor(c0 - ext), 0).astype(int)
@@ -207,7 +115,7 @@ def _lesion_shape(c0: np.ndarray, r: float, big: bool, rng: np.random.Generator,
     for centre, axes, rot in lobes:  # union of ellipsoids: max of their (1 - quadratic form)
         local = (grid - centre) @ rot / axes
         inside = np.maximum(inside, 1 - (local**2).sum(-1))
-    return box, np.minimum(_ramp((inside + 0.3 * bumps[box]) * 0.5 * r), lesionable[box])
+    return box, np.minimum(ramp((inside + 0.3 * bumps[box]) * 0.5 * r), lesionable[box])
 
 
 def _lesions(
@@ -220,7 +128,7 @@ def _lesions(
     shape = wm.shape
     candidates, near, weight = _lesion_sites(anat, wm, kind)
     lesion, contrast, t1_share = (np.zeros(shape, np.float32) for _ in range(3))
-    bumps = _smooth_field(rng, shape, max(2.0, 0.06 * radius))  # deforms lesion outlines
+    bumps = smooth_field(rng, shape, max(2.0, 0.06 * radius))  # deforms lesion outlines
     median, sigma, lo, hi = kind.load
     target = np.clip(np.exp(rng.normal(np.log(median), sigma)), lo, hi) * float(anat["brain"].sum())
     load, previous = 0, None
@@ -294,7 +202,7 @@ def render_phantom(shape: tuple[int, int, int], rng: np.random.Generator, lesion
 
     `lesions`: a key of `LESION_KINDS` (ms: small MS-like lesions; large: tumour-like masses)."""
     shape = tuple(int(n) for n in shape)
-    anat = _anatomy(shape, rng)
+    anat = brain_anatomy(shape, rng)
     lesion, contrast, t1_share = _lesions(anat, rng, LESION_KINDS[lesions])
     mimic, mimic_signal = _mimics(anat, lesion, rng)
     from_wm = np.minimum(lesion, anat["wm"])  # a lesion replaces white matter, then (tumours) grey matter
@@ -302,7 +210,7 @@ def render_phantom(shape: tuple[int, int, int], rng: np.random.Generator, lesion
                "lesion": lesion, "ventricles": anat["ventricles"], "mimic": mimic}
     mask = (anat["brain"] >= 0.5).astype(np.uint8)
     label = ((lesion >= 0.5) & (mask > 0)).astype(np.uint8)
-    texture = 1 + 0.02 * _smooth_field(rng, shape, 3.0)  # mild tissue inhomogeneity
+    texture = 1 + 0.02 * smooth_field(rng, shape, 3.0)  # mild tissue inhomogeneity
     images = {}
     for name in MODALITIES:
         level = {t: v * rng.uniform(0.95, 1.05) for t, v in _CONTRAST[name].items()}
@@ -311,7 +219,7 @@ def render_phantom(shape: tuple[int, int, int], rng: np.random.Generator, lesion
         image = sum(tissues[t] * level[t] for t in ("csf", "gm", "wm")) * texture + lesion * lesion_level
         image = image + mimic_signal[name]
         image = ndimage.gaussian_filter(image, 0.5)  # scanner point-spread function
-        image *= np.exp(0.1 * _smooth_field(rng, shape, 0.7 * max(shape)))  # receive-coil bias field
+        image *= np.exp(0.1 * smooth_field(rng, shape, 0.7 * max(shape)))  # receive-coil bias field
         wm_level = rng.uniform(*_WM_LEVEL[name])
         sigma = rng.uniform(0.02, 0.04)  # noise relative to WM
         noise = rng.standard_normal((2, *shape), dtype=np.float32)
