@@ -183,8 +183,10 @@ def _add_demo_data(sub) -> None:
     p.add_argument("--size", type=int, default=64, help="voxels along the first axis (shape S × 1.2S × S)")
     p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lesions", choices=["ms", "large"], default="ms",
-                   help="ms: small MS-like white-matter lesions; large: tumour-like masses of tens of mL")
+    p.add_argument("--lesions", choices=["ms", "ms-small", "large"], default="ms",
+                   help="ms: small MS-like white-matter lesions; ms-small: MS lesions at the sizes of real scans "
+                        "(most a voxel or two at 2 mm; light loads small, heavy ones confluent); large: "
+                        "tumour-like masses of tens of mL")
     p.add_argument("--force", action="store_true", help="move an existing OUT_DIR aside first (never deleted)")
     p.set_defaults(func=_demo_data)
 

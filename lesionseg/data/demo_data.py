@@ -81,7 +81,7 @@ def write_demo_dataset(
     datalist = {
         "name": "lesionseg phantoms",
         "description": (
-            f"synthetic {'MS-like' if lesions == 'ms' else 'tumour-like'} lesion phantoms (lesionseg.data.phantom): "
+            f"synthetic {'tumour-like' if lesions == 'large' else 'MS-like'} lesion phantoms (lesionseg.data.phantom): "
             f"lesions={lesions}, seed={seed}, size={size}, "
             f"shape={list(shape)}, spacing={float(spacing)} mm, LAS"
         ),

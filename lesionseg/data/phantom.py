@@ -69,14 +69,21 @@ class LesionKind(NamedTuple):
     periventricular: bool  # centres mostly near the ventricles (MS) or anywhere in deep tissue
     grey_matter: bool  # may grow into grey matter (tumours), not only white matter
     low_contrast: float  # share of lesions of faint contrast
+    small: float  # share of lesions (by count) drawn at the resolution limit, away from the others
+    load_size: float  # base radius × (load / median load) ** load_size: light loads small, heavy ones confluent
 
 
 LESION_KINDS = {
     # MS: many small white-matter lesions, mostly periventricular; loads spread as between real patients
-    # (median 0.6 % of the brain, 0.05 … 5 %: the open MS patients hold 0.12 % and 4.5 %).
-    "ms": LesionKind((0.006, 1.1, 0.0005, 0.05), (0.045, 0.15), 0.3, True, False, 0.25),
+    # (median 0.6 % of the brain, 0.05 … 5 %: the open MS patients hold 0.12 % and 4.5 %). Median lesion
+    # 10-47 voxels at size 64; the demo's phantoms.
+    "ms": LesionKind((0.006, 1.1, 0.0005, 0.05), (0.045, 0.15), 0.3, True, False, 0.25, 0.0, 0.0),
+    # MS at the lesion sizes of real scans: two in three lesions are a few 2 mm voxels (median 1.5-2.1 in
+    # the open MS patients), holding 1-20 % of the load; a light load is a few discrete small lesions, a
+    # heavy one confluent (bench/RESULTS.md: where the old defaults miss a light load's lesions).
+    "ms-small": LesionKind((0.006, 1.1, 0.0005, 0.05), (0.045, 0.15), 0.3, True, False, 0.25, 0.6, 0.3),
     # Tumour-like: one to a few large lobulated masses of tens of mL (4 … 15 % of the brain).
-    "large": LesionKind((0.07, 0.4, 0.04, 0.15), (0.16, 0.3), 0.7, False, True, 0.1),
+    "large": LesionKind((0.07, 0.4, 0.04, 0.15), (0.16, 0.3), 0.7, False, True, 0.1, 0.0, 0.0),
 }
 
 
@@ -130,19 +137,26 @@ def _lesions(
     lesion, contrast, t1_share = (np.zeros(shape, np.float32) for _ in range(3))
     bumps = smooth_field(rng, shape, max(2.0, 0.06 * radius))  # deforms lesion outlines
     median, sigma, lo, hi = kind.load
-    target = np.clip(np.exp(rng.normal(np.log(median), sigma)), lo, hi) * float(anat["brain"].sum())
+    load_share = np.clip(np.exp(rng.normal(np.log(median), sigma)), lo, hi)
+    target = load_share * float(anat["brain"].sum())
+    base = kind.radius[0] * float(np.clip(load_share / median, 0.25, 4.0)) ** kind.load_size
     load, previous = 0, None
     for _ in range(400):
         if load >= max(target, 1):
             break
-        r = float(min(kind.radius[0] * radius * (1 + rng.pareto(1.8)), kind.radius[1] * radius))  # heavy tail
-        if previous is not None and rng.random() < kind.confluent:  # confluent: touching the previous lesion
-            direction = rng.normal(size=3)
-            c0 = previous[0] + direction / np.linalg.norm(direction) * 0.8 * (previous[1] + r)
+        small = kind.small > 0 and rng.random() < kind.small
+        if small:  # at the resolution limit (1-7 voxels at size 64), anywhere in deep white matter, on a voxel
+            r = max(0.7, rng.uniform(0.028, 0.04) * radius)
+            c0 = np.array(np.unravel_index(candidates[rng.integers(candidates.size)], shape), float)
         else:
-            pick = rng.choice(candidates.size, p=weight)
-            c0 = np.array(np.unravel_index(candidates[pick], shape), float)
-            r *= 0.7 + 0.5 * near[pick]  # deep WM lesions are small; the large ones cap the ventricles
+            r = float(min(base * radius * (1 + rng.pareto(1.8)), kind.radius[1] * radius))  # heavy tail
+            if previous is not None and rng.random() < kind.confluent:  # confluent: touching the previous one
+                direction = rng.normal(size=3)
+                c0 = previous[0] + direction / np.linalg.norm(direction) * 0.8 * (previous[1] + r)
+            else:
+                pick = rng.choice(candidates.size, p=weight)
+                c0 = np.array(np.unravel_index(candidates[pick], shape), float)
+                r *= 0.7 + 0.5 * near[pick]  # deep WM lesions are small; the large ones cap the ventricles
         drawn = _lesion_shape(c0, r, r > 0.06 * radius, rng, bumps, wm)
         if drawn is None:
             continue
@@ -154,7 +168,8 @@ def _lesions(
         contrast[box] = np.where(newer, share, contrast[box])
         t1_share[box] = np.where(newer, share * rng.uniform(0.2, 1.0), t1_share[box])
         load += int((lesion[box] >= 0.5).sum()) - before
-        previous = (c0, r)
+        if not small:
+            previous = (c0, r)
     if load == 0:  # a bug, not a user error: every phantom must hold a lesion
         raise RuntimeError(f"phantom {shape}: no lesion could be placed in white matter")
     return lesion, contrast, t1_share
@@ -203,7 +218,8 @@ def _mimics(anat: dict[str, np.ndarray], lesion: np.ndarray,
 def render_phantom(shape: tuple[int, int, int], rng: np.random.Generator, lesions: str = "ms") -> Phantom:
     """One phantom with its tissue fractions (for tests and inspection); `make_phantom` returns part of it.
 
-    `lesions`: a key of `LESION_KINDS` (ms: small MS-like lesions; large: tumour-like masses)."""
+    `lesions`: a key of `LESION_KINDS` (ms: small MS-like lesions; ms-small: MS lesions at the sizes of real
+    scans; large: tumour-like masses)."""
     shape = tuple(int(n) for n in shape)
     anat = brain_anatomy(shape, rng)
     lesion, contrast, t1_share = _lesions(anat, rng, LESION_KINDS[lesions])

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from lesionseg.data.anatomy import brain_anatomy
 from lesionseg.data.demo_data import las_affine, write_demo_dataset
-from lesionseg.data.phantom import MODALITIES, make_phantom, phantom_shape, render_phantom
+from lesionseg.data.phantom import LESION_KINDS, MODALITIES, _lesions, make_phantom, phantom_shape, render_phantom
 from lesionseg.errors import LesionsegError
 
 CONNECT_26 = np.ones((3, 3, 3), bool)
@@ -45,11 +46,12 @@ def test_same_seed_same_phantom_and_other_seed_differs():
     assert not _same(first, make_phantom(shape, np.random.default_rng([3, 2])))
 
 
+@pytest.mark.parametrize("lesions", ["ms", "ms-small", "large"])
 @pytest.mark.parametrize("size", [16, 24, 33])
-def test_shapes_dtypes_and_value_ranges(size):
+def test_shapes_dtypes_and_value_ranges(size, lesions):
     shape = phantom_shape(size)
     assert shape == (size, round(1.2 * size), size)
-    images, label, mask = make_phantom(shape, np.random.default_rng([0, size]))
+    images, label, mask = make_phantom(shape, np.random.default_rng([0, size]), lesions)
     assert sorted(images) == sorted(MODALITIES)
     for image in images.values():
         assert image.shape == shape and image.dtype == np.float32
@@ -130,6 +132,37 @@ def test_mimics_are_bright_unlabelled_and_cortical(six_phantoms):
     # 2 SD bright FLAIR outside the lesions, as in the real scans (0.05 % and 0.18 % of their brains):
     bright = [100 * (_flair_z(p)[1] > 2).mean() for p in six_phantoms]
     assert 0.01 < np.median(bright) < 0.2, bright
+
+
+def test_ms_small_lesions_have_the_sizes_of_real_scans():
+    # Open MS patients 07 and 19 at 2 mm (26-connected): median lesion 2.1 and 1.5 voxels, 64 % and 74 % of
+    # lesions under 4 voxels, holding 20 % and 1 % of the load. The "ms" phantoms: median 10-47 voxels.
+    sizes, small_load, z = [], [], []
+    for i in range(6):
+        phantom = render_phantom(phantom_shape(64), np.random.default_rng([3, i]), "ms-small")
+        components, count = ndimage.label(phantom.label, CONNECT_26)
+        each = np.bincount(components.ravel())[1:]
+        sizes.extend(each)
+        small_load.append(each[each < 4].sum() / each.sum())
+        z.append(_flair_z(phantom)[0].mean())
+    sizes = np.array(sizes)
+    assert np.median(sizes) <= 4
+    assert 0.45 < (sizes < 4).mean() < 0.85
+    assert np.median(small_load) < 0.25 and sizes.max() >= 100  # the load is in the larger, confluent ones
+    assert 1.2 < np.median(z) < 1.7  # the contrast of real scans still (partial volume lowers it)
+
+
+def test_ms_small_light_loads_have_smaller_lesions_than_heavy_ones():
+    # Clinically, a low lesion load is a few discrete small lesions and a heavy one is confluent. The same
+    # anatomy at 0.1 % and 3 % of the brain, lesions neither confluent nor at the resolution limit.
+    anatomy = brain_anatomy(phantom_shape(48), np.random.default_rng(11))
+    kind = LESION_KINDS["ms-small"]
+    mean_size = {}
+    for share in (0.001, 0.03):
+        fixed = kind._replace(load=(kind.load[0], 0.0, share, share), confluent=0.0, small=0.0)
+        lesion = _lesions(anatomy, np.random.default_rng(12), fixed)[0] >= 0.5
+        mean_size[share] = lesion.sum() / ndimage.label(lesion, CONNECT_26)[1]
+    assert 3 * mean_size[0.001] < mean_size[0.03], mean_size
 
 
 @pytest.mark.parametrize("case", [0, 1, 2])
@@ -232,5 +265,5 @@ def test_large_lesions_are_tumour_like_masses(case):
 
 
 def test_unknown_lesion_kind_is_an_error(tmp_path):
-    with pytest.raises(LesionsegError, match="lesions='huge' is not one of ms, large"):
+    with pytest.raises(LesionsegError, match="lesions='huge' is not one of ms, ms-small, large"):
         write_demo_dataset(tmp_path, cases=2, size=16, lesions="huge")
