@@ -9,6 +9,8 @@ What is modelled, and why it is enough for a β sweep to mean something:
   The lesion load is drawn per case, spread as widely as between real patients (median 0.6 % of brain
   voxels, from 0.05 % to 5 %), and is never zero: with loads of ~1 % everywhere (the earlier phantoms), a
   batch-summed loss that ignores low-load cases looked fine on the demo and failed on real scans.
+  `ms-small` draws them at the sizes of real scans: most lesions a voxel or two, and a light load made of
+  small discrete lesions (where the old defaults missed a light load's lesions, as on real scans).
 - Contrast as in real scans: FLAIR lesions about 1.5 SD of the brain above its mean (open MS patients:
   1.40 and 1.56; the earlier phantoms 1.9), T2 0.7 SD, T1 about the brain mean, so that only a minority of
   lesion voxels stand 2 SD out.
@@ -144,7 +146,7 @@ def _lesions(
     for _ in range(400):
         if load >= max(target, 1):
             break
-        small = kind.small > 0 and rng.random() < kind.small
+        small = kind.small > 0 and rng.random() < kind.small  # no draw for kinds without: their phantoms stay
         if small:  # at the resolution limit (1-7 voxels at size 64), anywhere in deep white matter, on a voxel
             r = max(0.7, rng.uniform(0.028, 0.04) * radius)
             c0 = np.array(np.unravel_index(candidates[rng.integers(candidates.size)], shape), float)
