@@ -80,7 +80,7 @@ def default_metrics_dir(pred: Path) -> Path:
 def _evaluate(args: argparse.Namespace) -> None:
     from lesionseg.config import check_device_name
     from lesionseg.devices import resolve_device
-    from lesionseg.evaluation import registry
+    from lesionseg.evaluation import collapse, registry
     from lesionseg.evaluation.evaluate import check_options, evaluate_dirs
     from lesionseg.evaluation.volumes import match_folders, require_label
     from lesionseg.runs import claim_output, is_done
@@ -111,6 +111,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     pc = summary["per_case"]
     print(f"{_count(summary['n_cases'], 'case')}: " + ", ".join(f"{m} {pc[m]['mean']:.4f}" for m in
           registry.names(headline=True)) + f" (per-case means); wrote {out}")
+    if summary["collapse"]:
+        print(f"warning: the predictions have collapsed: {collapse.describe(summary['collapse'])}")
 
 
 def _sweep(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, TINY, lesionseg
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +41,8 @@ def test_two_beta_sweep_through_the_cli(tmp_path):
         summary = json.loads((run / "metrics" / "summary.json").read_text())
         assert summary["n_cases"] == 2 and 0 <= summary["per_case"]["dsc"]["mean"] <= 1
         assert summary["calibration"]["voxels"].startswith("brain") and 0 <= summary["pooled"]["ece"] <= 1
+        # not collapsed: from the demo's prior 0.01 they predict 0.37× the test lesion volume (1.6× on validation)
+        assert json.loads((run / "DONE").read_text())["collapse"] == {"validation": [], "test": []}
         thresholds = json.loads((run / "thresholds.json").read_text())
         split = json.loads((run / "split.json").read_text())
         assert thresholds["validation_cases"] == split["validation"] and thresholds["configured"] == 0.5
@@ -103,6 +106,8 @@ def test_finished_runs_are_kept_and_force_moves_them_aside(tmp_path):
                                                   "case_000_t2.nii.gz", "case_000.nii.gz"}
     assert all(len(h) == 64 for h in inputs["training"]["case_000"].values())
     done = (run / "DONE").read_text()
+    best = json.loads((run / "train_summary.json").read_text())["best"]  # the validation of the weights kept
+    assert json.loads(done)["collapse"] == {"validation": best["collapse"]} and isinstance(best["collapse"], list)
 
     again = lesionseg(*args, cwd=tmp_path, check=False)
     assert again.returncode == 1 and "holds a finished run" in again.stderr and "--force" in again.stderr
@@ -150,3 +155,37 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, sig):
     assert (run / "DONE").is_file() and not list((tmp_path / "experiments").glob("long.old-*"))
     assert torch.load(run / "checkpoints" / "last.pt")["iteration"] == 60
 
+
+
+def test_a_run_that_cannot_leave_its_start_says_it_collapsed(tiny_dataset, tmp_path):
+    # From prior 0.5 every voxel starts at p = 0.5: a sea of false positives. A learning rate of 1e-12 keeps it
+    # there (train.lr must be > 0; at 1e-12 Adam moves no weight visibly).
+    overrides = [f"data.datalist={tiny_dataset}", "output_dir=experiments", "name=stuck",
+                 "sweep={loss.beta: [0.7]}", *TINY, "model.prior=0.5", "train.lr=1e-12"]
+    out = lesionseg("sweep", REPO / "configs" / "sweep_beta.yaml", *overrides, "-q", cwd=tmp_path)
+    log = out.stdout + out.stderr
+    for it in (2, 4):
+        assert (f"[beta=0.7] warning: collapsed at iteration {it} on the validation cases: over-segmented: "
+                "predicted ") in log
+    assert "Probably the output has not left its start" in log
+    assert "[beta=0.7] warning: collapsed on the test cases at p ≥ 0.5: over-segmented: predicted " in log
+
+    run = tmp_path / "experiments" / "stuck" / "runs" / "beta=0.7"
+    done = json.loads((run / "DONE").read_text())
+    for where in ("validation", "test"):
+        (flag,) = done["collapse"][where]
+        assert flag["flag"] == "over-segmented" and flag["value"] > 5 and "rule: > 5×)" in flag["detail"]
+    assert done["collapse"]["test"] == json.loads((run / "metrics" / "summary.json").read_text())["collapse"]
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("val/collapsed")] == [(2, 1.0), (4, 1.0)]
+    assert all(e.value > 5 for e in events.Scalars("val/volume_ratio"))
+    assert "val/collapse/text_summary" in events.Tags()["tensors"]  # add_text: the warning
+
+    report = (tmp_path / "experiments" / "stuck" / "report" / "summary.md").read_text()
+    answer = report.split("## The answer")[1].split("##")[0]
+    assert "- β = 0.7 ⚠ collapsed on the test cases: over-segmented (predicted " in answer
+    assert "Every configuration collapsed (predicted lesion volume over 5×" in answer
+    assert "DSC: best with β = 0.7 ⚠ (" in answer
+    stats = json.loads((tmp_path / "experiments" / "stuck" / "report" / "stats.json").read_text())
+    assert stats["collapsed"]["β = 0.7"]["runs"] == 1 and stats["collapsed"]["β = 0.7"]["of"] == 1

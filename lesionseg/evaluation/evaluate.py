@@ -6,13 +6,15 @@ Outputs (written atomically into `out_dir`):
   `iou, tp, fp, fn, tn`, volumes, surface distances and lesion-wise detection (`evaluate_cases` lists
   them); undefined values are written `nan`. Definitions: voxel-wise in `metrics`, HD95/ASSD in `surface`
   (MONAI's), lesion-wise in `lesionwise` (ISBI 2015).
-- `summary.json` — `{"threshold", "n_cases", "per_case", "pooled", "calibration"}`.
+- `summary.json` — `{"threshold", "n_cases", "per_case", "pooled", "calibration", "collapse"}`.
   **per_case**: for every metric, `mean`, `sd` (sample SD, ddof = 1), `median` over the cases where it is
   defined, `n` (cases where defined) and `n_undefined` (cases where NaN); mean/median are NaN with no
   defined value, sd with fewer than two. Each patient counts once.
   **pooled**: all test voxels together as one big case — confusion counts summed over cases and the
   metrics computed from the sums; APR from the merged precision-recall tables, i.e. exactly
   scikit-learn's `average_precision_score` on the concatenated voxels of every case.
+  **collapse**: the flags of `lesionseg.evaluation.collapse` over the cases at this threshold (volumes in
+  mL; the probability SD `prob_sd` over the brain voxels of the calibration figures); `[]`: not collapsed.
 - `pr_curve.csv` — the pooled precision-recall curve (`threshold, precision, recall`, thresholds
   increasing, as scikit-learn's `precision_recall_curve`; the end point precision 1, recall 0 has
   threshold `inf`). At most `pr_curve_max_points` rows: points of the exact curve, never interpolated.
@@ -43,7 +45,7 @@ from tqdm import tqdm
 
 from lesionseg.config import EVAL_DEFAULTS
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluation import calibration, lesionwise, metrics, operating_points
+from lesionseg.evaluation import calibration, collapse, lesionwise, metrics, operating_points
 from lesionseg.evaluation.nanstats import case_statistics
 from lesionseg.evaluation.outputs import (
     COUNT_COLUMNS,
@@ -177,10 +179,10 @@ def evaluate_cases_at(
 
     Columns after `case, dsc, f2, sensitivity, precision, specificity, apr`: `iou`, [`f<β>`],
     `tp, fp, fn, tn`, `vol_ref_ml, vol_pred_ml, avd_ml, rvd`, `hd95_mm, assd_mm`, `n_ref_lesions,
-    n_pred_lesions, n_detected, n_pred_tp, ltpr, lfdr, lesion_f1`, then `n_ref_<bin>, n_detected_<bin>,
-    ltpr_<bin>` per size bin. per_case statistics weigh every patient once; pooled figures treat all
-    voxels (and all lesions) as one case; surface distances have no pooled value. LesionsegError for bad
-    inputs, naming the files.
+    n_pred_lesions, n_detected, n_pred_tp, ltpr, lfdr, lesion_f1`, `ece, prob_sd`, then `n_ref_<bin>,
+    n_detected_<bin>, ltpr_<bin>` per size bin. per_case statistics weigh every patient once; pooled
+    figures treat all voxels (and all lesions) as one case; surface distances have no pooled value.
+    LesionsegError for bad inputs, naming the files.
     """
     bins_in_voxels = size_bins_voxels is not None
     size_bins = list(size_bins_voxels if bins_in_voxels else size_bins_ml)
@@ -216,6 +218,8 @@ def evaluate_cases_at(
             "per_case": {c: case_statistics([float(r[c]) for r in these]) for c in columns[1:]},
             "pooled": {c: pooled[c] for c in columns[1:] if c in pooled},
             "calibration": dict(about),
+            "collapse": collapse.collapse_flags([r["vol_pred_ml"] for r in these], [r["vol_ref_ml"] for r in these],
+                                                [r["prob_sd"] for r in these], threshold, "mL"),
         }
         if min_component_ml > 0:  # absent otherwise, so that summaries without it read as before
             summaries[folder]["postprocessing"] = {"min_component_ml": min_component_ml}
@@ -276,11 +280,13 @@ def _score_cases(cases, masks, brains, thresholds: dict[Path, float], scoring: d
         bins = calibration.calibration_bins(prob if region is None else prob[region],
                                             ref if region is None else ref[region], calibration_bins)
         scored.total_bins += bins
+        spread = collapse.probability_sd(prob, region)  # over the calibration's voxels: the brain where known
         table = None  # computed at the first threshold, the same at the others
         for folder, threshold in thresholds.items():
             row, counts, lesions, table = case_metrics(prob, ref, spacing, threshold, mask=mask, table=table,
                                                        **scoring)
             row["ece"] = calibration.expected_calibration_error(bins)
+            row["prob_sd"] = spread
             scored.rows[folder].append({"case": case_id, **row})
             scored.total_counts[folder] += counts.cpu()
             totals = scored.total_lesions[folder]

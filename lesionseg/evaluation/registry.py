@@ -60,6 +60,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("lfdr", "LFDR", "lesion", lower_is_better=True, report=8),
     Metric("lesion_f1", "lesion F1", "lesion", report=6),
     Metric("ece", "ECE", "calibration", lower_is_better=True, report=10),
+    # the SD of the case's probabilities over its brain voxels: near 0 on every case, a collapsed run (`collapse`)
+    Metric("prob_sd", "probability SD", "calibration", pooled=False),
 )
 BY_NAME = {m.name: m for m in METRICS}
 

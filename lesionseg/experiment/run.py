@@ -3,7 +3,10 @@
 `run_one`: start the run folder (or find the interrupted run to resume) → train → and, for a run that is
 evaluated (every sweep run), tune the thresholds on the validation cases → predict the test cases →
 evaluate them at `eval.threshold` and at the tuned thresholds → `DONE`, written last. The folder's files
-are named by `lesionseg.runs.RunPaths`.
+are named by `lesionseg.runs.RunPaths`. `DONE` records whether the run collapsed
+(`lesionseg.evaluation.collapse`): `"collapse": {"validation": flags, "test": flags}` — the validation
+cases at the best checkpoint (the weights that are tested; None without validation cases) and the test
+cases at `eval.threshold` (an evaluated run only); `[]`: not collapsed.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from tqdm import tqdm
 
 from lesionseg.config import Config, validate
 from lesionseg.data.preprocessing import load_datalist, split_train_val
 from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluation import operating_points, registry
+from lesionseg.evaluation import collapse, operating_points, registry
 from lesionseg.evaluation.evaluate import evaluate_cases_at
 from lesionseg.experiment.preflight import evaluation_problems
 from lesionseg.files import write_json
@@ -38,8 +42,9 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True, evaluate: bool = 
     started = time.monotonic()
     # an interrupted run's last.pt, read once: open_run_dir checks that it reads, train_run resumes from it
     trained = train_run(cfg, run_dir, progress=progress, lists=lists, resume=open_run_dir(run_dir, cfg))
+    validation = trained["best"].get("collapse")  # None: no validation cases
     if not evaluate:
-        mark_done(run_dir, {"best_iteration": trained["best"]["iteration"]})
+        mark_done(run_dir, {"best_iteration": trained["best"]["iteration"], "collapse": {"validation": validation}})
         return trained
     paths = RunPaths(run_dir)
     device = resolve_device(cfg.train.device)
@@ -58,8 +63,12 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True, evaluate: bool = 
     summary = summaries[paths.metrics]
     tuned = {m: summaries[folder] for m, folder in tuned_dirs.items()}
     log_hparams(run_dir, cfg, summary, tuned)  # this run's row in TensorBoard's HParams dashboard
+    if summary["collapse"]:
+        tqdm.write(f"[{run_dir.name}] warning: collapsed on the test cases at p ≥ {cfg.eval.threshold:g}: "
+                   f"{collapse.describe(summary['collapse'])}. Probably {collapse.advice(summary['collapse'])}.")
     seconds = round(time.monotonic() - started, 1)
-    mark_done(run_dir, {"seconds": seconds, "best_iteration": trained["best"]["iteration"]})
+    mark_done(run_dir, {"seconds": seconds, "best_iteration": trained["best"]["iteration"],
+                        "collapse": {"validation": validation, "test": summary["collapse"]}})
     return summary
 
 

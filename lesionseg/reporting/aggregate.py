@@ -86,6 +86,12 @@ def baseline_of(group: dict, groups: list[dict], baseline: dict) -> dict | None:
                  {k: g["swept"].get(k) for k in others} == others), None)
 
 
+def collapsed_runs(group: dict) -> list[list[dict]]:
+    """The flags of each run of the group that collapsed on its scored cases (`summary.json`'s `collapse`,
+    `lesionseg.evaluation.collapse`); a run evaluated before the check (no `collapse`) counts as not flagged."""
+    return [flags for run in group["runs"] if (flags := run["summary"].get("collapse"))]
+
+
 def size_bins(summary: dict) -> list[str]:
     """Lesion-size bin names in the evaluator's order (from the pooled `n_ref_<bin>` keys)."""
     return [k[len("n_ref_"):] for k in summary.get("pooled", {}) if k.startswith("n_ref_") and k != "n_ref_lesions"]

@@ -1,16 +1,19 @@
-"""The report's sentences: the answer that opens it (per headline metric: the best configuration and what
-the paired tests found) and the threshold verdict ("is a larger β more than a lower threshold?").
+"""The report's sentences: the answer that opens it (the configurations whose runs collapsed, then per
+headline metric the best configuration and what the paired tests found) and the threshold verdict ("is a
+larger β more than a lower threshold?").
 """
 
 from __future__ import annotations
 
 import math
 
+from lesionseg.evaluation.collapse import RULE
 from lesionseg.evaluation.nanstats import defined
 from lesionseg.evaluation.operating_points import TUNED_METRICS
 from lesionseg.reporting.aggregate import (
     METRICS,
     TABLE_METRICS,
+    collapsed_runs,
 )
 from lesionseg.reporting.tables import LABELS, best_value, fmt
 
@@ -54,28 +57,60 @@ def tuning_verdict(rows: list[dict], labels: list[str], stats_result: dict, kind
     return lines
 
 
-def answer(rows: list[dict], labels: list[str], stats_result: dict, kind: str = "test") -> list[str]:
-    """The report's opening, one sentence per headline metric: the best configuration, with its SD over
-    cases, and what the paired tests against the baseline found (where the metric is tested)."""
+def collapse_text(group: dict, kind: str = "test") -> str:
+    """`collapsed in 2 of 3 runs on the test cases: over-segmented (predicted 18.2×, 23.5× the reference
+    lesion volume)`; empty when no run of the group collapsed (`aggregate.collapsed_runs`)."""
+    flagged = collapsed_runs(group)
+    if not flagged:
+        return ""
+    values: dict[str, list[float]] = {}
+    for flags in flagged:
+        for flag in flags:
+            values.setdefault(flag["flag"], []).append(flag["value"])
+    parts = []
+    for name, these in values.items():
+        text = name if len(these) == len(flagged) else f"{name} in {len(these)}"
+        if name in ("over-segmented", "under-segmented"):
+            text += f" (predicted {', '.join(f'{v:.3g}×' for v in these)} the reference lesion volume)"
+        elif name == "near-constant probabilities":
+            text += f" (probability SD at most {max(these):.2g})"
+        parts.append(text)
+    n = len(group["runs"])
+    return f"collapsed {f'in {len(flagged)} of {n} runs ' if n > 1 else ''}on the {kind} cases: {'; '.join(parts)}"
+
+
+def answer(rows: list[dict], labels: list[str], stats_result: dict, kind: str = "test",
+           collapsed: list[str] | None = None) -> list[str]:
+    """The report's opening: first the configurations whose runs collapsed (`collapsed`: `collapse_text`
+    per row, empty where none did), then one sentence per headline metric: the best configuration, with its
+    SD over cases, and what the paired tests against the baseline found (where the metric is tested). A
+    configuration with collapsed runs is marked ⚠ wherever it is named."""
     n_cases = min(r["n_cases"] for r in rows)
-    lines = []
+    collapsed = collapsed or [""] * len(rows)
+    mark = {lab: f"{lab} ⚠" if c else lab for lab, c in zip(labels, collapsed)}
+    lines = [f"{lab} ⚠ {c}." for lab, c in zip(labels, collapsed) if c]
+    if lines:
+        lines.append(f"Every configuration collapsed ({RULE}): the best below is the best of failed runs."
+                     if all(collapsed) else
+                     f"Collapsed: {RULE}; the tables, figures and tests below include these runs.")
     for m in METRICS:  # the headline metrics
         best = best_value(rows, m, m)
         if best is None:
             lines.append(f"{LABELS[m]}: defined on no case.")
             continue
         winners = [i for i, r in enumerate(rows) if r[m] == best]
-        text = (f"{LABELS[m]}: best with {' and '.join(labels[i] for i in winners)} ({fmt(best, m)} ± "
+        text = (f"{LABELS[m]}: best with {' and '.join(mark[labels[i]] for i in winners)} ({fmt(best, m)} ± "
                 f"{fmt(rows[winners[0]][f'{m}_sd_cases'], m)} SD over {n_cases} {kind} cases)")
         tested = [c for c in stats_result["comparisons"] if c["metric"] == m]
         if tested:
-            bases = sorted({c["baseline"] for c in tested})
+            bases = sorted({mark.get(c["baseline"], c["baseline"]) for c in tested})
             said = []
             for word in ("higher", "lower"):
-                who = [c["label"] for c in tested if c["verdict"].startswith(word)]
+                who = [mark.get(c["label"], c["label"]) for c in tested if c["verdict"].startswith(word)]
                 if who:
                     said.append(f"{word} with {', '.join(who)}")
-            rest = [c["label"] for c in tested if not c["verdict"].startswith(("higher", "lower"))]
+            rest = [mark.get(c["label"], c["label"]) for c in tested
+                    if not c["verdict"].startswith(("higher", "lower"))]
             if rest:
                 said.append(f"no significant difference with {', '.join(rest)}")
             text += (f"; against {bases[0] if len(bases) == 1 else 'their baselines'} (paired by case, "

@@ -2,6 +2,8 @@
 loss) — Wilcoxon signed-rank and a bootstrap 95 % CI of the mean paired difference (`lesionseg.reporting.stats`)
 in the registry's tested metrics (DSC, F2, sensitivity) at the configured threshold, and in DSC and F2 at
 the tuned thresholds (`dsc_tuned`, `f2_tuned`), per case averaged over seeds, Holm-adjusted per metric.
+A comparison with a configuration whose runs collapsed (`lesionseg.evaluation.collapse`) says so in its
+verdict, and a note names those configurations.
 The per-case values come with the runs (`cases`, `tuned_cases`: `lesionseg.reporting.results`); no file is read here.
 """
 
@@ -10,9 +12,11 @@ from __future__ import annotations
 import math
 
 from lesionseg.evaluation import registry
+from lesionseg.evaluation.collapse import RULE
 from lesionseg.reporting import stats
 from lesionseg.reporting.aggregate import (
     baseline_of,
+    collapsed_runs,
     setting_text,
 )
 
@@ -50,6 +54,7 @@ def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: in
     }
     comparisons: list[dict] = []
     notes: list[str] = []
+    collapsed = {g["label"]: (len(flagged), len(g["runs"])) for g in groups if (flagged := collapsed_runs(g))}
     values = {id(g): {m: case_values(g, tuned, column) for m, (tuned, column) in TESTED.items()} for g in groups}
     for group in groups:
         base = baseline_of(group, groups, baseline)
@@ -71,4 +76,11 @@ def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: in
             c["verdict"] = stats.verdict(c, p)
             if c["p"] is not None and min(c["n_seeds"], c["n_seeds_baseline"]) < 2:
                 c["verdict"] += " (one seed: training noise not assessed)"
+            if {c["label"], c["baseline"]} & collapsed.keys():
+                c["verdict"] += " (includes collapsed runs)"
+    tested = {label for c in comparisons for label in (c["label"], c["baseline"])}
+    if involved := [(label, k, n) for label, (k, n) in collapsed.items() if label in tested]:
+        runs = "; ".join(f"{label}: {k} of {n} run{'s' if n > 1 else ''}" for label, k, n in involved)
+        notes.append(f"The tests include collapsed runs ({runs}; collapsed: {RULE}): a difference with them may "
+                     "say only that a run failed.")
     return {"method": method, "baseline": name, "comparisons": comparisons, "notes": notes}

@@ -7,7 +7,8 @@ baseline (`compare`), words the answer (`answer`), lays out the tables (`tables`
 runs and the rows (`figures`) and writes `report/`; the other reporting modules touch no file. `report/` holds:
 
 - `summary.csv` — one row per configuration (`lesionseg.reporting.aggregate` lists the columns).
-- `stats.json` — the paired statistics (`lesionseg.reporting.compare`), the answer and the threshold verdict.
+- `stats.json` — the paired statistics (`lesionseg.reporting.compare`), the answer, the threshold verdict and
+  the configurations whose runs collapsed (`collapsed`: label → runs flagged, of how many, their flags).
 - `summary.md`, `report.html` (self-contained, figures embedded; `lesionseg.reporting.render`), and the
   figures of `lesionseg.reporting.figures`.
 """
@@ -25,6 +26,7 @@ from lesionseg.reporting import figures, stats
 from lesionseg.reporting.aggregate import (
     beta_shown,
     case_kind,
+    collapsed_runs,
     group_runs,
     size_bins,
     summary_row,
@@ -35,6 +37,7 @@ from lesionseg.reporting.answer import (
     VERDICT_TITLE_OTHER,
     answer,
     best_betas,
+    collapse_text,
     tuning_verdict,
 )
 from lesionseg.reporting.compare import compare_to_baseline
@@ -122,14 +125,17 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     title = VERDICT_TITLE if shows_beta else VERDICT_TITLE_OTHER
     best = best_betas(rows, labels)
     verdict = tuning_verdict(rows, labels, stats_result, kind)
-    opening = answer(rows, labels, stats_result, kind)
+    opening = answer(rows, labels, stats_result, kind, [collapse_text(g, kind) for g in groups])
+    collapsed = {g["label"]: {"runs": len(flagged), "of": len(g["runs"]), "flags": flagged}
+                 for g in groups if (flagged := collapsed_runs(g))}
     captions = {f: text.format(kind=kind, per="β" if shows_beta else "configuration") for f, text in FIGURES.items()}
     pngs = figures.draw_all(groups, rows, size_bins(runs[0]["summary"]))
 
     out = sweep_dir / "report"
     write_text(out / "summary.csv", to_csv(rows))
     write_json(out / "stats.json", {**stats_result, "best": best, "missing": missing_ids, "missing_state": states,
-                                    "n_runs": len(runs), "answer": opening, "threshold_tuning": verdict})
+                                    "n_runs": len(runs), "answer": opening, "threshold_tuning": verdict,
+                                    "collapsed": collapsed})
     for fname, png in pngs.items():
         write_atomic(out / fname, lambda tmp, png=png: tmp.write_bytes(png))
     write_text(out / "summary.md", to_markdown(sweep_dir.name, all_tables, best, stats_result, missing, verdict,

@@ -26,7 +26,7 @@ from lesionseg.config import Config
 from lesionseg.data.preprocessing import load_datalist, split_train_val, train_batches, volume_dataset
 from lesionseg.devices import amp_dtype, autocast, resolve_device
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluation import registry
+from lesionseg.evaluation import collapse, registry
 from lesionseg.evaluation.metrics import confusion_counts, overlap_metrics
 from lesionseg.files import write_atomic, write_json
 from lesionseg.inference import infer_volume
@@ -68,21 +68,27 @@ def to_memory_format(batch: dict[str, torch.Tensor], channels_last: bool) -> tup
     return batch["image"].contiguous(memory_format=fmt), batch["label"].contiguous(memory_format=fmt)
 
 
-def validate(
-    model: torch.nn.Module, dataset, cfg: Config, device: torch.device
-) -> tuple[dict[str, float], torch.Tensor]:
+def validate(model: torch.nn.Module, dataset, cfg: Config, device: torch.device) -> tuple[dict, torch.Tensor]:
     """Mean DSC, F2, sensitivity and precision over the validation volumes at the configured threshold,
-    and the first volume's probabilities (for the TensorBoard overlay, so it is not inferred twice)."""
+    predicted over reference lesion voxels (`volume_ratio`) and the flags of a collapsed run (`collapse`,
+    `lesionseg.evaluation.collapse`), and the first volume's probabilities (for the TensorBoard overlay,
+    so it is not inferred twice). The probability SD is taken over the brain: the voxels that the
+    preprocessing left non-zero in some channel (it sets everything outside the brain to 0)."""
     model.eval()
-    scores, first = [], None
+    scores, volumes, first = [], [], None
     for item in dataset:
         prob = infer_volume(model, item["image"], cfg, device)
         first = prob if first is None else first
         counts = confusion_counts(prob >= cfg.eval.threshold, item["label"].to(device) > 0.5)
         scores.append(overlap_metrics(counts))
+        brain = (torch.as_tensor(item["image"]).to(device) != 0).any(dim=0, keepdim=True)
+        tp, fp, fn, _ = counts.tolist()
+        volumes.append((tp + fp, tp + fn, collapse.probability_sd(prob, brain)))
     model.train()
     means = {key: float(np.nanmean([s[key] for s in scores])) for key in registry.names(curve=True)}
-    return means, first
+    pred, ref, spread = zip(*volumes)
+    flags = collapse.collapse_flags(pred, ref, spread, cfg.eval.threshold)
+    return {**means, "volume_ratio": collapse.volume_ratio(pred, ref), "collapse": flags}, first
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -272,12 +278,22 @@ def _log_loss(writer: SummaryWriter, mean: torch.Tensor, parts: _Parts, it: int,
 
 def _validate_logged(writer: SummaryWriter, model: torch.nn.Module, val_data, cfg: Config, device: torch.device,
                      it: int, name: str) -> dict:
-    """`validate`, its means written to TensorBoard (with an overlay when due) and to the log."""
+    """`validate`, its means, volume ratio and `val/collapsed` (0/1) written to TensorBoard (with an overlay
+    when due) and to the log; a collapse (`lesionseg.evaluation.collapse`) is a warning in both."""
     last, first_prob = validate(model, val_data, cfg, device)
+    flags = last["collapse"]
     for key, value in last.items():
-        writer.add_scalar(f"val/{key}", value, it)
+        if key != "collapse":
+            writer.add_scalar(f"val/{key}", value, it)
+    writer.add_scalar("val/collapsed", float(bool(flags)), it)
     if overlay_due(it, cfg):
         log_validation_overlay(writer, val_data[0], first_prob, cfg, it)
-    message = ", ".join(f"{k} {v:.3f}" for k, v in last.items())
-    tqdm.write(f"[{name}] iteration {it}/{cfg.train.iterations}: validation {message}")
+    message = ", ".join(f"{k} {last[k]:.3f}" for k in registry.names(curve=True))
+    tqdm.write(f"[{name}] iteration {it}/{cfg.train.iterations}: validation {message}, "
+               f"volume ratio {last['volume_ratio']:.3g}")
+    if flags:
+        warning = (f"[{name}] warning: collapsed at iteration {it} on the validation cases: "
+                   f"{collapse.describe(flags)}. Probably {collapse.advice(flags)}.")
+        tqdm.write(warning)
+        writer.add_text("val/collapse", warning, it)
     return last

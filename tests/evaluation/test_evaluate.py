@@ -591,6 +591,30 @@ def test_calibration_over_the_brain_by_hand(masked_case):
         evaluate_cases(cases, tmp_path / "bad", progress=False, calibration_bins=0)
 
 
+def test_collapse_is_checked_at_each_threshold(dataset, tmp_path):
+    pred_dir, ref_dir, arrays = dataset
+    cases = [(c, pred_dir / f"{c}.nii.gz", ref_dir / f"{c}.nii.gz") for c in sorted(arrays)]
+    summaries = evaluate_cases_at(cases, {tmp_path / "a": 0.5, tmp_path / "b": 0.01}, progress=False)
+    rows = read_csv(tmp_path / "a" / "cases.csv")
+    for row in rows:  # every voxel counts without a brain: the SD over the whole case
+        assert float(row["prob_sd"]) == pytest.approx(float(np.std(arrays[row["case"]][0], dtype=np.float64)))
+    assert summaries[tmp_path / "a"]["collapse"] == []
+    (over,) = summaries[tmp_path / "b"]["collapse"]  # p ≥ 0.01: nearly every voxel is lesion
+    pooled = summaries[tmp_path / "b"]["pooled"]
+    assert over["flag"] == "over-segmented"
+    assert over["value"] == pytest.approx(pooled["vol_pred_ml"] / pooled["vol_ref_ml"])
+    assert over["detail"].endswith(f"({pooled['vol_pred_ml']:.4g} against {pooled['vol_ref_ml']:.4g} mL; rule: > 5×)")
+
+
+def test_a_constant_prediction_is_flagged(dataset, tmp_path):
+    _, ref_dir, arrays = dataset
+    cases = [(c, save(tmp_path / "flat" / f"{c}.nii.gz", np.full(SHAPE, 0.3, np.float32)), ref_dir / f"{c}.nii.gz")
+             for c in sorted(arrays)]
+    summary = evaluate_cases(cases, tmp_path / "out", progress=False)
+    assert [f["flag"] for f in summary["collapse"]] == ["no lesion predicted", "near-constant probabilities"]
+    assert summary["per_case"]["prob_sd"]["mean"] == 0.0
+
+
 def test_several_thresholds_in_one_pass_equal_separate_evaluations(dataset, tmp_path):
     pred_dir, ref_dir, arrays = dataset
     cases = [(c, pred_dir / f"{c}.nii.gz", ref_dir / f"{c}.nii.gz") for c in sorted(arrays)]

@@ -202,6 +202,37 @@ def test_stats_json_against_scipy_by_hand(tmp_path):
     assert result["missing"] == [] and result["n_runs"] == 4
 
 
+def test_collapsed_runs_are_marked_in_the_answer_and_the_statistics(tmp_path):
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.7, 0.9], seeds=[0, 1, 2])
+    for seed, ratio in ((0, 23.5), (1, 18.2)):  # as the evaluator records them; the other runs predate the check
+        path = sweep_dir / "runs" / f"beta=0.9_seed={seed}" / "metrics" / "summary.json"
+        summary = json.loads(path.read_text())
+        summary["collapse"] = [{"flag": "over-segmented", "value": ratio, "detail": f"predicted {ratio}× …"}]
+        path.write_text(json.dumps(summary))
+    path = sweep_dir / "runs" / "beta=0.7_seed=0" / "metrics" / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "collapse": []}))  # checked, not collapsed
+    write_report(sweep_dir, n_boot=200)
+    result = json.loads((sweep_dir / "report" / "stats.json").read_text())
+    rule = ("predicted lesion volume over 5× or under 0.2× the reference, no lesion predicted, or a probability SD "
+            "under 0.01 on every case with lesion")
+    assert result["answer"][:2] == [
+        ("β = 0.9 ⚠ collapsed in 2 of 3 runs on the test cases: over-segmented (predicted 23.5×, 18.2× the "
+         "reference lesion volume)."),
+        f"Collapsed: {rule}; the tables, figures and tests below include these runs."]
+    sensitivity = next(line for line in result["answer"] if line.startswith("sensitivity:"))
+    assert "β = 0.9 ⚠" in sensitivity and "β = 0.7 ⚠" not in sensitivity
+    assert result["collapsed"] == {"β = 0.9": {"runs": 2, "of": 3, "flags": [
+        [{"flag": "over-segmented", "value": 23.5, "detail": "predicted 23.5× …"}],
+        [{"flag": "over-segmented", "value": 18.2, "detail": "predicted 18.2× …"}]]}}
+    for c in result["comparisons"]:
+        assert c["verdict"].endswith("(includes collapsed runs)") == (c["label"] == "β = 0.9")
+    assert result["notes"] == [(f"The tests include collapsed runs (β = 0.9: 2 of 3 runs; collapsed: {rule}): a "
+                                "difference with them may say only that a run failed.")]
+    md = (sweep_dir / "report" / "summary.md").read_text()
+    assert f"- {result['answer'][0]}" in md and f"- {result['notes'][0]}" in md
+    assert "β = 0.9 ⚠ collapsed in 2 of 3 runs" in (sweep_dir / "report" / "report.html").read_text()
+
+
 def test_too_few_cases_claim_nothing(tmp_path):
     sweep_dir = make_sweep(tmp_path, [0.5, 0.9], n_cases=5)
     write_report(sweep_dir, n_boot=200)

@@ -26,8 +26,11 @@ def test_a_short_run_writes_checkpoints_and_tensorboard(tiny_config, tmp_path):
     assert len(split["train"]) == 2 and len(split["validation"]) == 1 and len(split["test"]) == 2
     events = EventAccumulator(str(run_dir))
     events.Reload()
-    assert {"train/loss", "train/lr", "val/dsc", "val/f2"} <= set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "val/dsc", "val/f2", "val/volume_ratio", "val/collapsed"} <= set(
+        events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("val/dsc")] == [2, 4]
+    # the collapse check at every validation: 0/1 in TensorBoard, the flags themselves in the summary
+    assert events.Scalars("val/collapsed")[-1].value == float(bool(summary["last"]["collapse"]))
 
 
 def test_same_seed_same_weights_on_cpu(tiny_config, tmp_path):
