@@ -30,6 +30,11 @@ class LesionUNet(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, D, H, W) → (B, 1, D, H, W) logits
         return self.unet(x) + self.offset
 
+    @torch.no_grad()
+    def start_at(self, prior: float) -> None:
+        """Set the offset to logit(`prior`): before the first step only (the optimiser keeps no state of it yet)."""
+        self.offset.fill_(math.log(prior / (1.0 - prior)))
+
 
 def build_model(cfg: Config) -> torch.nn.Module:
     """A 3D U-Net taking one input channel per modality and returning lesion logits `(B, 1, D, H, W)`.
@@ -47,4 +52,5 @@ def build_model(cfg: Config) -> torch.nn.Module:
         norm=cfg.model.norm.upper(),
         dropout=cfg.model.dropout,
     )
-    return LesionUNet(unet, cfg.model.prior)
+    # `prior: auto` is set from the training batches before the first step (training/offset.py); until then 0.5
+    return LesionUNet(unet, 0.5 if cfg.model.prior == "auto" else cfg.model.prior)

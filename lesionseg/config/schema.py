@@ -84,7 +84,15 @@ class ModelConfig(_Section):
     res_units: int = Field(2, ge=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     norm: Literal["instance", "batch"] = "instance"
-    prior: float = Field(0.5, gt=0.0, lt=1.0, description="initial lesion probability of the output")
+    prior: float | Literal["auto"] = Field(
+        0.5, description="initial lesion probability of the output; auto: the lesion share of the training patches")
+
+    @field_validator("prior")
+    @classmethod
+    def _prior_is_a_probability(cls, v: float | str) -> float | str:
+        if v != "auto" and not 0.0 < v < 1.0:
+            raise ValueError(f"{v} must be a probability strictly between 0 and 1, or auto")
+        return v
 
     @model_validator(mode="after")
     def _strides_match(self) -> ModelConfig:
@@ -105,6 +113,8 @@ class LossConfig(_Section):
     pos_weight: float | None = Field(None, gt=0.0, description="wce: weight of the lesion voxels' term")
     batch: bool = Field(True, description="sum TP/FP/FN over the whole batch rather than per patch")
     smooth: float = Field(1e-5, ge=0.0)
+    ce_warmup: float = Field(0.0, ge=0.0, le=1.0, description="share of train.iterations over which a "
+                             "cross-entropy term, weight 1 fading linearly to 0, is added to the loss; 0: off")
 
     @property
     def resolved_alpha(self) -> float:
@@ -123,7 +133,7 @@ class TrainConfig(_Section):
     batch_size: int = Field(2, ge=1, description="volumes per step; each gives data.samples_per_volume patches")
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "poly"] = "constant"
     device: str = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="auto: bf16 on CUDA where supported, else fp16 with a gradient scaler; CPU fp32"

@@ -28,11 +28,12 @@ from lesionseg.devices import amp_dtype, autocast, resolve_device
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation import collapse, registry
 from lesionseg.evaluation.metrics import confusion_counts, overlap_metrics
-from lesionseg.files import write_atomic, write_json
+from lesionseg.files import write_atomic, write_json, write_text
 from lesionseg.inference import infer_volume
-from lesionseg.model import build_model
+from lesionseg.model import LesionUNet, build_model
 from lesionseg.runs import RunPaths, file_checksums, read_checkpoint
-from lesionseg.training.losses import build_loss
+from lesionseg.training.losses import CrossEntropyWarmup, build_loss
+from lesionseg.training.offset import SHARE_BATCHES, lesion_share, starting_prior
 from lesionseg.training.tensorboard_log import log_validation_overlay, overlay_due
 
 
@@ -167,11 +168,16 @@ def _build(cfg: Config, device: torch.device) -> _Parts:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if cfg.train.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.iterations)
+    elif cfg.train.lr_schedule == "poly":  # nnU-Net's: lr · (1 − step / iterations)^0.9, 0 after the last step
+        scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=cfg.train.iterations, power=0.9)
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     dtype = amp_dtype(device, cfg.train.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return _Parts(model, step_model, build_loss(cfg.loss), optimizer, scheduler, scaler, dtype)
+    loss_fn = build_loss(cfg.loss)
+    if cfg.loss.ce_warmup > 0:
+        loss_fn = CrossEntropyWarmup(loss_fn, round(cfg.loss.ce_warmup * cfg.train.iterations))
+    return _Parts(model, step_model, loss_fn, optimizer, scheduler, scaler, dtype)
 
 
 def _resume(parts: _Parts, state: dict | None, checkpoint: Path, name: str) -> tuple[int, dict, dict]:
@@ -223,6 +229,7 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     del resume  # loaded into the model and optimiser: no second copy kept for the whole training
 
     batches = train_batches(train_cases, cfg, device)
+    prior = _start_offset(parts.model, batches, cfg, paths, run_dir.name, fresh=start == 1)
     val_data = volume_dataset(val_cases, cfg, with_label=True) if val_cases else None
     writer = SummaryWriter(log_dir=str(run_dir))
     loss_sum = torch.zeros((), device=device)
@@ -232,6 +239,8 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     stop = StopRequest()
     for it in bar:
         image, label = to_memory_format(batches(it), cfg.train.channels_last)
+        if isinstance(parts.loss_fn, CrossEntropyWarmup):
+            parts.loss_fn.iteration = it
         loss_sum += train_step(parts.step_model, image, label, parts.loss_fn, parts.optimizer, parts.scaler,
                                parts.dtype)
         parts.scheduler.step()
@@ -258,9 +267,27 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
         # Nothing to choose with: the last weights are the best we know.
         best = {"iteration": cfg.train.iterations}
         write_atomic(paths.best, lambda tmp: shutil.copyfile(paths.last, tmp))
-    summary = {"best": best, "last": last, "device": str(device), "amp": str(parts.dtype) if parts.dtype else "off"}
+    summary = {"best": best, "last": last, "device": str(device), "amp": str(parts.dtype) if parts.dtype else "off",
+               "prior": prior}
     write_json(paths.train_summary, summary)
     return summary
+
+
+def _start_offset(model: LesionUNet, batches, cfg: Config, paths: RunPaths, name: str, fresh: bool) -> dict:
+    """`model.prior`, and for `auto` the lesion share it was set from (`offset.py`): on a `fresh` run the
+    offset is set to it, logged, and noted at the end of the run's config.yaml; a resumed run's checkpoint
+    holds the offset already, and the share is measured again only to report it."""
+    if cfg.model.prior != "auto":
+        return {"setting": cfg.model.prior, "start": cfg.model.prior}
+    share = lesion_share(batches, cfg.train.iterations)
+    start = starting_prior(share)
+    if fresh:
+        model.start_at(start)
+        note = (f"model.prior: auto → {start:.4g}, the lesion share of the first "
+                f"{min(cfg.train.iterations, SHARE_BATCHES)} training batches ({share:.4g})")
+        tqdm.write(f"[{name}] {note}")
+        write_text(paths.config, paths.config.read_text(encoding="utf-8") + f"# {note}\n")
+    return {"setting": "auto", "start": start, "lesion_share": share}
 
 
 def _log_loss(writer: SummaryWriter, mean: torch.Tensor, parts: _Parts, it: int, run_dir: Path) -> float:

@@ -87,6 +87,26 @@ class WeightedBCELoss(torch.nn.Module):
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
 
 
+class CrossEntropyWarmup(torch.nn.Module):
+    """`loss` + w·BCE, w fading linearly from 1 at iteration 1 to 0 at iteration `until` + 1 and 0 after it
+    (`loss.ce_warmup` × `train.iterations`): the run starts on cross-entropy's per-voxel gradient, which
+    does not vanish for a voxel that is confidently wrong, and ends on the configured loss alone. The loop
+    sets `iteration` before each step."""
+
+    def __init__(self, loss: torch.nn.Module, until: int):
+        super().__init__()
+        self.loss, self.until, self.iteration = loss, max(until, 1), 1
+        self.ce = WeightedBCELoss()
+
+    def weight(self) -> float:
+        return max(0.0, 1.0 - (self.iteration - 1) / self.until)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        w = self.weight()
+        loss = self.loss(logits, target)
+        return loss + w * self.ce(logits, target) if w > 0 else loss
+
+
 LOSSES: dict[str, Callable[[LossConfig], torch.nn.Module]] = {
     "tversky": _tversky,
     "dice": _dice,

@@ -145,3 +145,16 @@ def test_every_loss_trains_a_step_and_falls_on_a_perfect_prediction(name):
     logits = torch.zeros_like(LABEL, dtype=torch.float32, requires_grad=True)
     loss_fn(logits, LABEL.float()).backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_the_cross_entropy_warmup_fades_from_one_to_zero_and_leaves_the_tversky_index_alone():
+    from lesionseg.training.losses import CrossEntropyWarmup
+
+    loss = CrossEntropyWarmup(build_loss(LossConfig(beta=0.7, batch=True, smooth=0.0)), until=4)
+    tversky = tversky_by_hand(PROBS, LABEL, 0.3, 0.7, 0.0)
+    # binary cross-entropy by hand: mean over the 8 voxels of −[g log p + (1 − g) log(1 − p)]
+    ce = float(-(LABEL * PROBS.log() + (1 - LABEL) * (1 - PROBS).log()).mean())
+    for iteration, weight in [(1, 1.0), (2, 0.75), (3, 0.5), (4, 0.25), (5, 0.0), (100, 0.0)]:
+        loss.iteration = iteration
+        assert loss.weight() == weight
+        assert float(loss(logit(PROBS), LABEL)) == pytest.approx(tversky + weight * ce, rel=1e-9)
