@@ -13,13 +13,15 @@ from lesionseg.config import Config
 class LesionUNet(torch.nn.Module):
     """A U-Net with a learned output offset initialised at logit(`model.prior`).
 
-    Freshly initialised, a network outputs probability ≈ 0.5 on every voxel (`prior` 0.5, the default: the
-    offset starts at 0). With lesions at 1 % of a patch a Tversky or Dice loss then starts from a sea of
-    false positives and needs many iterations to leave it: the 400-iteration demo does not (DSC 0.1,
-    sensitivity 0.99), so `configs/demo.yaml` starts at logit(0.01) (the focal-loss initialisation of Lin
-    et al. 2017), "few lesions". On real scans, 1500 iterations and more, the start at 0.01 under-segments
-    (the low-load patient's lesions never rise above 0.5) and 0.5 is level with or ahead of a plain MONAI
-    loop at β 0.5, 0.7 and 0.9 (bench/RESULTS.md).
+    The offset is where every voxel starts, and the answer the network keeps where it has learned nothing
+    else. Freshly initialised, a network outputs probability ≈ 0.5 on every voxel (`prior` 0.5: the offset
+    starts at 0); with lesions at ~1 % of a patch an overlap loss (Tversky, Dice) then starts from a sea of
+    false positives and leaves it only as fast as the learning rate lets it — a 400-iteration demo, a
+    900-iteration real run under a cosine decay or a rate of 1e-4 end inside it. `auto` (the default)
+    starts at the lesion share of the training patches (`training/offset.py`): the background starts where
+    it belongs and stays there, lesions are raised; under no schedule measured (constant, cosine, poly) did a
+    run collapse from there. Over longer runs with a constant rate it ends more conservative at p ≥ 0.5 than
+    the start at 0.5 (bench/RESULTS.md, stop 23, issue 24).
     """
 
     def __init__(self, unet: torch.nn.Module, prior: float):

@@ -85,7 +85,7 @@ class ModelConfig(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     norm: Literal["instance", "batch"] = "instance"
     prior: float | Literal["auto"] = Field(
-        0.5, description="initial lesion probability of the output; auto: the lesion share of the training patches")
+        "auto", description="initial lesion probability of the output; auto: the lesion share of the training patches")
 
     @field_validator("prior")
     @classmethod
@@ -131,7 +131,7 @@ class LossConfig(_Section):
 class TrainConfig(_Section):
     iterations: int = Field(2000, ge=1)
     batch_size: int = Field(2, ge=1, description="volumes per step; each gives data.samples_per_volume patches")
-    lr: float = Field(1e-4, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     lr_schedule: Literal["constant", "cosine", "poly"] = "constant"
     device: str = "auto"
