@@ -27,14 +27,16 @@ class LesionUNet(torch.nn.Module):
     def __init__(self, unet: torch.nn.Module, prior: float):
         super().__init__()
         self.unet = unet
-        self.offset = torch.nn.Parameter(torch.tensor(math.log(prior / (1.0 - prior))))
+        self.offset = torch.nn.Parameter(torch.zeros(()))
+        self.start_at(prior)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, D, H, W) → (B, 1, D, H, W) logits
         return self.unet(x) + self.offset
 
     @torch.no_grad()
     def start_at(self, prior: float) -> None:
-        """Set the offset to logit(`prior`): before the first step only (the optimiser keeps no state of it yet)."""
+        """Set the offset to logit(`prior`): at construction, or before the first step (the optimiser keeps no
+        state of it yet)."""
         self.offset.fill_(math.log(prior / (1.0 - prior)))
 
 
