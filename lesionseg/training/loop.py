@@ -78,11 +78,12 @@ def validate(model: torch.nn.Module, dataset, cfg: Config, device: torch.device)
     model.eval()
     scores, volumes, first = [], [], None
     for item in dataset:
-        prob = infer_volume(model, item["image"], cfg, device)
+        image = torch.as_tensor(item["image"]).to(device)  # moved once: for the network and for the brain
+        prob = infer_volume(model, image, cfg, device)
         first = prob if first is None else first
         counts = confusion_counts(prob >= cfg.eval.threshold, item["label"].to(device) > 0.5)
         scores.append(overlap_metrics(counts))
-        brain = (torch.as_tensor(item["image"]).to(device) != 0).any(dim=0, keepdim=True)
+        brain = (image != 0).any(dim=0, keepdim=True)
         tp, fp, fn, _ = counts.tolist()
         volumes.append((tp + fp, tp + fn, collapse.probability_sd(prob, brain)))
     model.train()
@@ -149,14 +150,16 @@ class _Parts:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     dtype: torch.dtype | None
+    prior: dict | None = None  # how the output offset started (`_start_offset`)
 
     def state(self, it: int, val: dict, best: dict | None = None) -> dict:
         """The checkpoint after iteration `it`: `best.pt` holds the weights and their validation (`val`);
-        `last.pt`, which a run resumes from (`best` given), the best so far and every RNG's state too."""
+        `last.pt`, which a run resumes from (`best` given), the best so far, every RNG's state and how the
+        offset started too."""
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "iteration": it,
                  "val": val}
-        return state if best is None else {**state, "best": best, "rng": rng_state()}
+        return state if best is None else {**state, "best": best, "rng": rng_state(), "prior": self.prior}
 
 
 def _build(cfg: Config, device: torch.device) -> _Parts:
@@ -182,7 +185,8 @@ def _build(cfg: Config, device: torch.device) -> _Parts:
 
 def _resume(parts: _Parts, state: dict | None, checkpoint: Path, name: str) -> tuple[int, dict, dict]:
     """`(first iteration, best so far, last validation)`: from `state`, the `checkpoint` an interrupted run
-    left (read here, on the CPU, unless the caller has read it already), else those of a new run."""
+    left (read here, on the CPU, unless the caller has read it already), else those of a new run. A resumed
+    run's `parts.prior` is its checkpoint's (None in a checkpoint written before it was kept there)."""
     if state is None and not checkpoint.is_file():
         return 1, {"iteration": 0, "dsc": -math.inf}, {}
     state = state if state is not None else read_checkpoint(checkpoint)
@@ -191,6 +195,7 @@ def _resume(parts: _Parts, state: dict | None, checkpoint: Path, name: str) -> t
     parts.scheduler.load_state_dict(state["scheduler"])
     parts.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
+    parts.prior = state.get("prior")
     tqdm.write(f"[{name}] resuming after iteration {state['iteration']} from {checkpoint}")
     return state["iteration"] + 1, state["best"], state["val"]
 
@@ -229,7 +234,8 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     del resume  # loaded into the model and optimiser: no second copy kept for the whole training
 
     batches = train_batches(train_cases, cfg, device)
-    prior = _start_offset(parts.model, batches, cfg, paths, run_dir.name, fresh=start == 1)
+    if parts.prior is None:  # a new run (or a checkpoint without it): measured, and set when new
+        parts.prior = _start_offset(parts.model, batches, cfg, paths, run_dir.name, fresh=start == 1)
     val_data = volume_dataset(val_cases, cfg, with_label=True) if val_cases else None
     writer = SummaryWriter(log_dir=str(run_dir))
     loss_sum = torch.zeros((), device=device)
@@ -268,7 +274,7 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
         best = {"iteration": cfg.train.iterations}
         write_atomic(paths.best, lambda tmp: shutil.copyfile(paths.last, tmp))
     summary = {"best": best, "last": last, "device": str(device), "amp": str(parts.dtype) if parts.dtype else "off",
-               "prior": prior}
+               "prior": parts.prior}
     write_json(paths.train_summary, summary)
     return summary
 
@@ -276,7 +282,7 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
 def _start_offset(model: LesionUNet, batches, cfg: Config, paths: RunPaths, name: str, fresh: bool) -> dict:
     """`model.prior`, and for `auto` the lesion share it was set from (`offset.py`): on a `fresh` run the
     offset is set to it, logged, and noted at the end of the run's config.yaml; a resumed run's checkpoint
-    holds the offset already, and the share is measured again only to report it."""
+    holds the offset already (and, since it is kept there, this record: it is not measured again)."""
     if cfg.model.prior != "auto":
         return {"setting": cfg.model.prior, "start": cfg.model.prior}
     share = lesion_share(batches, cfg.train.iterations)

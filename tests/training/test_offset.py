@@ -67,6 +67,24 @@ def test_an_auto_run_starts_its_offset_at_the_measured_share_and_says_so(tiny_co
     assert json.loads((run_dir / "train_summary.json").read_text())["prior"]["setting"] == "auto"
 
 
+@pytest.mark.slow
+def test_a_resumed_auto_run_keeps_its_checkpoints_start_without_measuring_again(tiny_config, tmp_path,
+                                                                               monkeypatch):
+    cfg = tiny_config("model.prior=auto", "train.iterations=1", "train.val_every=1", "train.lr=0.0001")
+    run_dir = start_run_dir(tmp_path / "run", cfg)
+    first = train_run(cfg, run_dir, progress=False)["prior"]
+    assert torch.load(run_dir / "checkpoints" / "last.pt")["prior"] == first
+
+    def no_second_measurement(*args, **kwargs):
+        raise AssertionError("the lesion share was measured again on resume")
+
+    monkeypatch.setattr("lesionseg.training.loop.lesion_share", no_second_measurement)
+    longer = tiny_config("model.prior=auto", "train.iterations=2", "train.val_every=1", "train.lr=0.0001")
+    resumed = train_run(longer, run_dir, progress=False)  # resumes after iteration 1 from last.pt
+    assert resumed["prior"] == first
+    assert (run_dir / "config.yaml").read_text().count("model.prior: auto →") == 1
+
+
 def test_a_fixed_prior_is_reported_as_set():
     from lesionseg.training.loop import _start_offset
     cfg = Config.model_validate({"model": {"prior": 0.02}})
