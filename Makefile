@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := data/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo-data sweep-beta train test tensorboard bench clean-venv
+.PHONY: help install demo-data sweep-beta train test test-fast tensorboard bench clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ train: $(STAMP) $(DEMO)/datalist.json ## one demo run (make train ARGS="loss.bet
 
 test: $(STAMP) ## run the whole test suite (slow end-to-end tests included)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: $(STAMP) ## the suite without the tests marked slow (trainings, end-to-end CLI, Ray): for iterating
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 tensorboard: $(STAMP) ## watch experiments/ in TensorBoard (http://localhost:6006)
 	$(BIN)/tensorboard --logdir experiments
