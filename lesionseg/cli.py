@@ -45,6 +45,12 @@ def _check(args: argparse.Namespace) -> None:
     print(f"\nconfig {args.config}: valid, {what}; dataset {cfg.data.datalist}: every file read, no problem found")
 
 
+def _bars(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal: in a log (nohup, a SLURM job) their carriage-return frames would
+    be most of the file; the lines of each validation and finished step are written either way."""
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
 def _train(args: argparse.Namespace) -> None:
     from lesionseg.config import load_config
     from lesionseg.experiment.preflight import preflight
@@ -56,14 +62,14 @@ def _train(args: argparse.Namespace) -> None:
     if args.force and (aside := move_aside(cfg.output_dir / cfg.name)):
         print(f"--force: moved the earlier run to {aside}")
     run_dir = cfg.output_dir / cfg.name
-    run_one(cfg, run_dir, progress=not args.quiet, evaluate=False)
+    run_one(cfg, run_dir, progress=_bars(args), evaluate=False)
     print(f"finished {run_dir}")
 
 
 def _predict(args: argparse.Namespace) -> None:
     from lesionseg.inference import predict_run
 
-    paths = predict_run(args.run_dir, images=args.images, out_dir=args.out, progress=not args.quiet,
+    paths = predict_run(args.run_dir, images=args.images, out_dir=args.out, progress=_bars(args),
                         force=args.force)
     print(f"wrote {_count(len(paths), 'prediction')} to {paths[0].parent}")
 
@@ -107,6 +113,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         lesion_min_voxels=args.lesion_min_voxels, lesion_min_overlap=args.lesion_min_overlap,
         size_bins_ml=args.size_bins_ml, ref_label=args.ref_label, mask_dir=args.mask_dir,
         brain_dir=args.brain_dir, calibration_bins=args.calibration_bins, min_component_ml=args.min_component_ml,
+        progress=_bars(args),
     )
     pc = summary["per_case"]
     print(f"{_count(summary['n_cases'], 'case')}: " + ", ".join(f"{m} {pc[m]['mean']:.4f}" for m in
@@ -125,7 +132,7 @@ def _sweep(args: argparse.Namespace) -> None:
                (("parallel", args.parallel), ("backend", args.backend),
                 ("ray_address", args.ray_address and json.dumps(args.ray_address))) if value is not None]
     cfg = load_config(args.config, [*args.overrides, *options])
-    report = run_sweep(cfg, progress=not args.quiet, force=args.force)
+    report = run_sweep(cfg, progress=_bars(args), force=args.force)
     print((report / "summary.md").read_text(encoding="utf-8"))
     print(f"report: {report}")
 
@@ -170,7 +177,7 @@ def _add_with_config(sub, name: str, help_text: str, func) -> argparse.ArgumentP
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("config", type=Path, help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. loss.beta=0.7")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (shown only on a terminal anyway)")
     if name in ("train", "sweep"):
         p.add_argument("--force", action="store_true",
                        help="start over: move an existing folder of that name aside (never deleted)")
@@ -210,7 +217,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--images", nargs="+", help="one case: one file per modality, in the run's modality order")
     p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/predictions)")
     p.add_argument("--force", action="store_true", help="move an existing output folder aside first (never deleted)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (shown only on a terminal anyway)")
     p.set_defaults(func=_predict)
 
 

@@ -105,8 +105,12 @@ def test_training_refuses_nan_intensities_before_writing_anything(tmp_path):
 def test_finished_runs_are_kept_and_force_moves_them_aside(tmp_path):
     lesionseg("demo-data", tmp_path / "data", "--cases", 3, "--size", 24, cwd=tmp_path)
     args = ["train", REPO / "configs" / "demo.yaml", f"data.datalist={tmp_path / 'data' / 'datalist.json'}",
-            "output_dir=experiments", "name=once", *TINY, "-q"]
-    lesionseg(*args, cwd=tmp_path)
+            "output_dir=experiments", "name=once", *TINY]
+    first = lesionseg(*args, cwd=tmp_path)
+    # not a terminal (a log): no progress bar frames, one line per validation and for the finished training
+    log = first.stdout + first.stderr
+    assert "\r" not in log and "it/s" not in log
+    assert "[once] iteration 2/4: validation dsc" in log and "[once] trained to iteration 4 in" in log
     run = tmp_path / "experiments" / "once"
     inputs = json.loads((run / "inputs.json").read_text())
     assert set(inputs["training"]["case_000"]) == {"case_000_flair.nii.gz", "case_000_t1.nii.gz",
