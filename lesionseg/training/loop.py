@@ -32,7 +32,7 @@ from lesionseg.files import write_atomic, write_json, write_text
 from lesionseg.inference import infer_volume
 from lesionseg.model import LesionUNet, build_model
 from lesionseg.runs import RunPaths, file_checksums, read_checkpoint
-from lesionseg.training.losses import CrossEntropyWarmup, build_loss
+from lesionseg.training.losses import CrossEntropyTerm, build_loss
 from lesionseg.training.offset import SHARE_BATCHES, lesion_share, starting_prior
 from lesionseg.training.tensorboard_log import log_validation_overlay, overlay_due
 
@@ -178,8 +178,8 @@ def _build(cfg: Config, device: torch.device) -> _Parts:
     dtype = amp_dtype(device, cfg.train.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = build_loss(cfg.loss)
-    if cfg.loss.ce_warmup > 0:
-        loss_fn = CrossEntropyWarmup(loss_fn, round(cfg.loss.ce_warmup * cfg.train.iterations))
+    if cfg.loss.ce_weight > 0 or cfg.loss.ce_warmup > 0:
+        loss_fn = CrossEntropyTerm(loss_fn, cfg.loss.ce_weight, round(cfg.loss.ce_warmup * cfg.train.iterations))
     return _Parts(model, step_model, loss_fn, optimizer, scheduler, scaler, dtype)
 
 
@@ -245,7 +245,7 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     stop = StopRequest()
     for it in bar:
         image, label = to_memory_format(batches(it), cfg.train.channels_last)
-        if isinstance(parts.loss_fn, CrossEntropyWarmup):
+        if isinstance(parts.loss_fn, CrossEntropyTerm):
             parts.loss_fn.iteration = it
         loss_sum += train_step(parts.step_model, image, label, parts.loss_fn, parts.optimizer, parts.scaler,
                                parts.dtype)

@@ -19,6 +19,9 @@ smoothing term (`loss.smooth`) and the means over voxels:
   elsewhere, γ = `loss.gamma` (default 2); no class weight α.
 - `dice_ce` (nnU-Net's default pairing): `dice` + `ce`, with equal weights.
 
+`loss.ce_weight` adds w·`ce` to any of them (`CrossEntropyTerm`; `loss.ce_warmup` adds a term that fades
+from 1 to that weight over a share of the run).
+
 `loss.batch` (the overlap losses): true sums TP/FP/FN over the whole batch (one index per batch); false
 computes the index per patch and averages. A summed index weighs every case by its lesion volume, so in a
 batch that mixes a heavy-load case with a light one the light one's lesions hardly count; the per-patch mean
@@ -87,19 +90,21 @@ class WeightedBCELoss(torch.nn.Module):
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
 
 
-class CrossEntropyWarmup(torch.nn.Module):
-    """`loss` + w·BCE, w fading linearly from 1 at iteration 1 to 0 at iteration `until` + 1 and 0 after it
-    (`loss.ce_warmup` × `train.iterations`): the run starts on cross-entropy's per-voxel gradient, which
-    does not vanish for a voxel that is confidently wrong, and ends on the configured loss alone. The loop
-    sets `iteration` before each step."""
+class CrossEntropyTerm(torch.nn.Module):
+    """`loss` + w·BCE with w = `weight` (`loss.ce_weight`) and, over a warm-up of `until` iterations
+    (`loss.ce_warmup` × `train.iterations`; 0: none), w fading linearly from 1 at iteration 1 to `weight` at
+    iteration `until` + 1. Cross-entropy's per-voxel gradient on the logit, p − g, does not vanish where a
+    voxel is confidently wrong, where an overlap loss's does (its gradient through the sigmoid carries
+    p·(1 − p)). The loop sets `iteration` before each step."""
 
-    def __init__(self, loss: torch.nn.Module, until: int):
+    def __init__(self, loss: torch.nn.Module, weight: float = 0.0, until: int = 0):
         super().__init__()
-        self.loss, self.until, self.iteration = loss, max(until, 1), 1
+        self.loss, self.floor, self.until, self.iteration = loss, weight, until, 1
         self.ce = WeightedBCELoss()
 
     def weight(self) -> float:
-        return max(0.0, 1.0 - (self.iteration - 1) / self.until)
+        fade = max(0.0, 1.0 - (self.iteration - 1) / self.until) if self.until > 0 else 0.0
+        return self.floor + (1.0 - self.floor) * fade if self.floor < 1.0 else self.floor
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         w = self.weight()

@@ -148,9 +148,9 @@ def test_every_loss_trains_a_step_and_falls_on_a_perfect_prediction(name):
 
 
 def test_the_cross_entropy_warmup_fades_from_one_to_zero_and_leaves_the_tversky_index_alone():
-    from lesionseg.training.losses import CrossEntropyWarmup
+    from lesionseg.training.losses import CrossEntropyTerm
 
-    loss = CrossEntropyWarmup(build_loss(LossConfig(beta=0.7, batch=True, smooth=0.0)), until=4)
+    loss = CrossEntropyTerm(build_loss(LossConfig(beta=0.7, batch=True, smooth=0.0)), until=4)
     tversky = tversky_by_hand(PROBS, LABEL, 0.3, 0.7, 0.0)
     # binary cross-entropy by hand: mean over the 8 voxels of −[g log p + (1 − g) log(1 − p)]
     ce = float(-(LABEL * PROBS.log() + (1 - LABEL) * (1 - PROBS).log()).mean())
@@ -158,3 +158,19 @@ def test_the_cross_entropy_warmup_fades_from_one_to_zero_and_leaves_the_tversky_
         loss.iteration = iteration
         assert loss.weight() == weight
         assert float(loss(logit(PROBS), LABEL)) == pytest.approx(tversky + weight * ce, rel=1e-9)
+
+
+@pytest.mark.parametrize("until, schedule", [
+    (0, [(1, 0.4), (2, 0.4), (1000, 0.4)]),  # a constant term
+    (2, [(1, 1.0), (2, 0.7), (3, 0.4), (50, 0.4)]),  # a warm-up fading from 1 to the constant weight
+])
+def test_a_cross_entropy_term_is_tversky_plus_its_weight_times_bce(until, schedule):
+    from lesionseg.training.losses import CrossEntropyTerm
+
+    loss = CrossEntropyTerm(build_loss(LossConfig(beta=0.9, batch=True, smooth=0.0)), weight=0.4, until=until)
+    tversky = tversky_by_hand(PROBS, LABEL, 0.1, 0.9, 0.0)
+    ce = float(torch.nn.functional.binary_cross_entropy(PROBS.double(), LABEL.double()))  # PyTorch's reference
+    for iteration, weight in schedule:
+        loss.iteration = iteration
+        assert loss.weight() == pytest.approx(weight)
+        assert float(loss(logit(PROBS), LABEL)) == pytest.approx(tversky + weight * ce, rel=1e-6)
