@@ -19,31 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY
+from helpers import REPO, TINY, lesionseg
 
 from lesionseg.config import dump_yaml
 from lesionseg.evaluation.evaluate import evaluate_dirs
 from lesionseg.runs import start_run_dir
 from lesionseg.training.loop import train_run
-
-# Runs `lesionseg ARGS…` with writes past LIMIT bytes refused by the kernel (EFBIG; SIGXFSZ ignored so
-# that the write fails instead of killing the process).
-LIMITED = """\
-import resource, runpy, signal, sys
-limit = int(sys.argv.pop(1))
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-sys.argv[0] = "lesionseg"
-runpy.run_module("lesionseg", run_name="__main__", alter_sys=True)
-"""
-
-
-def lesionseg(*args, cwd, fsize: int | None = None, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
-    """`lesionseg ARGS…` in a subprocess; `fsize`: the file-size limit; `prefix`: a command to run it under."""
-    run = ["-c", LIMITED, str(fsize)] if fsize is not None else ["-m", "lesionseg"]
-    return subprocess.run([*(prefix or []), sys.executable, *run, *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
-
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (temporary ones included) and its bytes."""
@@ -84,7 +65,7 @@ def test_evaluate_past_the_file_size_limit_writes_no_half_file(tiny_dataset, ear
     data, out = tiny_dataset.parent, tmp_path / "metrics"
     before = earlier_metrics(tmp_path / "earlier")
     result = lesionseg("evaluate", "--pred", data / "masks", "--ref", data / "labels", "--out", out,
-                       cwd=tmp_path, fsize=64)
+                       cwd=tmp_path, check=False, fsize=64)
     failed = assert_clear_failure(result, "evaluate", out, "file too large")
     assert failed.name in before and "raise the limit (ulimit -f unlimited)" in result.stderr
     assert snapshot(out) == {} and snapshot(tmp_path / "earlier") == before
@@ -112,7 +93,7 @@ def test_evaluate_on_a_full_disk_writes_no_half_file(tiny_dataset, earlier_metri
                 f.write(bytes(4096))
         data = tiny_dataset.parent
         result = lesionseg("evaluate", "--pred", data / "masks", "--ref", data / "labels", "--out", out,
-                           cwd=tmp_path)
+                           cwd=tmp_path, check=False)
         failed = assert_clear_failure(result, "evaluate", out, "no space left on the device")
         assert failed.name in before and "free space on that disk" in result.stderr
         assert snapshot(out) == {} and snapshot(disk / "earlier") == before
@@ -125,7 +106,7 @@ def test_evaluate_on_a_read_only_file_system_writes_nothing(tiny_dataset, earlie
         subprocess.run(["mount", "-o", "remount,ro,bind", str(disk)], check=True)
         data = tiny_dataset.parent
         result = lesionseg("evaluate", "--pred", data / "masks", "--ref", data / "labels", "--out", disk / "metrics",
-                           cwd=tmp_path)
+                           cwd=tmp_path, check=False)
         assert_clear_failure(result, "evaluate", disk / "metrics", "read-only file system")
     assert not (disk / "metrics").exists() and snapshot(disk) == {f"earlier/{k}": v for k, v in before.items()}
 
@@ -154,7 +135,7 @@ def test_evaluate_into_a_folder_it_may_not_write_writes_nothing(tiny_dataset, ea
     before = earlier_metrics(parent / "earlier")
     parent.chmod(0o555)
     result = lesionseg("evaluate", "--pred", data / "masks", "--ref", data / "labels", "--out", parent / "metrics",
-                       cwd=tmp_path, prefix=unwritable)
+                       cwd=tmp_path, check=False, prefix=unwritable)
     assert_clear_failure(result, "evaluate", parent / "metrics", "permission denied")
     assert "make the folder writable for this user" in result.stderr
     assert not (parent / "metrics").exists() and snapshot(parent / "earlier") == before
@@ -176,7 +157,8 @@ def test_a_checkpoint_that_does_not_fit_stops_training_and_keeps_the_last_one(ti
 
     limit = min(len(b) for b in checkpoints.values()) // 2  # room for the config, JSON and event files
     overrides = [f"data.datalist={cfg.data.datalist}", f"output_dir={cfg.output_dir}", *TINY]
-    result = lesionseg("train", REPO / "configs" / "demo.yaml", *overrides, "-q", cwd=tmp_path, fsize=limit)
+    result = lesionseg("train", REPO / "configs" / "demo.yaml", *overrides, "-q", cwd=tmp_path, check=False,
+                       fsize=limit)
     failed = assert_clear_failure(result, "train", run_dir / "checkpoints", "file too large")
     assert failed.name in checkpoints and "(the earlier file is unchanged)" in result.stderr
     assert "resuming after iteration 2" in result.stdout + result.stderr

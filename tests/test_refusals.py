@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY, lesionseg
+from helpers import REPO, TINY, lesionseg
 
 from lesionseg.config import load_config
 from lesionseg.runs import start_run_dir

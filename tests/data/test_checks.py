@@ -2,15 +2,12 @@
 
 import gzip
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers import AFFINE, REPO, SHAPE, config, lesionseg, save
 
-from lesionseg.config import load_config
 from lesionseg.data.checks import check_dataset, inspect_dataset
 from lesionseg.data.preprocessing import load_datalist
 from lesionseg.errors import LesionsegError
@@ -18,14 +15,6 @@ from lesionseg.evaluation.evaluate import evaluate_cases
 from lesionseg.experiment.preflight import preflight
 
 MODALITIES = ("flair", "t1", "t2")
-AFFINE = np.diag([-1.0, 1.0, 2.0, 1.0])  # LAS, 1 × 1 × 2 mm
-SHAPE = (8, 8, 6)
-
-
-def save(path, array, affine=AFFINE):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.asarray(array), affine), str(path))
-    return path
 
 
 def write_dataset(root, cases=("a", "b", "c"), test=("t",)):
@@ -53,10 +42,6 @@ def write_datalist(root, entries):
     path = root / "datalist.json"
     path.write_text(json.dumps({"modalities": list(MODALITIES), **entries}))
     return path
-
-
-def config(datalist, *overrides):
-    return load_config(REPO / "configs" / "base.yaml", [f"data.datalist={datalist}", *overrides])
 
 
 def test_a_clean_dataset_passes_and_is_summarised(tmp_path):
@@ -213,20 +198,17 @@ def test_preflight_reads_each_dataset_once_and_reports_each_problem_once(tmp_pat
     assert str(err.value).count("leave none to train on") == 1 and "(runs x, y)" in str(err.value)
 
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "lesionseg", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
-
-
 def test_check_command(tmp_path):
     datalist = write_dataset(tmp_path / "data")
-    ok = run_cli("check", REPO / "configs" / "base.yaml", f"data.datalist={datalist}", cwd=tmp_path)
+    ok = lesionseg("check", REPO / "configs" / "base.yaml", f"data.datalist={datalist}", cwd=tmp_path,
+                   check=False)
     assert ok.returncode == 0, ok.stderr
     assert "| a | training |" in ok.stdout and "no problem found" in ok.stdout
 
     save(tmp_path / "data" / "c" / "label.nii.gz", np.full(SHAPE, 3, np.uint8))
     (tmp_path / "data" / "t" / "t2.nii.gz").unlink()
-    bad = run_cli("check", REPO / "configs" / "base.yaml", f"data.datalist={datalist}", cwd=tmp_path)
+    bad = lesionseg("check", REPO / "configs" / "base.yaml", f"data.datalist={datalist}", cwd=tmp_path,
+                    check=False)
     assert bad.returncode == 1
     assert "lesionseg check: error: dataset" in bad.stderr and "problems (2)" in bad.stderr
     assert "c: label" in bad.stderr and "t: missing file" in bad.stderr and "Traceback" not in bad.stderr
@@ -237,7 +219,7 @@ def test_check_command(tmp_path):
 def test_train_refuses_data_off_the_grid_and_writes_nothing(tmp_path):
     datalist = write_dataset(tmp_path / "data")
     save(tmp_path / "data" / "b" / "t1.nii.gz", np.ones((8, 8, 7), np.float32))
-    bad = run_cli("train", REPO / "configs" / "demo.yaml", f"data.datalist={datalist}", "output_dir=experiments",
-                  cwd=tmp_path)
+    bad = lesionseg("train", REPO / "configs" / "demo.yaml", f"data.datalist={datalist}", "output_dir=experiments",
+                    cwd=tmp_path, check=False)
     assert bad.returncode == 1 and "b: t1 image" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "experiments").exists()

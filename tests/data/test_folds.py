@@ -74,7 +74,7 @@ def test_folds_without_a_fold_fail_before_anything_is_written(tiny_config, tmp_p
 
 def test_a_cross_validated_sweep_reads_each_label_once_for_its_fold_assignment(tmp_path, monkeypatch):
     import nibabel as nib
-    from conftest import REPO, TINY
+    from helpers import REPO, TINY
 
     from lesionseg.config import expand_sweep, load_config
     from lesionseg.data import folds

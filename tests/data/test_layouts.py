@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from test_checks import AFFINE, SHAPE, config, save
+from helpers import AFFINE, SHAPE, config, save
 
 from lesionseg.data.checks import check_dataset
 from lesionseg.data.preprocessing import load_datalist, read_datalist, volume_dataset

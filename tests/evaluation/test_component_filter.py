@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
 from scipy import ndimage
 
 from lesionseg.config import load_config

@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, TINY
+from helpers import REPO, TINY
 
 from lesionseg.config import Config, dump_yaml, expand_sweep, load_config
 from lesionseg.errors import LesionsegError

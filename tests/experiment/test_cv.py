@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY
+from helpers import REPO, TINY
 
 from lesionseg.config import dump_yaml, expand_sweep, load_config
 from lesionseg.data.preprocessing import load_datalist
@@ -142,7 +142,7 @@ def test_the_report_counts_each_patient_once_per_configuration(cv_sweep):
 
 @pytest.mark.slow
 def test_a_cross_validated_sweep_through_the_cli(tmp_path):
-    from conftest import lesionseg
+    from helpers import lesionseg
 
     lesionseg("demo-data", tmp_path / "data", "--cases", 8, "--size", 24, cwd=tmp_path)  # 6 training, 2 test
     out = lesionseg("sweep", REPO / "configs" / "sweep_beta_cv.yaml",

@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("ray", reason="the Ray backend needs Ray (pip install 'lesionseg[ray]')")
 
 import torch  # noqa: E402
-from conftest import REPO, TINY  # noqa: E402
+from helpers import REPO, TINY  # noqa: E402
 
 from lesionseg.config import expand_sweep, load_config  # noqa: E402
 from lesionseg.experiment import local_backend, ray_backend  # noqa: E402

@@ -12,7 +12,7 @@ import subprocess
 from html.parser import HTMLParser
 
 import pytest
-from test_report import make_sweep
+from helpers import make_sweep
 
 from lesionseg.reporting.answer import ANSWER_TITLE
 from lesionseg.reporting.report import HEADLINE_FIGURE, write_report

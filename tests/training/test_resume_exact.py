@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, TINY
+from helpers import REPO, TINY
 
 pytestmark = pytest.mark.slow
 
