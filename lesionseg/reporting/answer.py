@@ -22,6 +22,33 @@ VERDICT_TITLE = "Is a larger β more than a lower threshold?"
 VERDICT_TITLE_OTHER = "Is a different configuration more than a different threshold?"
 
 
+LOSS_NAMES = {"tversky": "the Tversky index", "dice": "the soft Dice loss", "jaccard": "the soft Jaccard loss",
+              "focal_tversky": "the focal Tversky loss", "ce": "binary cross-entropy",
+              "wce": "weighted binary cross-entropy", "focal": "the focal loss", "dice_ce": "Dice + cross-entropy"}
+
+
+def training_loss(cfg, swept: dict) -> str:
+    """What the sweep's runs were trained with, for the report's captions: the loss (`loss.name`, with α and
+    how the overlap is summed), and any cross-entropy term beside it (`loss.ce_weight`, `loss.ce_warmup`),
+    which every β shares and which a reader of a β study must know about. `swept`: the sweep's keys."""
+    loss = cfg.loss
+    if "loss.name" in swept:
+        text = "the loss of each configuration (loss.name)"
+    else:
+        text = LOSS_NAMES[loss.name]
+        if loss.name in ("tversky", "focal_tversky"):
+            text += " (α = 1 − β" if loss.alpha is None and "loss.alpha" not in swept else " (α as configured"
+            text += ", summed over the batch)" if loss.batch else ", per patch)"
+    if "loss.ce_weight" in swept:
+        text += " + binary cross-entropy at each configuration's weight (loss.ce_weight)"
+    elif loss.ce_weight > 0:
+        text += f" + {loss.ce_weight:g} × binary cross-entropy (loss.ce_weight)"
+    if loss.ce_warmup > 0:
+        text += (f", with a cross-entropy warm-up over the first {loss.ce_warmup:.0%} of the iterations "
+                 "(loss.ce_warmup)")
+    return f"Trained with {text}."
+
+
 def tuning_verdict(rows: list[dict], labels: list[str], stats_result: dict, kind: str = "test") -> list[str]:
     """Sentences answering "is a larger β more than a lower threshold?" from the table and the tests.
 

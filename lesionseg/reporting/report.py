@@ -38,6 +38,7 @@ from lesionseg.reporting.answer import (
     answer,
     best_betas,
     collapse_text,
+    training_loss,
     tuning_verdict,
 )
 from lesionseg.reporting.compare import compare_to_baseline
@@ -77,9 +78,9 @@ def to_csv(rows: list[dict]) -> str:
 
 def to_markdown(name: str, all_tables: list[Table], best: dict[str, str], stats_result: dict,
                 missing: list[str], verdict: list[str], verdict_title: str = "", opening: list[str] = (),
-                captions: dict[str, str] | None = None, kind: str = "test") -> str:
+                captions: dict[str, str] | None = None, kind: str = "test", loss: str = "") -> str:
     captions = captions or FIGURES
-    lines = [f"# Sweep report: {name}", ""]
+    lines = [f"# Sweep report: {name}", "", *([loss, ""] if loss else [])]
     if opening:
         lines += [f"## {ANSWER_TITLE}", "", *(f"- {v}" for v in opening), "",
                   f"![{captions[HEADLINE_FIGURE]}]({HEADLINE_FIGURE})", ""]
@@ -128,18 +129,20 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     opening = answer(rows, labels, stats_result, kind, [collapse_text(g, kind) for g in groups])
     collapsed = {g["label"]: {"runs": len(flagged), "of": len(g["runs"]), "flags": flagged}
                  for g in groups if (flagged := collapsed_runs(g))}
-    captions = {f: text.format(kind=kind, per="β" if shows_beta else "configuration") for f, text in FIGURES.items()}
+    loss = training_loss(cfg, cfg.sweep)
+    captions = {f: text.format(kind=kind, per="β" if shows_beta else "configuration") + " " + loss
+                for f, text in FIGURES.items()}
     pngs = figures.draw_all(groups, rows, size_bins(runs[0]["summary"]))
 
     out = sweep_dir / "report"
     write_text(out / "summary.csv", to_csv(rows))
     write_json(out / "stats.json", {**stats_result, "best": best, "missing": missing_ids, "missing_state": states,
                                     "n_runs": len(runs), "answer": opening, "threshold_tuning": verdict,
-                                    "collapsed": collapsed})
+                                    "collapsed": collapsed, "training_loss": loss})
     for fname, png in pngs.items():
         write_atomic(out / fname, lambda tmp, png=png: tmp.write_bytes(png))
     write_text(out / "summary.md", to_markdown(sweep_dir.name, all_tables, best, stats_result, missing, verdict,
-                                               title, opening, captions, kind))
+                                               title, opening, captions, kind, loss))
     config = (sweep_dir / "sweep.yaml").read_text(encoding="utf-8")
     page = render_html(f"Sweep report: {sweep_dir.name}", [*all_tables, stats_table(stats_result, kind)], best,
                        {f: (pngs[f], text) for f, text in captions.items()}, config, missing,

@@ -22,7 +22,7 @@ from lesionseg.evaluation.evaluate import evaluate_cases
 from lesionseg.evaluation.registry import lower_is_better
 from lesionseg.reporting import stats
 from lesionseg.reporting.aggregate import POOLED_METRICS, TABLE_METRICS
-from lesionseg.reporting.report import write_report
+from lesionseg.reporting.report import FIGURES, write_report
 from lesionseg.reporting.tables import LABELS, fmt
 from lesionseg.runs import mark_done
 
@@ -420,3 +420,27 @@ def test_figures_put_a_numeric_swept_key_on_the_x_axis():
              for n in ("dice", "ce")]
     x, ticks, label = _x_positions(named)
     assert list(x) == [0, 1] and ticks == ["name = dice", "name = ce"] and label == "configuration"
+
+
+def test_the_training_loss_is_named_in_the_report_and_every_caption(tmp_path):
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.9])
+    write_report(sweep_dir, n_boot=200)
+    result = json.loads((sweep_dir / "report" / "stats.json").read_text())
+    said = "Trained with the Tversky index (α = 1 − β, summed over the batch)."
+    assert result["training_loss"] == said
+    md = (sweep_dir / "report" / "summary.md").read_text()
+    assert md.splitlines()[2] == said
+    # under the title, in every figure's caption, and in the headline figure's shown with the answer
+    assert md.count(said) == 1 + len(FIGURES) + 1
+
+
+def test_the_training_loss_names_a_cross_entropy_term_and_a_swept_loss():
+    from lesionseg.reporting.answer import training_loss
+
+    cfg = Config.model_validate({"loss": {"ce_weight": 1.0, "batch": False}})
+    assert training_loss(cfg, {"loss.beta": [0.5, 0.9]}) == (
+        "Trained with the Tversky index (α = 1 − β, per patch) + 1 × binary cross-entropy (loss.ce_weight).")
+    cfg = Config.model_validate({"loss": {"ce_warmup": 0.25}})
+    assert training_loss(cfg, {"loss.name": ["dice", "tversky"]}) == (
+        "Trained with the loss of each configuration (loss.name), with a cross-entropy warm-up over the first "
+        "25% of the iterations (loss.ce_warmup).")
