@@ -124,3 +124,10 @@ def test_a_baseline_replaces_the_parents_not_merges_with_it(tmp_path):
         "train.lr": 0.001}
     with pytest.raises(LesionsegError, match=r"report.baseline key 'loss.nam' is not a config key"):
         load_config(child, ["report.baseline={loss.nam: dice}"])
+
+
+def test_the_beta_sweeps_train_with_a_cross_entropy_term_and_the_loss_comparison_without():
+    # base.yaml: Tversky + 1 × CE (issue 24); sweep_losses.yaml compares each loss of the literature alone
+    assert load_config(REPO / "configs" / "sweep_beta.yaml").loss.ce_weight == 1.0
+    assert load_config(REPO / "configs" / "examples" / "open_ms_patient.yaml").loss.ce_weight == 1.0
+    assert load_config(REPO / "configs" / "sweep_losses.yaml").loss.ce_weight == 0.0

@@ -113,8 +113,8 @@ class LossConfig(_Section):
     pos_weight: float | None = Field(None, gt=0.0, description="wce: weight of the lesion voxels' term")
     batch: bool = Field(True, description="sum TP/FP/FN over the whole batch rather than per patch")
     smooth: float = Field(1e-5, ge=0.0)
-    ce_weight: float = Field(0.0, ge=0.0, description="weight of a binary cross-entropy term added to the "
-                             "loss for the whole run (nnU-Net pairs Dice with CE at 1); 0: off")
+    ce_weight: float = Field(1.0, ge=0.0, description="weight of a binary cross-entropy term added to the "
+                             "loss for the whole run (nnU-Net pairs Dice with CE at 1); 0: the loss alone")
     ce_warmup: float = Field(0.0, ge=0.0, le=1.0, description="share of train.iterations over which a "
                              "cross-entropy term, weight 1 fading linearly to ce_weight, is added; 0: off")
 

@@ -19,8 +19,14 @@ smoothing term (`loss.smooth`) and the means over voxels:
   elsewhere, γ = `loss.gamma` (default 2); no class weight α.
 - `dice_ce` (nnU-Net's default pairing): `dice` + `ce`, with equal weights.
 
-`loss.ce_weight` adds w·`ce` to any of them (`CrossEntropyTerm`; `loss.ce_warmup` adds a term that fades
-from 1 to that weight over a share of the run).
+`loss.ce_weight` adds w·`ce` to any of them (`CrossEntropyTerm`; default 1, as nnU-Net pairs Dice with CE;
+`loss.ce_warmup` adds a term that fades from 1 to that weight over a share of the run). Why a default: an
+overlap loss's gradient on a logit carries the sigmoid's p·(1 − p), so a voxel that is confidently wrong
+(the background of a start at 0.5, lesions left under a low start) hardly moves, and a decaying rate
+freezes it there; cross-entropy's gradient p − g does not vanish there. Near the threshold, where the
+Tversky index decides, CE's per-voxel gradient (mean over N voxels) against the batch-summed index's (over G
+lesion voxels) is of the order of the lesion share G / N: a few per cent at MS loads (share ≈ 0.01), a
+quarter at tumour-like ones (≈ 0.05), so β still moves the operating point (bench/RESULTS.md, stop 24).
 
 `loss.batch` (the overlap losses): true sums TP/FP/FN over the whole batch (one index per batch); false
 computes the index per patch and averages. A summed index weighs every case by its lesion volume, so in a

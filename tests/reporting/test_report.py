@@ -426,7 +426,8 @@ def test_the_training_loss_is_named_in_the_report_and_every_caption(tmp_path):
     sweep_dir = make_sweep(tmp_path, [0.5, 0.9])
     write_report(sweep_dir, n_boot=200)
     result = json.loads((sweep_dir / "report" / "stats.json").read_text())
-    said = "Trained with the Tversky index (α = 1 − β, summed over the batch)."
+    said = ("Trained with the Tversky index (α = 1 − β, summed over the batch) + 1 × binary cross-entropy "
+            "(loss.ce_weight).")  # base.yaml's default loss
     assert result["training_loss"] == said
     md = (sweep_dir / "report" / "summary.md").read_text()
     assert md.splitlines()[2] == said
@@ -440,7 +441,7 @@ def test_the_training_loss_names_a_cross_entropy_term_and_a_swept_loss():
     cfg = Config.model_validate({"loss": {"ce_weight": 1.0, "batch": False}})
     assert training_loss(cfg, {"loss.beta": [0.5, 0.9]}) == (
         "Trained with the Tversky index (α = 1 − β, per patch) + 1 × binary cross-entropy (loss.ce_weight).")
-    cfg = Config.model_validate({"loss": {"ce_warmup": 0.25}})
+    cfg = Config.model_validate({"loss": {"ce_warmup": 0.25, "ce_weight": 0.0}})
     assert training_loss(cfg, {"loss.name": ["dice", "tversky"]}) == (
         "Trained with the loss of each configuration (loss.name), with a cross-entropy warm-up over the first "
         "25% of the iterations (loss.ce_warmup).")
