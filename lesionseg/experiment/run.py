@@ -42,13 +42,13 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True, evaluate: bool = 
     started = time.monotonic()
     # an interrupted run's last.pt, read once: open_run_dir checks that it reads, train_run resumes from it
     trained = train_run(cfg, run_dir, progress=progress, lists=lists, resume=open_run_dir(run_dir, cfg))
-    validation = trained["best"].get("collapse")  # None: no validation cases
     best = trained["best"]
+    validation = best.get("collapse")  # None: no validation cases
     tqdm.write(f"[{run_dir.name}] trained to iteration {cfg.train.iterations} in {time.monotonic() - started:.0f} s; "
                + (f"best validation DSC {best['dsc']:.3f} at iteration {best['iteration']}" if "dsc" in best
                   else "no validation cases: the last weights are kept"))
     if not evaluate:
-        mark_done(run_dir, {"best_iteration": trained["best"]["iteration"], "collapse": {"validation": validation}})
+        mark_done(run_dir, {"best_iteration": best["iteration"], "collapse": {"validation": validation}})
         return trained
     paths = RunPaths(run_dir)
     device = resolve_device(cfg.train.device)
@@ -71,7 +71,7 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True, evaluate: bool = 
         tqdm.write(f"[{run_dir.name}] warning: collapsed on the test cases at p ≥ {cfg.eval.threshold:g}: "
                    f"{collapse.describe(summary['collapse'])}. Probably {collapse.advice(summary['collapse'])}.")
     seconds = round(time.monotonic() - started, 1)
-    mark_done(run_dir, {"seconds": seconds, "best_iteration": trained["best"]["iteration"],
+    mark_done(run_dir, {"seconds": seconds, "best_iteration": best["iteration"],
                         "collapse": {"validation": validation, "test": summary["collapse"]}})
     return summary
 

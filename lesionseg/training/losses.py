@@ -110,7 +110,7 @@ class CrossEntropyTerm(torch.nn.Module):
 
     def weight(self) -> float:
         fade = max(0.0, 1.0 - (self.iteration - 1) / self.until) if self.until > 0 else 0.0
-        return self.floor + (1.0 - self.floor) * fade if self.floor < 1.0 else self.floor
+        return self.floor + (1.0 - self.floor) * fade
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         w = self.weight()

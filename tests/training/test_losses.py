@@ -160,14 +160,15 @@ def test_the_cross_entropy_warmup_fades_from_one_to_zero_and_leaves_the_tversky_
         assert float(loss(logit(PROBS), LABEL)) == pytest.approx(tversky + weight * ce, rel=1e-9)
 
 
-@pytest.mark.parametrize("until, schedule", [
-    (0, [(1, 0.4), (2, 0.4), (1000, 0.4)]),  # a constant term
-    (2, [(1, 1.0), (2, 0.7), (3, 0.4), (50, 0.4)]),  # a warm-up fading from 1 to the constant weight
+@pytest.mark.parametrize("term, until, schedule", [
+    (0.4, 0, [(1, 0.4), (2, 0.4), (1000, 0.4)]),  # a constant term
+    (0.4, 2, [(1, 1.0), (2, 0.7), (3, 0.4), (50, 0.4)]),  # a warm-up fading from 1 to the constant weight
+    (2.0, 2, [(1, 1.0), (2, 1.5), (3, 2.0), (50, 2.0)]),  # … or rising to a weight above 1
 ])
-def test_a_cross_entropy_term_is_tversky_plus_its_weight_times_bce(until, schedule):
+def test_a_cross_entropy_term_is_tversky_plus_its_weight_times_bce(term, until, schedule):
     from lesionseg.training.losses import CrossEntropyTerm
 
-    loss = CrossEntropyTerm(build_loss(LossConfig(beta=0.9, batch=True, smooth=0.0)), weight=0.4, until=until)
+    loss = CrossEntropyTerm(build_loss(LossConfig(beta=0.9, batch=True, smooth=0.0)), weight=term, until=until)
     tversky = tversky_by_hand(PROBS, LABEL, 0.1, 0.9, 0.0)
     ce = float(torch.nn.functional.binary_cross_entropy(PROBS.double(), LABEL.double()))  # PyTorch's reference
     for iteration, weight in schedule:
