@@ -15,7 +15,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from lesionseg.config import Config, dump_yaml, flat_keys
+from lesionseg.config import Config, dump_yaml, flat_keys, resolve_ce_weight
 from lesionseg.errors import LesionsegError
 from lesionseg.files import disk_error, write_json, write_text
 
@@ -138,6 +138,9 @@ def config_differences(saved: dict | None, cfg: Config) -> list[str]:
         return ["config.yaml: missing or unreadable"]
     old, new = flat_keys(saved), flat_keys(cfg.model_dump(mode="json"))
     defaults = flat_keys(Config().model_dump(mode="json"))
+    for flat in (old, new):  # `auto` and the weight it stands for train the same run
+        if "loss.ce_weight" in flat:
+            flat["loss.ce_weight"] = resolve_ce_weight(flat.get("loss.name", "tversky"), flat["loss.ce_weight"])
     lines = []
     for key in [*new, *(k for k in old if k not in new)]:
         if any(key == k or key.startswith(f"{k}.") for k in EXECUTION_KEYS):

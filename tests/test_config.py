@@ -128,6 +128,31 @@ def test_a_baseline_replaces_the_parents_not_merges_with_it(tmp_path):
 
 def test_the_beta_sweeps_train_with_a_cross_entropy_term_and_the_loss_comparison_without():
     # base.yaml: Tversky + 1 × CE (issue 24); sweep_losses.yaml compares each loss of the literature alone
-    assert load_config(REPO / "configs" / "sweep_beta.yaml").loss.ce_weight == 1.0
-    assert load_config(REPO / "configs" / "examples" / "open_ms_patient.yaml").loss.ce_weight == 1.0
-    assert load_config(REPO / "configs" / "sweep_losses.yaml").loss.ce_weight == 0.0
+    assert load_config(REPO / "configs" / "sweep_beta.yaml").loss.resolved_ce_weight == 1.0
+    assert load_config(REPO / "configs" / "examples" / "open_ms_patient.yaml").loss.resolved_ce_weight == 1.0
+    assert load_config(REPO / "configs" / "sweep_losses.yaml").loss.resolved_ce_weight == 0.0
+
+
+@pytest.mark.parametrize("name, weight", [("tversky", 1.0), ("dice", 1.0), ("jaccard", 1.0), ("focal_tversky", 1.0),
+                                          ("ce", 0.0), ("wce", 0.0), ("focal", 0.0), ("dice_ce", 0.0)])
+def test_ce_weight_auto_adds_cross_entropy_only_to_the_losses_without_it(name, weight):
+    loss = load_config(REPO / "configs" / "base.yaml", [f"loss.name={name}", "loss.pos_weight=10"]).loss
+    assert loss.ce_weight == "auto" and loss.resolved_ce_weight == weight
+    assert Config.model_validate({"loss": {"name": name, "pos_weight": 10, "ce_weight": 0}}).loss.resolved_ce_weight == 0
+    assert Config.model_validate({"loss": {"name": "dice", "ce_weight": 0.5}}).loss.resolved_ce_weight == 0.5
+
+
+def test_a_cross_entropy_term_on_a_cross_entropy_loss_is_a_config_error_naming_the_fix(tmp_path):
+    with pytest.raises(LesionsegError, match=r"loss.ce_weight 1 would add cross-entropy to loss.name dice_ce.*auto"):
+        load_config(REPO / "configs" / "base.yaml", ["loss.name=dice_ce", "loss.ce_weight=1"])
+    for bad in (-0.5, "often"):
+        with pytest.raises(LesionsegError, match="ce_weight"):
+            load_config(REPO / "configs" / "base.yaml", [f"loss.ce_weight={bad}"])
+    # a sweep over the losses fails before any run starts, naming the run
+    cfg = write(tmp_path / "s.yaml", f"extends: {REPO / 'configs' / 'base.yaml'}\nloss:\n  ce_weight: 1\n"
+                "sweep:\n  loss.name: [dice, ce]\n")
+    with pytest.raises(LesionsegError, match=r"name=ce"):
+        expand_sweep(load_config(cfg))
+    # with auto every loss of the sweep gets its own weight
+    weights = {rid: c.loss.resolved_ce_weight for rid, c in expand_sweep(load_config(cfg, ["loss.ce_weight=auto"]))}
+    assert weights == {"name=dice": 1.0, "name=ce": 0.0}

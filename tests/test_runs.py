@@ -14,3 +14,16 @@ def test_a_changed_config_does_not_resume_but_keeps_the_old_folder(tiny_config, 
     (old,) = tmp_path.glob("run.old-*")
     assert torch.load(old / "checkpoints" / "last.pt")["iteration"] == 3
     assert not (run / "checkpoints").exists() and "beta: 0.9" in (run / "config.yaml").read_text()
+
+
+def test_ce_weight_auto_and_the_weight_it_stands_for_are_the_same_run():
+    from lesionseg.config import Config, flat_keys
+    from lesionseg.runs import config_differences
+
+    saved = Config.model_validate({"loss": {"ce_weight": 1.0}}).model_dump(mode="json")
+    assert config_differences(saved, Config()) == []  # tversky: auto → 1
+    saved = Config.model_validate({"loss": {"name": "ce", "ce_weight": 0.0}}).model_dump(mode="json")
+    assert config_differences(saved, Config.model_validate({"loss": {"name": "ce"}})) == []
+    saved = Config.model_validate({"loss": {"ce_weight": 0.0}}).model_dump(mode="json")
+    assert config_differences(saved, Config()) == ["loss.ce_weight: 0.0 → 1.0"]
+    assert "loss.ce_weight" in flat_keys(saved)

@@ -31,6 +31,7 @@ from lesionseg.config.schema import (
     SweepOptions,
     TrainConfig,
     check_device_name,
+    resolve_ce_weight,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "load_config",
     "load_raw",
     "parse_overrides",
+    "resolve_ce_weight",
     "run_id",
     "validate",
 ]

@@ -104,6 +104,16 @@ class ModelConfig(_Section):
         return self
 
 
+CROSS_ENTROPY_LOSSES = ("ce", "wce", "focal", "dice_ce")  # loss.ce_weight: auto adds no cross-entropy to these
+
+
+def resolve_ce_weight(name: str, weight: float | str) -> float:
+    """`loss.ce_weight` as trained: `auto` is 1 for the overlap losses and 0 for `CROSS_ENTROPY_LOSSES`."""
+    if weight == "auto":
+        return 0.0 if name in CROSS_ENTROPY_LOSSES else 1.0
+    return float(weight)
+
+
 class LossConfig(_Section):
     name: Literal["tversky", "dice", "jaccard", "focal_tversky", "ce", "wce", "focal", "dice_ce"] = "tversky"
     beta: float = Field(0.7, gt=0.0, lt=1.0, description="weight of false negatives")
@@ -113,8 +123,10 @@ class LossConfig(_Section):
     pos_weight: float | None = Field(None, gt=0.0, description="wce: weight of the lesion voxels' term")
     batch: bool = Field(True, description="sum TP/FP/FN over the whole batch rather than per patch")
     smooth: float = Field(1e-5, ge=0.0)
-    ce_weight: float = Field(1.0, ge=0.0, description="weight of a binary cross-entropy term added to the "
-                             "loss for the whole run (nnU-Net pairs Dice with CE at 1); 0: the loss alone")
+    ce_weight: float | Literal["auto"] = Field(
+        "auto", description="weight of a binary cross-entropy term added to the loss for the whole run (nnU-Net "
+        "pairs Dice with CE at 1); auto: 1 for the overlap losses, 0 for those with cross-entropy in them already "
+        "(ce, wce, focal, dice_ce); 0: the loss alone")
     ce_warmup: float = Field(0.0, ge=0.0, le=1.0, description="share of train.iterations over which a "
                              "cross-entropy term, weight 1 fading linearly to ce_weight, is added; 0: off")
 
@@ -122,11 +134,26 @@ class LossConfig(_Section):
     def resolved_alpha(self) -> float:
         return 1.0 - self.beta if self.alpha is None else self.alpha
 
+    @property
+    def resolved_ce_weight(self) -> float:
+        return resolve_ce_weight(self.name, self.ce_weight)
+
+    @field_validator("ce_weight")
+    @classmethod
+    def _ce_weight_not_negative(cls, v: float | str) -> float | str:
+        if v != "auto" and v < 0.0:
+            raise ValueError(f"{v} must be a weight >= 0 (0: the loss alone), or auto")
+        return v
+
     @model_validator(mode="after")
     def _settings_of_the_loss(self) -> LossConfig:
         if self.name == "wce" and self.pos_weight is None:
             raise ValueError("loss.name wce needs loss.pos_weight, the weight of the lesion voxels' term (e.g. "
                              "the ratio of background to lesion voxels in the training patches)")
+        if self.name in CROSS_ENTROPY_LOSSES and self.ce_weight != "auto" and self.ce_weight > 0:
+            raise ValueError(f"loss.ce_weight {self.ce_weight:g} would add cross-entropy to loss.name {self.name}, "
+                             "which has cross-entropy in it already: set loss.ce_weight to auto (0 for this loss, "
+                             "1 for the overlap losses) or 0")
         return self  # gamma and pos_weight are ignored by the other losses: a sweep over loss.name sets them once
 
 

@@ -41,8 +41,11 @@ def training_loss(cfg, swept: dict) -> str:
             text += ", summed over the batch)" if loss.batch else ", per patch)"
     if "loss.ce_weight" in swept:
         text += " + binary cross-entropy at each configuration's weight (loss.ce_weight)"
-    elif loss.ce_weight > 0:
-        text += f" + {loss.ce_weight:g} × binary cross-entropy (loss.ce_weight)"
+    elif "loss.name" in swept and loss.ce_weight == "auto":
+        text += (" + 1 × binary cross-entropy for the losses without cross-entropy in them "
+                 "(loss.ce_weight: auto)")
+    elif loss.resolved_ce_weight > 0:
+        text += f" + {loss.resolved_ce_weight:g} × binary cross-entropy (loss.ce_weight)"
     if loss.ce_warmup > 0:
         text += (f", with a cross-entropy warm-up over the first {loss.ce_warmup:.0%} of the iterations "
                  "(loss.ce_warmup)")

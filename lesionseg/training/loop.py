@@ -178,8 +178,9 @@ def _build(cfg: Config, device: torch.device) -> _Parts:
     dtype = amp_dtype(device, cfg.train.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = build_loss(cfg.loss)
-    if cfg.loss.ce_weight > 0 or cfg.loss.ce_warmup > 0:
-        loss_fn = CrossEntropyTerm(loss_fn, cfg.loss.ce_weight, round(cfg.loss.ce_warmup * cfg.train.iterations))
+    if cfg.loss.resolved_ce_weight > 0 or cfg.loss.ce_warmup > 0:
+        loss_fn = CrossEntropyTerm(loss_fn, cfg.loss.resolved_ce_weight,
+                                   round(cfg.loss.ce_warmup * cfg.train.iterations))
     return _Parts(model, step_model, loss_fn, optimizer, scheduler, scaler, dtype)
 
 
@@ -232,6 +233,8 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     parts = _build(cfg, device)
     start, best, last = _resume(parts, resume, paths.last, run_dir.name)
     del resume  # loaded into the model and optimiser: no second copy kept for the whole training
+    if start == 1:
+        _note_ce_weight(cfg, paths, run_dir.name)
 
     batches = train_batches(train_cases, cfg, device)
     if parts.prior is None:  # a new run (or a checkpoint without it): measured, and set when new
@@ -279,6 +282,18 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     return summary
 
 
+def _note(paths: RunPaths, name: str, note: str) -> None:
+    """Log what an `auto` setting became and note it at the end of the run's config.yaml."""
+    tqdm.write(f"[{name}] {note}")
+    write_text(paths.config, paths.config.read_text(encoding="utf-8") + f"# {note}\n")
+
+
+def _note_ce_weight(cfg: Config, paths: RunPaths, name: str) -> None:
+    if cfg.loss.ce_weight == "auto":
+        has = "has cross-entropy in it" if cfg.loss.resolved_ce_weight == 0 else "is an overlap loss"
+        _note(paths, name, f"loss.ce_weight: auto → {cfg.loss.resolved_ce_weight:g} ({cfg.loss.name} {has})")
+
+
 def _start_offset(model: LesionUNet, batches, cfg: Config, paths: RunPaths, name: str, fresh: bool) -> dict:
     """`model.prior`, and for `auto` the lesion share it was set from (`offset.py`): on a `fresh` run the
     offset is set to it, logged, and noted at the end of the run's config.yaml; a resumed run's checkpoint
@@ -289,10 +304,8 @@ def _start_offset(model: LesionUNet, batches, cfg: Config, paths: RunPaths, name
     start = starting_prior(share)
     if fresh:
         model.start_at(start)
-        note = (f"model.prior: auto → {start:.4g}, the lesion share of the first "
-                f"{min(cfg.train.iterations, SHARE_BATCHES)} training batches ({share:.4g})")
-        tqdm.write(f"[{name}] {note}")
-        write_text(paths.config, paths.config.read_text(encoding="utf-8") + f"# {note}\n")
+        _note(paths, name, f"model.prior: auto → {start:.4g}, the lesion share of the first "
+                           f"{min(cfg.train.iterations, SHARE_BATCHES)} training batches ({share:.4g})")
     return {"setting": "auto", "start": start, "lesion_share": share}
 
 

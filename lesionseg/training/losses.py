@@ -19,7 +19,8 @@ smoothing term (`loss.smooth`) and the means over voxels:
   elsewhere, γ = `loss.gamma` (default 2); no class weight α.
 - `dice_ce` (nnU-Net's default pairing): `dice` + `ce`, with equal weights.
 
-`loss.ce_weight` adds w·`ce` to any of them (`CrossEntropyTerm`; default 1, as nnU-Net pairs Dice with CE;
+`loss.ce_weight` adds w·`ce` to any of them (`CrossEntropyTerm`; default `auto`: 1 for the overlap losses, as
+nnU-Net pairs Dice with CE, 0 for `ce`, `wce`, `focal` and `dice_ce`, which have cross-entropy in them already;
 `loss.ce_warmup` adds a term that fades from 1 to that weight over a share of the run). Why a default: an
 overlap loss's gradient on a logit carries the sigmoid's p·(1 − p), so a voxel that is confidently wrong
 (the background of a start at 0.5, lesions left under a low start) hardly moves, and a decaying rate

@@ -441,6 +441,11 @@ def test_the_training_loss_names_a_cross_entropy_term_and_a_swept_loss():
     cfg = Config.model_validate({"loss": {"ce_weight": 1.0, "batch": False}})
     assert training_loss(cfg, {"loss.beta": [0.5, 0.9]}) == (
         "Trained with the Tversky index (α = 1 − β, per patch) + 1 × binary cross-entropy (loss.ce_weight).")
+    cfg = Config.model_validate({"loss": {"name": "dice_ce"}})  # auto: no cross-entropy added to it
+    assert training_loss(cfg, {"loss.beta": [0.5, 0.9]}) == "Trained with Dice + cross-entropy."
+    assert training_loss(Config(), {"loss.name": ["dice", "ce"]}) == (
+        "Trained with the loss of each configuration (loss.name) + 1 × binary cross-entropy for the losses "
+        "without cross-entropy in them (loss.ce_weight: auto).")
     cfg = Config.model_validate({"loss": {"ce_warmup": 0.25, "ce_weight": 0.0}})
     assert training_loss(cfg, {"loss.name": ["dice", "tversky"]}) == (
         "Trained with the loss of each configuration (loss.name), with a cross-entropy warm-up over the first "

@@ -64,6 +64,9 @@ def test_an_auto_run_starts_its_offset_at_the_measured_share_and_says_so(tiny_co
     printed = capsys.readouterr()
     assert note in printed.out + printed.err
     assert (run_dir / "config.yaml").read_text().rstrip().splitlines()[-1].startswith(f"# {note}")
+    # the other auto setting of the recipe, said the same way
+    assert "loss.ce_weight: auto → 1 (tversky is an overlap loss)" in printed.out + printed.err
+    assert "# loss.ce_weight: auto → 1 (tversky is an overlap loss)\n" in (run_dir / "config.yaml").read_text()
     assert json.loads((run_dir / "train_summary.json").read_text())["prior"]["setting"] == "auto"
 
 
