@@ -56,6 +56,7 @@ from monai.transforms import (
 )
 from monai.utils import set_determinism
 
+import lesionseg
 from lesionseg.config import load_config
 from lesionseg.evaluation.evaluate import evaluate_cases
 from lesionseg.inference import load_model, predict_cases
@@ -167,8 +168,7 @@ def lesionseg_run(train: list[dict], tests: list[dict], beta: float, iterations:
     model = load_model(run_dir, cfg, device)
     predict_cases(model, cfg, tests, out_dir, device, progress=False)
     if tta_dir is not None:  # the same model again with test-time flips
-        cfg.eval.tta = True
-        predict_cases(model, cfg, tests, tta_dir, device, progress=False)
+        predict_cases(model, lesionseg.load(cfg, ["eval.tta=true"]), tests, tta_dir, device, progress=False)
     return {"iterations": iterations, "seconds": seconds, "cpu_seconds": cpu_seconds}
 
 

@@ -24,10 +24,8 @@ from pathlib import Path
 
 import torch
 
-from lesionseg.config import load_config
-from lesionseg.data.demo_data import write_demo_dataset
-from lesionseg.experiment.local_backend import _cpu_count, visible_gpus
-from lesionseg.experiment.sweep import run_sweep
+import lesionseg
+from lesionseg.experiment.local_backend import cpu_count, visible_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,10 +42,10 @@ def main() -> None:
     gpus = visible_gpus()
     n = args.parallel or (len(gpus) if gpus else 2)
     betas = [round(0.5 + 0.4 * i / max(1, args.runs - 1), 3) for i in range(args.runs)]
-    print(f"machine: {platform.machine()}, {_cpu_count()} CPU cores, GPUs: {', '.join(gpus) or 'none'}; "
+    print(f"machine: {platform.machine()}, {cpu_count()} CPU cores, GPUs: {', '.join(gpus) or 'none'}; "
           f"torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
-        datalist = write_demo_dataset(Path(tmp) / "data", cases=args.cases, size=args.size, seed=0)
+        datalist = lesionseg.demo_data(Path(tmp) / "data", cases=args.cases, size=args.size, seed=0)
         overrides = [f"data.datalist={datalist}", f"output_dir={Path(tmp) / 'experiments'}",
                      f"sweep={{loss.beta: {betas}}}", f"train.iterations={args.iterations}",
                      f"train.val_every={args.iterations}", "data.patch_size=[32,32,32]", "data.val_cases=1"]
@@ -55,20 +53,19 @@ def main() -> None:
               f"{args.cases} phantoms of size {args.size}")
         times = {}
         for parallel in (1, n):
-            cfg = load_config(REPO / "configs" / "demo.yaml", [*overrides, f"name=parallel{parallel}",
-                                                               f"sweep.parallel={parallel}"])
             start = time.perf_counter()
-            run_sweep(cfg, progress=False)
+            lesionseg.sweep(REPO / "configs" / "demo.yaml", [*overrides, f"name=parallel{parallel}",
+                                                             f"sweep.parallel={parallel}"], progress=False)
             times[parallel] = time.perf_counter() - start
             print(f"parallel {parallel}: {times[parallel]:.1f} s (report included)", flush=True)
     ratio = times[1] / times[n]
     print(f"\nwall time, parallel 1 / parallel {n}: {ratio:.2f} (ideal with {n} devices: {n})")
     if not gpus:
-        print(f"caveat: no GPU, so the {n} runs at once share the {_cpu_count()} CPU cores that one run alone uses "
+        print(f"caveat: no GPU, so the {n} runs at once share the {cpu_count()} CPU cores that one run alone uses "
               "through torch's threads: the ratio only shows how badly one small run uses them (serial data "
               "loading, evaluation, thread overhead); near 1 if it used them fully. On N GPUs expect close to N.")
-    if os.getloadavg()[0] > _cpu_count():
-        print(f"caveat: load average {os.getloadavg()[0]:.1f} on {_cpu_count()} cores: the machine is busy")
+    if os.getloadavg()[0] > cpu_count():
+        print(f"caveat: load average {os.getloadavg()[0]:.1f} on {cpu_count()} cores: the machine is busy")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Command line: argument parsing only; each command calls a function of the module that owns it."""
+"""Command line: argument parsing only; each command calls its function in `api.py` and prints what it returns."""
 
 from __future__ import annotations
 
@@ -14,14 +14,10 @@ from lesionseg.files import describe_os_error, is_disk_error
 
 
 def _demo_data(args: argparse.Namespace) -> None:
-    from lesionseg.data.demo_data import check_demo_arguments, write_demo_dataset
-    from lesionseg.runs import claim_output
+    from lesionseg import api
 
-    check_demo_arguments(args.cases, args.size, args.seed, args.spacing, lesions=args.lesions)  # before any move
-    if aside := claim_output(args.out_dir, args.force, "write the phantoms to another folder"):
-        print(f"--force: moved the earlier dataset to {aside}")
-    path = write_demo_dataset(args.out_dir, cases=args.cases, size=args.size, seed=args.seed, spacing=args.spacing,
-                              lesions=args.lesions)
+    path = api.demo_data(args.out_dir, cases=args.cases, size=args.size, seed=args.seed, spacing=args.spacing,
+                         lesions=args.lesions, force=args.force)
     print(f"wrote {_count(args.cases, 'phantom case')} and {path}")
 
 
@@ -30,18 +26,15 @@ def _count(n: int, noun: str) -> str:
 
 
 def _check(args: argparse.Namespace) -> None:
+    from lesionseg import api
     from lesionseg.config import expand_sweep, load_config
-    from lesionseg.data.preprocessing import load_datalist
-    from lesionseg.experiment.preflight import evaluation_problems, preflight
 
     cfg = load_config(args.config, args.overrides)
     # A config with a sweep: block is run by `lesionseg sweep`, which also evaluates: its checks; else train's.
-    runs = expand_sweep(cfg) if cfg.sweep else [(cfg.name, cfg)]
-    preflight(runs, evaluates=bool(cfg.sweep), show=lambda report: print(report.table()))
-    if not cfg.sweep and (notes := evaluation_problems(cfg, load_datalist(cfg))):
+    if notes := api.check(cfg, show=lambda report: print(report.table())):
         print("\nnote (train and predict are fine; `lesionseg sweep`, which evaluates, would refuse):\n  "
               + "\n  ".join(notes))
-    what = f"{_count(len(runs), 'sweep run')} checked" if cfg.sweep else "the run checked"
+    what = f"{_count(len(expand_sweep(cfg)), 'sweep run')} checked" if cfg.sweep else "the run checked"
     print(f"\nconfig {args.config}: valid, {what}; dataset {cfg.data.datalist}: every file read, no problem found")
 
 
@@ -52,69 +45,31 @@ def _bars(args: argparse.Namespace) -> bool:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from lesionseg.config import load_config
-    from lesionseg.experiment.preflight import preflight
-    from lesionseg.experiment.run import run_one
-    from lesionseg.runs import move_aside
+    from lesionseg import api
 
-    cfg = load_config(args.config, args.overrides)
-    preflight([(cfg.name, cfg)], evaluates=False)  # every file read, every setting tried: before any folder exists
-    if args.force and (aside := move_aside(cfg.output_dir / cfg.name)):
-        print(f"--force: moved the earlier run to {aside}")
-    run_dir = cfg.output_dir / cfg.name
-    run_one(cfg, run_dir, progress=_bars(args), evaluate=False)
+    run_dir = api.train(args.config, args.overrides, force=args.force, progress=_bars(args))
     print(f"finished {run_dir}")
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from lesionseg.inference import predict_run
+    from lesionseg import api
 
-    paths = predict_run(args.run_dir, images=args.images, out_dir=args.out, progress=_bars(args),
-                        force=args.force)
+    paths = api.predict(args.run_dir, images=args.images, out=args.out, progress=_bars(args), force=args.force)
     print(f"wrote {_count(len(paths), 'prediction')} to {paths[0].parent}")
 
 
-def default_metrics_dir(pred: Path) -> Path:
-    """`evaluate`'s default --out: `metrics/` beside a run's `predictions/`, `metrics-<name>/` beside any
-    other prediction folder (two prediction folders with one parent get two metrics folders)."""
-    from lesionseg.runs import RunPaths
-
-    run = RunPaths(pred.parent)
-    return run.metrics if pred.name == run.predictions.name else pred.parent / f"{run.metrics.name}-{pred.name}"
-
-
 def _evaluate(args: argparse.Namespace) -> None:
-    from lesionseg.config import check_device_name
-    from lesionseg.devices import resolve_device
+    from lesionseg import api
     from lesionseg.evaluation import collapse, registry
-    from lesionseg.evaluation.evaluate import check_options, evaluate_dirs
-    from lesionseg.evaluation.volumes import match_folders, require_label
-    from lesionseg.runs import claim_output, is_done
 
-    try:
-        check_device_name(args.device)
-    except ValueError as err:
-        raise LesionsegError(f"--device: {err}") from None
-    resolve_device(args.device, "--device")
-    # What can be checked before an earlier evaluation is moved aside: the folders, the options, the label.
-    cases, _ = match_folders(args.pred, args.ref, args.mask_dir, args.brain_dir)
-    check_options(args.threshold, 2.0, args.lesion_min_voxels, args.lesion_min_overlap, args.size_bins_ml)
-    if args.ref_label is not None:
-        require_label([(pred, ref) for _, pred, ref in cases], args.ref_label)
-    out = args.out or default_metrics_dir(args.pred)
-    if is_done(out.parent) and out.name.startswith("metrics"):
-        raise LesionsegError(
-            f"{out} belongs to the finished run {out.parent}: its report reads it as that run's results at its "
-            "own settings; write this evaluation elsewhere with --out DIR")
-    if aside := claim_output(out, args.force, "write this evaluation elsewhere with --out DIR"):
-        print(f"--force: moved the earlier evaluation to {aside}")
-    summary = evaluate_dirs(
-        args.pred, args.ref, out, threshold=args.threshold, device=args.device,
+    summary = api.evaluate(
+        args.pred, args.ref, args.out, force=args.force, threshold=args.threshold, device=args.device,
         lesion_min_voxels=args.lesion_min_voxels, lesion_min_overlap=args.lesion_min_overlap,
         size_bins_ml=args.size_bins_ml, ref_label=args.ref_label, mask_dir=args.mask_dir,
         brain_dir=args.brain_dir, calibration_bins=args.calibration_bins, min_component_ml=args.min_component_ml,
         progress=_bars(args),
     )
+    out = args.out or api.default_metrics_dir(args.pred)
     pc = summary["per_case"]
     print(f"{_count(summary['n_cases'], 'case')}: " + ", ".join(f"{m} {pc[m]['mean']:.4f}" for m in
           registry.names(headline=True)) + f" (per-case means); wrote {out}")
@@ -123,24 +78,22 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from lesionseg.config import load_config
-    from lesionseg.experiment.sweep import run_sweep
+    from lesionseg import api
 
     # The options are sugar for the config keys sweep.parallel, sweep.backend and sweep.ray_address.
     # (The address is quoted: YAML would read some host:port strings as numbers.)
     options = [f"sweep.{key}={value}" for key, value in
                (("parallel", args.parallel), ("backend", args.backend),
                 ("ray_address", args.ray_address and json.dumps(args.ray_address))) if value is not None]
-    cfg = load_config(args.config, [*args.overrides, *options])
-    report = run_sweep(cfg, progress=_bars(args), force=args.force)
+    report = api.sweep(args.config, [*args.overrides, *options], progress=_bars(args), force=args.force)
     print((report / "summary.md").read_text(encoding="utf-8"))
     print(f"report: {report}")
 
 
 def _report(args: argparse.Namespace) -> None:
-    from lesionseg.reporting.report import write_report
+    from lesionseg import api
 
-    report = write_report(args.sweep_dir)
+    report = api.report(args.sweep_dir)
     print((report / "summary.md").read_text(encoding="utf-8"))
 
 

@@ -47,7 +47,7 @@ def resolve_parallel(parallel: int | str, runs: Runs) -> int:
     return max(1, min(n, len(runs)))
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
@@ -83,7 +83,7 @@ def _echo_prefixed(stream, rid: str, lock: threading.Lock) -> None:
 def run_local(runs: Runs, sweep_dir: Path, parallel: int, progress: bool = True) -> dict[str, str]:
     """Each run in its own process, `parallel` at once, one GPU each (round robin when there are fewer)."""
     gpus = _gpus_for(runs)
-    threads = max(1, _cpu_count() // parallel)
+    threads = max(1, cpu_count() // parallel)
     pending = list(enumerate(runs, 1))
     children: dict[subprocess.Popen, _Child] = {}
     failed: dict[str, str] = {}

@@ -104,7 +104,7 @@ def local_sweeps(tiny_dataset, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         # CPU results are bitwise-repeatable for a given number of torch threads; `parallel: 2` gives each
         # run half the cores, so the one-at-a-time sweep gets that many too (1 of 2, whatever the machine).
-        mp.setattr(local_backend, "_cpu_count", lambda: 2)
+        mp.setattr(local_backend, "cpu_count", lambda: 2)
         mp.setenv("OMP_NUM_THREADS", "1")
         serial = run_sweep(config("name=serial", "sweep.parallel=1"), progress=False).parent
         parallel = run_sweep(config("name=parallel", "sweep.parallel=2"), progress=False).parent
