@@ -155,13 +155,28 @@ def sweep(config: Config | str | Path, overrides: Sequence[str] = (), force: boo
     """`lesionseg sweep`: train, predict and evaluate every configuration of the `sweep:` block into
     `<output_dir>/<name>/`, then write the report; returns the report folder. Calling it again continues
     where it stopped; `force` moves the earlier sweep aside first."""
-    from lesionseg.experiment.sweep import run_sweep
-
-    return run_sweep(load(config, overrides), progress=progress, force=force)
-
-
-def report(sweep_dir: str | Path) -> Path:
-    """`lesionseg report`: rebuild a sweep's report from its finished runs; returns the report folder."""
+    from lesionseg.errors import LesionsegError
+    from lesionseg.experiment.sweep import failures, run_sweep
     from lesionseg.reporting.report import write_report
 
-    return write_report(Path(sweep_dir))
+    sweep_dir, failed = run_sweep(load(config, overrides), progress=progress, force=force)
+    report_dir = write_report(sweep_dir)
+    if failed:
+        raise LesionsegError(f"{failures(failed, sweep_dir)}\nThe report of the finished runs is in {report_dir}.")
+    return report_dir
+
+
+def report(sweep_dir: str | Path, n_boot: int | None = None) -> Path:
+    """`lesionseg report`: rebuild a sweep's report from its finished runs (merging the folds of each
+    cross-validated configuration finished since); returns the report folder. `n_boot`: bootstrap
+    resamples of the confidence intervals (default `reporting.stats.N_BOOT`)."""
+    from lesionseg.config import expand_sweep
+    from lesionseg.experiment.cv import merge_finished
+    from lesionseg.reporting import stats
+    from lesionseg.reporting.report import write_report
+    from lesionseg.reporting.results import sweep_config
+
+    sweep_dir = Path(sweep_dir)
+    cfg = sweep_config(sweep_dir)
+    merge_finished(sweep_dir, expand_sweep(cfg) if cfg.sweep else [], cfg.sweep, progress=False)
+    return write_report(sweep_dir, stats.N_BOOT if n_boot is None else n_boot)

@@ -1,4 +1,5 @@
-"""Sweeps: every configuration of the `sweep:` block trained, predicted and evaluated, then reported.
+"""Sweeps: every configuration of the `sweep:` block trained, predicted and evaluated (the report is the
+next stage's: `lesionseg.api.sweep` writes it after `run_sweep`).
 
 ```
 experiments/<name>/sweep.yaml         the resolved sweep config
@@ -24,15 +25,16 @@ from lesionseg.experiment.backends import run_all
 from lesionseg.experiment.cv import CV_DIR, merge_finished
 from lesionseg.experiment.preflight import preflight
 from lesionseg.files import disk_error, write_text
-from lesionseg.reporting.report import write_report
 from lesionseg.runs import config_differences, is_done, move_aside, saved_config, sweep_run
 
 
-def run_sweep(cfg: Config, progress: bool = True, force: bool = False) -> Path:
-    """Run every configuration not finished yet, then write the report; returns the report folder.
+def run_sweep(cfg: Config, progress: bool = True, force: bool = False) -> tuple[Path, dict[str, str]]:
+    """Run every configuration not finished yet and merge the folds of each cross-validated configuration
+    whose runs are all finished; returns the sweep folder and the failed runs (id → what went wrong).
 
     The runs go to `sweep.backend` (`lesionseg.experiment.backends`): `sweep.parallel` at once, each its own process.
-    A failed run does not stop the others; after the report of the finished ones, `LesionsegError` names it.
+    A failed run does not stop the others (`failures` words them for the error the caller raises after the
+    report of the finished ones); when every run failed, `LesionsegError` here.
     `force`: start the whole sweep over, moving an existing sweep folder aside (never deleting it).
     """
     runs = expand_sweep(cfg) if cfg.sweep else [("run", cfg)]
@@ -52,13 +54,10 @@ def run_sweep(cfg: Config, progress: bool = True, force: bool = False) -> Path:
         tqdm.write(f"{len(runs) - len(todo)} of {len(runs)} runs already finished in {sweep_dir / 'runs'}")
     failed = run_all(todo, sweep_dir, cfg.sweep_options, progress=progress) if todo else {}
     if len(failed) == len(runs):
-        raise LesionsegError(_failures(failed, sweep_dir))
+        raise LesionsegError(failures(failed, sweep_dir))
     for cid in merge_finished(sweep_dir, runs, cfg.sweep, progress):  # cross-validation: the folds together
         tqdm.write(f"merged the folds of {cid} into {sweep_dir / CV_DIR / cid}")
-    report = write_report(sweep_dir)
-    if failed:
-        raise LesionsegError(f"{_failures(failed, sweep_dir)}\nThe report of the finished runs is in {report}.")
-    return report
+    return sweep_dir, failed
 
 
 def _refuse_relabelling(runs: list[tuple[str, Config]], sweep_dir: Path) -> None:
@@ -77,7 +76,7 @@ def _refuse_relabelling(runs: list[tuple[str, Config]], sweep_dir: Path) -> None
             "(name=...), or start it over with --force (moves the sweep folder aside; nothing is deleted).")
 
 
-def _failures(failed: dict[str, str], sweep_dir: Path) -> str:
+def failures(failed: dict[str, str], sweep_dir: Path) -> str:
     lines = [f"{len(failed)} run(s) of {sweep_dir} failed:"]
     lines += [f"  {rid}: {message}" for rid, message in failed.items()]
     lines.append("Fix the cause and run the same command again: finished runs are skipped, the failed ones "

@@ -19,7 +19,6 @@ import csv
 import io
 from pathlib import Path
 
-from lesionseg.config import expand_sweep
 from lesionseg.errors import LesionsegError
 from lesionseg.files import write_atomic, write_json, write_text
 from lesionseg.reporting import figures, stats
@@ -101,12 +100,10 @@ def to_markdown(name: str, all_tables: list[Table], best: dict[str, str], stats_
 
 
 def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
-    """Write the report of the finished runs of a sweep into `<sweep_dir>/report/`; return that folder."""
-    from lesionseg.experiment.cv import merge_finished
-
+    """Write the report of the finished runs of a sweep into `<sweep_dir>/report/`; return that folder. It
+    only reads: the folds of a cross-validated configuration are merged before (`experiment.cv`)."""
     sweep_dir = Path(sweep_dir)
     cfg = sweep_config(sweep_dir)
-    merge_finished(sweep_dir, expand_sweep(cfg) if cfg.sweep else [], cfg.sweep, progress=False)  # CV folds
     runs, missing_ids = collect_runs(sweep_dir, cfg)
     states = {rid: run_state(sweep_run(sweep_dir, rid)) for rid in missing_ids}
     missing = [f"{rid} ({state})" for rid, state in states.items()]

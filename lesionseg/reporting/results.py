@@ -22,6 +22,7 @@ import yaml
 from lesionseg.config import Config, expand_sweep, flat_keys, validate
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation.operating_points import CURVE_METRICS, TUNED_METRICS
+from lesionseg.experiment.cv import CV_DIR, configurations
 from lesionseg.runs import RunPaths, is_done, read_json, sweep_run
 
 
@@ -39,8 +40,6 @@ def collect_runs(sweep_dir: Path, cfg: Config | None = None) -> tuple[list[dict]
 
     In a cross-validated sweep (`data.fold` swept) each configuration's merged folder `cv/<id>/` is its
     run (`lesionseg.experiment.cv`), finished when all its folds are; the missing ids are the unfinished fold runs."""
-    from lesionseg.experiment.cv import CV_DIR, configurations
-
     cfg = cfg if cfg is not None else sweep_config(sweep_dir)  # the caller may have read sweep.yaml already
     expanded = expand_sweep(cfg) if cfg.sweep else [("run", cfg)]
     folded = configurations(expanded, cfg.sweep)

@@ -9,11 +9,11 @@ import time
 import pytest
 from helpers import REPO, TINY
 
+import lesionseg
 from lesionseg.config import Config, dump_yaml, expand_sweep, load_config
 from lesionseg.errors import LesionsegError
 from lesionseg.experiment import local_backend, ray_backend
 from lesionseg.experiment.run import summary_line
-from lesionseg.experiment.sweep import run_sweep
 
 TWO_BETAS = ["sweep={loss.beta: [0.5, 0.8]}", "deterministic=true"]
 
@@ -106,8 +106,8 @@ def local_sweeps(tiny_dataset, tmp_path_factory):
         # run half the cores, so the one-at-a-time sweep gets that many too (1 of 2, whatever the machine).
         mp.setattr(local_backend, "cpu_count", lambda: 2)
         mp.setenv("OMP_NUM_THREADS", "1")
-        serial = run_sweep(config("name=serial", "sweep.parallel=1"), progress=False).parent
-        parallel = run_sweep(config("name=parallel", "sweep.parallel=2"), progress=False).parent
+        serial = lesionseg.sweep(config("name=serial", "sweep.parallel=1"), progress=False).parent
+        parallel = lesionseg.sweep(config("name=parallel", "sweep.parallel=2"), progress=False).parent
     return serial, parallel, config
 
 
@@ -123,7 +123,7 @@ def test_two_runs_at_once_on_cpu_match_one_at_a_time(local_sweeps, capfd):
     # A finished sweep re-run skips every run (whatever `parallel` is now) and rebuilds the report only.
     stamps = done_stamps(parallel)
     capfd.readouterr()
-    run_sweep(config("name=parallel", "sweep.parallel=1"), progress=False)
+    lesionseg.sweep(config("name=parallel", "sweep.parallel=1"), progress=False)
     assert "2 of 2 runs already finished" in capfd.readouterr().out and done_stamps(parallel) == stamps
 
 
@@ -217,7 +217,7 @@ def local_ray():
 def test_ray_backend_on_a_local_instance_matches_the_local_backend(local_sweeps, local_ray, capfd):
     _, local, config = local_sweeps
     capfd.readouterr()
-    on_ray = run_sweep(config("name=ray", "sweep.backend=ray"), progress=False).parent
+    on_ray = lesionseg.sweep(config("name=ray", "sweep.backend=ray"), progress=False).parent
     assert "Ray: 2 runs on 2 CPUs, 0 GPUs; each 1 CPU" in capfd.readouterr().out
     for rid in ("beta=0.5", "beta=0.8"):
         assert (on_ray / "runs" / rid / "DONE").is_file()
@@ -225,7 +225,7 @@ def test_ray_backend_on_a_local_instance_matches_the_local_backend(local_sweeps,
     assert [r["beta"] for r in report_rows(on_ray)] == ["0.5", "0.8"]
 
     stamps = done_stamps(on_ray)
-    run_sweep(config("name=ray", "sweep.backend=ray"), progress=False)
+    lesionseg.sweep(config("name=ray", "sweep.backend=ray"), progress=False)
     assert "2 of 2 runs already finished" in capfd.readouterr().out and done_stamps(on_ray) == stamps
 
 
@@ -233,7 +233,7 @@ def test_ray_backend_on_a_local_instance_matches_the_local_backend(local_sweeps,
 def test_ray_backend_reports_a_failed_task_after_the_others(tiny_config, local_ray, capfd):
     cfg = tiny_config("sweep={train.lr: [0.001, 1.0e+30]}", "name=raybad", "sweep.backend=ray")
     with pytest.raises(LesionsegError, match=r"(?s)1 run\(s\) of .*lr=1e\+30: training loss became nan"):
-        run_sweep(cfg, progress=False)
+        lesionseg.sweep(cfg, progress=False)
     runs = cfg.output_dir / "raybad" / "runs"
     assert (runs / "lr=0.001" / "DONE").is_file()
     # An error of the run itself is not retried: a second attempt would have set the folder (no checkpoint

@@ -9,13 +9,13 @@ import pytest
 import torch
 from helpers import REPO, TINY
 
+import lesionseg
 from lesionseg.config import dump_yaml, expand_sweep, load_config
 from lesionseg.data.preprocessing import load_datalist
 from lesionseg.evaluation.evaluate import evaluate_cases, evaluate_cases_at
 from lesionseg.experiment.cv import configurations, merge_configuration
 from lesionseg.inference import predict_cases
 from lesionseg.model import build_model
-from lesionseg.reporting.report import write_report
 from lesionseg.runs import mark_done
 
 
@@ -125,7 +125,7 @@ def test_the_ensemble_is_the_mean_of_the_fold_models_probabilities(cv_sweep, tmp
 
 def test_the_report_counts_each_patient_once_per_configuration(cv_sweep):
     cfg, sweep_dir, _ = cv_sweep
-    write_report(sweep_dir, n_boot=200)  # merges the finished configurations first
+    lesionseg.report(sweep_dir, n_boot=200)  # merges the finished configurations first
     rows = (sweep_dir / "report" / "summary.csv").read_text().splitlines()
     header = rows[0].split(",")
     assert len(rows) == 3 and "fold" not in header  # one row per β, the folds together
