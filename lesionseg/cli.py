@@ -79,6 +79,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _sweep(args: argparse.Namespace) -> None:
     from lesionseg import api
+    from lesionseg.runs import SweepPaths
 
     # The options are sugar for the config keys sweep.parallel, sweep.backend and sweep.ray_address.
     # (The address is quoted: YAML would read some host:port strings as numbers.)
@@ -86,15 +87,16 @@ def _sweep(args: argparse.Namespace) -> None:
                (("parallel", args.parallel), ("backend", args.backend),
                 ("ray_address", args.ray_address and json.dumps(args.ray_address))) if value is not None]
     report = api.sweep(args.config, [*args.overrides, *options], progress=_bars(args), force=args.force)
-    print((report / "summary.md").read_text(encoding="utf-8"))
+    print(SweepPaths(report.parent).summary.read_text(encoding="utf-8"))
     print(f"report: {report}")
 
 
 def _report(args: argparse.Namespace) -> None:
     from lesionseg import api
+    from lesionseg.runs import SweepPaths
 
     report = api.report(args.sweep_dir)
-    print((report / "summary.md").read_text(encoding="utf-8"))
+    print(SweepPaths(report.parent).summary.read_text(encoding="utf-8"))
 
 
 class _Parser(argparse.ArgumentParser):

@@ -46,9 +46,28 @@ class RunPaths:
         """The test cases again at the threshold tuned for `metric` (dsc, f2)."""
         return self.root / f"metrics-tuned-{metric}"
 
-def sweep_run(sweep_dir: Path, rid: str) -> Path:
-    """The folder of run `rid` (e.g. `beta=0.7_seed=0`) of the sweep in `sweep_dir`."""
-    return sweep_dir / "runs" / rid
+@dataclass(frozen=True)
+class SweepPaths:
+    """The files of one sweep folder (`<output_dir>/<name>/`): the only place their names are written."""
+
+    root: Path
+
+    config = property(lambda self: self.root / "sweep.yaml")  # the resolved sweep config, written first
+    runs = property(lambda self: self.root / "runs")  # one run folder per configuration (RunPaths)
+    cv = property(lambda self: self.root / "cv")  # cross-validation: each configuration's folds merged
+    report = property(lambda self: self.root / "report")
+    summary = property(lambda self: self.root / "report" / "summary.md")  # the report, as Markdown
+    report_csv = property(lambda self: self.root / "report" / "summary.csv")  # its per-configuration rows
+    stats = property(lambda self: self.root / "report" / "stats.json")  # its comparisons and answer
+    html = property(lambda self: self.root / "report" / "report.html")  # self-contained, figures embedded
+
+    def run(self, rid: str) -> Path:
+        """The folder of run `rid`, e.g. `beta=0.7_seed=0`."""
+        return self.runs / rid
+
+    def merged(self, cid: str) -> Path:
+        """The folds of configuration `cid` (the run id without its fold) merged into one run folder."""
+        return self.cv / cid
 
 
 # Where and how a run executes, never what it computes: a run is the same run whatever these say.

@@ -27,3 +27,25 @@ def test_ce_weight_auto_and_the_weight_it_stands_for_are_the_same_run():
     saved = Config.model_validate({"loss": {"ce_weight": 0.0}}).model_dump(mode="json")
     assert config_differences(saved, Config()) == ["loss.ce_weight: 0.0 → 1.0"]
     assert "loss.ce_weight" in flat_keys(saved)
+
+
+def test_only_sweep_paths_spells_the_names_of_a_sweep_folder():
+    import ast
+
+    from helpers import REPO
+
+    from lesionseg.runs import SweepPaths
+
+    paths = SweepPaths(REPO)
+    files = {paths.config.name, paths.summary.name, paths.report_csv.name, paths.stats.name, paths.html.name}
+    folders = {paths.runs.name, paths.cv.name, paths.report.name}
+    spelled = []
+    for path in (REPO / "lesionseg").rglob("*.py"):
+        if path.name == "runs.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            joined = isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(
+                node.right, ast.Constant) and node.right.value in folders | files  # sweep_dir / "report"
+            if joined or (isinstance(node, ast.Constant) and node.value in files):
+                spelled.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not spelled, spelled

@@ -37,9 +37,7 @@ from lesionseg.evaluation.evaluate import evaluate_cases_at
 from lesionseg.evaluation.nanstats import case_statistics
 from lesionseg.experiment.run import evaluation_options  # the options every run evaluates with
 from lesionseg.files import write_json, write_text
-from lesionseg.runs import RunPaths, is_done, mark_done, read_json, sweep_run
-
-CV_DIR = "cv"
+from lesionseg.runs import RunPaths, SweepPaths, is_done, mark_done, read_json
 
 
 def configurations(runs: list[tuple[str, Config]], swept: dict) -> dict[str, list[tuple[str, Config]]]:
@@ -83,12 +81,12 @@ def merge_configuration(sweep_dir: Path, cid: str, members: list[tuple[str, Conf
     """Write `<sweep_dir>/cv/<cid>/` from the finished fold runs `members` (see the module docstring)."""
     from lesionseg.inference import load_model, predict_cases  # inference; imported late (torch, MONAI)
 
-    out = sweep_dir / CV_DIR / cid
+    out = SweepPaths(sweep_dir).merged(cid)
     paths = RunPaths(out)
     cfg = members[0][1]
     if cfg.eval.min_component_ml == "tune":
         raise LesionsegError("eval.min_component_ml: tune chooses a size per fold; with data.folds give a size")
-    fold_dirs = [sweep_run(sweep_dir, rid) for rid, _ in members]
+    fold_dirs = [SweepPaths(sweep_dir).run(rid) for rid, _ in members]
     device = resolve_device(cfg.train.device)
     cases, entries = [], []
     for (rid, run_cfg), fold_dir in zip(members, fold_dirs):
@@ -124,9 +122,9 @@ def merge_configuration(sweep_dir: Path, cid: str, members: list[tuple[str, Conf
 def merge_finished(sweep_dir: Path, runs: list[tuple[str, Config]], swept: dict, progress: bool = True) -> list[str]:
     """Merge every configuration whose fold runs are all finished and that is not merged yet; returns the
     configuration ids merged now."""
-    merged = []
+    merged, paths = [], SweepPaths(sweep_dir)
     for cid, members in configurations(runs, swept).items():
-        if is_done(sweep_dir / CV_DIR / cid) or not all(is_done(sweep_run(sweep_dir, rid)) for rid, _ in members):
+        if is_done(paths.merged(cid)) or not all(is_done(paths.run(rid)) for rid, _ in members):
             continue
         merge_configuration(sweep_dir, cid, members, progress)
         merged.append(cid)

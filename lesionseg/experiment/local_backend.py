@@ -19,7 +19,7 @@ from pathlib import Path
 from lesionseg.config import Config, dump_yaml
 from lesionseg.errors import LesionsegError
 from lesionseg.experiment.run import RESUME, Runs, run_from_yaml
-from lesionseg.runs import sweep_run
+from lesionseg.runs import SweepPaths
 from lesionseg.training.loop import StopRequest
 
 
@@ -106,7 +106,7 @@ def run_local(runs: Runs, sweep_dir: Path, parallel: int, progress: bool = True)
                     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
                 with lock:
                     print(f"run {i}/{len(runs)}: {rid}" + (f" (GPU {gpu})" if gpu is not None else ""), flush=True)
-                child = _Child.start(rid, slot, cfg, sweep_run(sweep_dir, rid), env, progress and parallel == 1, lock)
+                child = _Child.start(rid, slot, cfg, SweepPaths(sweep_dir).run(rid), env, progress and parallel == 1, lock)
                 children[child.proc] = child
             time.sleep(0.1)
             for proc in [p for p in children if p.poll() is not None]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from lesionseg.config import SweepOptions, dump_yaml
 from lesionseg.errors import LesionsegError
 from lesionseg.experiment.run import RESUME, Runs, run_from_yaml, summary_line
-from lesionseg.runs import RunPaths, is_done, read_json, sweep_run
+from lesionseg.runs import RunPaths, SweepPaths, is_done, read_json
 
 
 def _import_ray():
@@ -112,7 +112,7 @@ def run_ray(runs: Runs, sweep_dir: Path, options: SweepOptions) -> dict[str, str
             while pending and len(in_flight) < limit:
                 rid, cfg = pending.pop(0)
                 print(f"run submitted: {rid}", flush=True)
-                ref = task.options(name=rid, **resources).remote(dump_yaml(cfg), str(sweep_run(sweep_dir, rid)))
+                ref = task.options(name=rid, **resources).remote(dump_yaml(cfg), str(SweepPaths(sweep_dir).run(rid)))
                 in_flight[ref] = rid
             (ref,), _ = ray.wait(list(in_flight), num_returns=1)
             rid = in_flight.pop(ref)

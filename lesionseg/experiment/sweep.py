@@ -22,10 +22,10 @@ from tqdm import tqdm
 from lesionseg.config import Config, dump_yaml, expand_sweep
 from lesionseg.errors import LesionsegError
 from lesionseg.experiment.backends import run_all
-from lesionseg.experiment.cv import CV_DIR, merge_finished
+from lesionseg.experiment.cv import merge_finished
 from lesionseg.experiment.preflight import preflight
 from lesionseg.files import disk_error, write_text
-from lesionseg.runs import config_differences, is_done, move_aside, saved_config, sweep_run
+from lesionseg.runs import SweepPaths, config_differences, is_done, move_aside, saved_config
 
 
 def run_sweep(cfg: Config, progress: bool = True, force: bool = False) -> tuple[Path, dict[str, str]]:
@@ -48,15 +48,16 @@ def run_sweep(cfg: Config, progress: bool = True, force: bool = False) -> tuple[
         sweep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise disk_error(sweep_dir, err, action="create the sweep folder") from None
-    write_text(sweep_dir / "sweep.yaml", dump_yaml(cfg))
-    todo = [(rid, c) for rid, c in runs if not is_done(sweep_run(sweep_dir, rid))]
+    paths = SweepPaths(sweep_dir)
+    write_text(paths.config, dump_yaml(cfg))
+    todo = [(rid, c) for rid, c in runs if not is_done(paths.run(rid))]
     if len(todo) < len(runs):
-        tqdm.write(f"{len(runs) - len(todo)} of {len(runs)} runs already finished in {sweep_dir / 'runs'}")
+        tqdm.write(f"{len(runs) - len(todo)} of {len(runs)} runs already finished in {paths.runs}")
     failed = run_all(todo, sweep_dir, cfg.sweep_options, progress=progress) if todo else {}
     if len(failed) == len(runs):
         raise LesionsegError(failures(failed, sweep_dir))
     for cid in merge_finished(sweep_dir, runs, cfg.sweep, progress):  # cross-validation: the folds together
-        tqdm.write(f"merged the folds of {cid} into {sweep_dir / CV_DIR / cid}")
+        tqdm.write(f"merged the folds of {cid} into {paths.merged(cid)}")
     return sweep_dir, failed
 
 
@@ -65,7 +66,7 @@ def _refuse_relabelling(runs: list[tuple[str, Config]], sweep_dir: Path) -> None
     (`runs.config_differences`); otherwise the sweep would report it under settings it never had."""
     changed = {}
     for rid, run_cfg in runs:
-        run_dir = sweep_run(sweep_dir, rid)
+        run_dir = SweepPaths(sweep_dir).run(rid)
         if is_done(run_dir) and (lines := config_differences(saved_config(run_dir), run_cfg)):
             changed[rid] = lines
     if changed:

@@ -48,7 +48,7 @@ from lesionseg.reporting.results import (
     sweep_config,
 )
 from lesionseg.reporting.tables import LABELS, ensemble_table, stats_table, tables
-from lesionseg.runs import sweep_run
+from lesionseg.runs import SweepPaths
 
 HEADLINE_FIGURE = "metrics_vs_beta.png"  # shown with the answer, at the top of report.html
 # captions; {kind}: "test", or "out-of-fold" in a cross-validated sweep; {per}: "β" or "configuration"
@@ -105,10 +105,11 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     sweep_dir = Path(sweep_dir)
     cfg = sweep_config(sweep_dir)
     runs, missing_ids = collect_runs(sweep_dir, cfg)
-    states = {rid: run_state(sweep_run(sweep_dir, rid)) for rid in missing_ids}
+    paths = SweepPaths(sweep_dir)
+    states = {rid: run_state(paths.run(rid)) for rid in missing_ids}
     missing = [f"{rid} ({state})" for rid, state in states.items()]
     if not runs:
-        raise LesionsegError(f"no finished runs in {sweep_dir / 'runs'}; nothing to report")
+        raise LesionsegError(f"no finished runs in {paths.runs}; nothing to report")
     baseline = cfg.report.baseline
     groups = group_runs(runs)
     rows = [summary_row(g) for g in groups]
@@ -131,19 +132,19 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
                 for f, text in FIGURES.items()}
     pngs = figures.draw_all(groups, rows, size_bins(runs[0]["summary"]))
 
-    out = sweep_dir / "report"
-    write_text(out / "summary.csv", to_csv(rows))
-    write_json(out / "stats.json", {**stats_result, "best": best, "missing": missing_ids, "missing_state": states,
+    out = paths.report
+    write_text(paths.report_csv, to_csv(rows))
+    write_json(paths.stats, {**stats_result, "best": best, "missing": missing_ids, "missing_state": states,
                                     "n_runs": len(runs), "answer": opening, "threshold_tuning": verdict,
                                     "collapsed": collapsed, "training_loss": loss})
     for fname, png in pngs.items():
         write_atomic(out / fname, lambda tmp, png=png: tmp.write_bytes(png))
-    write_text(out / "summary.md", to_markdown(sweep_dir.name, all_tables, best, stats_result, missing, verdict,
+    write_text(paths.summary, to_markdown(sweep_dir.name, all_tables, best, stats_result, missing, verdict,
                                                title, opening, captions, kind, loss))
-    config = (sweep_dir / "sweep.yaml").read_text(encoding="utf-8")
+    config = paths.config.read_text(encoding="utf-8")
     page = render_html(f"Sweep report: {sweep_dir.name}", [*all_tables, stats_table(stats_result, kind)], best,
                        {f: (pngs[f], text) for f, text in captions.items()}, config, missing,
                        stats_result["notes"], LABELS, verdict=(title, verdict),
                        opening=(ANSWER_TITLE, opening, HEADLINE_FIGURE))
-    write_text(out / "report.html", page)
+    write_text(paths.html, page)
     return out

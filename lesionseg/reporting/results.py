@@ -22,13 +22,13 @@ import yaml
 from lesionseg.config import Config, expand_sweep, flat_keys, validate
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation.operating_points import CURVE_METRICS, TUNED_METRICS
-from lesionseg.experiment.cv import CV_DIR, configurations
-from lesionseg.runs import RunPaths, is_done, read_json, sweep_run
+from lesionseg.experiment.cv import configurations
+from lesionseg.runs import RunPaths, SweepPaths, is_done, read_json
 
 
 def sweep_config(sweep_dir: Path) -> Config:
     """The resolved config of a sweep folder (`sweep.yaml`)."""
-    sweep_file = sweep_dir / "sweep.yaml"
+    sweep_file = SweepPaths(sweep_dir).config
     if not sweep_file.is_file():
         raise LesionsegError(f"{sweep_dir} is not a sweep folder (no sweep.yaml); run `lesionseg sweep` first")
     return validate(yaml.safe_load(sweep_file.read_text(encoding="utf-8")), source=str(sweep_file))
@@ -42,16 +42,16 @@ def collect_runs(sweep_dir: Path, cfg: Config | None = None) -> tuple[list[dict]
     run (`lesionseg.experiment.cv`), finished when all its folds are; the missing ids are the unfinished fold runs."""
     cfg = cfg if cfg is not None else sweep_config(sweep_dir)  # the caller may have read sweep.yaml already
     expanded = expand_sweep(cfg) if cfg.sweep else [("run", cfg)]
-    folded = configurations(expanded, cfg.sweep)
+    folded, paths = configurations(expanded, cfg.sweep), SweepPaths(sweep_dir)
     if folded:
-        entries = [(cid, members[0][1], sweep_dir / CV_DIR / cid, [rid for rid, _ in members])
+        entries = [(cid, members[0][1], paths.merged(cid), [rid for rid, _ in members])
                    for cid, members in folded.items()]
     else:
-        entries = [(rid, run_cfg, sweep_run(sweep_dir, rid), [rid]) for rid, run_cfg in expanded]
+        entries = [(rid, run_cfg, paths.run(rid), [rid]) for rid, run_cfg in expanded]
     runs, missing = [], []
     for rid, run_cfg, run_dir, parts in entries:
         if not is_done(run_dir):
-            missing += [p for p in parts if not is_done(sweep_run(sweep_dir, p))] or [rid]
+            missing += [p for p in parts if not is_done(paths.run(p))] or [rid]
             continue
         values = flat_keys(run_cfg.model_dump())
         assignment = {key: values[key] for key in cfg.sweep if not (folded and key == "data.fold")}
