@@ -24,8 +24,8 @@ from lesionseg.data.layouts import case_id_from_path
 from lesionseg.data.preprocessing import load_datalist, preprocessing, volume_dataset
 from lesionseg.devices import amp_dtype, autocast, resolve_device
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluation.lesionwise import component_sizes, min_component_voxels
-from lesionseg.evaluation.metrics import PRTable, confusion_counts, overlap_metrics, pr_table
+from lesionseg.evaluation.lesionwise import min_component_voxels, scored_prediction
+from lesionseg.evaluation.metrics import PRTable, overlap_metrics, pr_table
 from lesionseg.files import write_atomic
 from lesionseg.model import build_model
 from lesionseg.runs import RunPaths, claim_output, read_checkpoint
@@ -122,9 +122,9 @@ def validation_tables(model: torch.nn.Module, cfg: Config, entries: list[dict], 
         label = item["label"][0].to(device) > 0.5
         tables.append(pr_table(prob, label))
         voxel_ml = math.prod(item["image"].pixdim[:3].tolist()) / 1000.0
-        component = component_sizes(prob >= cfg.eval.threshold) if sizes_ml else None  # labelled once
-        dsc.append([overlap_metrics(confusion_counts(component >= min_component_voxels(size, voxel_ml), label))["dsc"]
-                    for size in sizes_ml])
+        scored = scored_prediction(prob, label, cfg.eval.threshold,
+                                   [min_component_voxels(size, voxel_ml) for size in sizes_ml])
+        dsc.append([overlap_metrics(counts)["dsc"] for _, counts in scored])
     return tables, np.asarray(dsc, dtype=np.float64).reshape(len(tables), len(sizes_ml))
 
 

@@ -86,19 +86,16 @@ def case_metrics(
     volume are removed before anything is counted; the APR, a figure of the probabilities, is unaffected.
     """
     voxel_ml = math.prod(spacing) / 1000.0
-    pred = prob >= threshold
-    if min_component_ml > 0:
-        pred = lesionwise.remove_small_components(pred if mask is None else pred & mask,
-                                                  lesionwise.min_component_voxels(min_component_ml, voxel_ml))
-    if mask is None:
-        counts = metrics.confusion_counts(pred, ref)
-        table = metrics.pr_table(prob, ref) if table is None else table
-    else:
+    if mask is not None:
         metrics._check_same_shape(mask, ref, "mask", "ref")
         metrics._check_bool(mask, "mask")
-        counts = metrics.confusion_counts(pred[mask], ref[mask])
+    pred, counts = lesionwise.scored_prediction(prob, ref, threshold,
+                                                lesionwise.min_component_voxels(min_component_ml, voxel_ml), mask)
+    if mask is None:
+        table = metrics.pr_table(prob, ref) if table is None else table
+    else:
         table = metrics.pr_table(prob[mask], ref[mask]) if table is None else table
-        pred, ref = pred & mask, ref & mask
+        ref = ref & mask
     row = {**metrics.overlap_metrics(counts), "apr": metrics.average_precision(table)}
     if metrics.f_beta_key(f_beta) != "f2":
         row.update(metrics.overlap_metrics(counts, f_beta=f_beta))

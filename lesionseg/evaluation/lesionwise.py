@@ -34,6 +34,7 @@ import torch
 from scipy import ndimage
 
 from lesionseg.config import EVAL_DEFAULTS
+from lesionseg.evaluation.metrics import confusion_counts
 
 DEFAULT_SIZE_BINS_ML = tuple(EVAL_DEFAULTS.size_bins_ml)
 
@@ -103,6 +104,27 @@ def remove_small_components(mask: torch.Tensor, min_voxels: int) -> torch.Tensor
         return mask
     kept = _components(mask.cpu().numpy(), min_voxels)[2]
     return torch.from_numpy(kept).to(mask.device)
+
+
+def scored_prediction(prob: torch.Tensor, ref: torch.Tensor, threshold: float, min_voxels: int | Sequence[int] = 1,
+                      mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | list:
+    """What every evaluation scores — validation during training, the validation cases of size tuning, the
+    test cases: the predicted mask `prob >= threshold` (inside `mask`, when given), without its predicted
+    lesions (26-connected components) of fewer than `min_voxels` voxels, and its confusion counts
+    `[tp, fp, fn, tn]` against `ref` (inside `mask`). Returns `(prediction, counts)`; for a sequence of
+    sizes, one such pair per size, the components labelled once."""
+    pred = prob >= threshold
+    pred = pred if mask is None else pred & mask
+    sizes = [min_voxels] if isinstance(min_voxels, int) else list(min_voxels)
+    if all(n <= 1 for n in sizes):
+        kept = [pred] * len(sizes)
+    elif len(sizes) == 1:
+        kept = [remove_small_components(pred, sizes[0])]
+    else:
+        voxels = component_sizes(pred)
+        kept = [voxels >= n for n in sizes]
+    scored = [(p, confusion_counts(p, ref) if mask is None else confusion_counts(p[mask], ref[mask])) for p in kept]
+    return scored[0] if isinstance(min_voxels, int) else scored
 
 
 def _hits(labels: np.ndarray, sizes: np.ndarray, other: np.ndarray, min_overlap: float) -> np.ndarray:

@@ -22,6 +22,8 @@ import torch
 from lesionseg.evaluation import registry
 from lesionseg.evaluation.metrics import PRTable, ratios
 
+# The sizes `eval.min_component_ml: tune` chooses from (mL; 0: no post-processing).
+COMPONENT_SIZES_ML = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 CURVE_THRESHOLDS = np.round(np.arange(1, 100) / 100, 2)  # 0.01 … 0.99, the grid of the curves and figures
 CURVE_METRICS = registry.names(curve=True)  # dsc, f2, sensitivity, precision
 TUNED_METRICS = registry.names(tuned=True)  # dsc, f2
@@ -74,3 +76,17 @@ def tune_threshold(tables: Sequence[PRTable], metric: str = "dsc") -> dict:
     if not np.isfinite(mean[best]):
         return {"threshold": math.nan, "value": math.nan}
     return {"threshold": float(candidates[best]), "value": float(mean[best])}
+
+
+def tune_component_size(dsc: np.ndarray | None, sizes: Sequence[float] = COMPONENT_SIZES_ML) -> dict:
+    """The smallest-lesion size of the post-processing (`eval.min_component_ml: tune`): of `sizes` (mL), the
+    one maximising the mean validation DSC at `eval.threshold`, the smallest among ties. `dsc`: `(cases,
+    sizes)`, each case's DSC with the predicted lesions under each size removed (`inference.validation_tables`);
+    None or empty without validation cases, when nothing is removed."""
+    if dsc is None or dsc.size == 0:
+        return {"min_component_ml": 0.0, "method": "tune: no validation case, none removed"}
+    means = np.nanmean(dsc, axis=0)  # DSC is defined for every case (1 when both masks are empty)
+    best = int(np.argmax(means))  # the first maximum: the smallest size
+    return {"min_component_ml": sizes[best], "method": "tune: the size maximising the mean validation "
+            "DSC at eval.threshold (smallest among ties)",
+            "validation_dsc": dict(zip(map(str, sizes), means.round(6).tolist()))}

@@ -15,7 +15,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 from tqdm import tqdm
 
@@ -86,33 +85,23 @@ def evaluation_options(cfg: Config, entries: list[dict], device, progress: bool,
                 min_component_ml=min_component_ml)
 
 
-# The sizes `eval.min_component_ml: tune` chooses from (mL; 0: no post-processing).
-COMPONENT_SIZES_ML = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
-
-
 def tune_thresholds(model, cfg: Config, lists: dict, run_dir: Path, device, progress: bool = True) -> dict:
     """The thresholds maximising the mean validation DSC and F2 (`operating_points`), in `thresholds.json`,
     and the smallest-lesion size of the post-processing (`eval.min_component_ml`).
 
     The validation cases are the run's own (`split.json`); the test cases play no part. Without
     validation cases both thresholds are NaN and the run is evaluated at `eval.threshold` only. With
-    `min_component_ml: tune`, the size of `COMPONENT_SIZES_ML` maximising the mean validation DSC at
-    `eval.threshold` (the smallest among ties; 0 without validation cases); otherwise the configured one.
+    `min_component_ml: tune`, the size of `operating_points.COMPONENT_SIZES_ML` maximising the mean
+    validation DSC at `eval.threshold` (`tune_component_size`); otherwise the configured one.
     """
     _, val_cases = split_train_val(lists["training"], cfg)
     tune_size = cfg.eval.min_component_ml == "tune"
-    sizes = COMPONENT_SIZES_ML if tune_size else ()
+    sizes = operating_points.COMPONENT_SIZES_ML if tune_size else ()
     tables, dsc = validation_tables(model, cfg, val_cases, device, progress, sizes) if val_cases else ([], None)
-    if not tune_size:
-        component = {"min_component_ml": cfg.eval.min_component_ml, "method": "configured"}
-    elif dsc is None or dsc.size == 0:
-        component = {"min_component_ml": 0.0, "method": "tune: no validation case, none removed"}
+    if tune_size:
+        component = operating_points.tune_component_size(dsc, sizes)
     else:
-        means = np.nanmean(dsc, axis=0)  # DSC is defined for every case (1 when both masks are empty)
-        best = int(np.argmax(means))  # the first maximum: the smallest size
-        component = {"min_component_ml": sizes[best], "method": "tune: the size maximising the mean validation "
-                     "DSC at eval.threshold (smallest among ties)",
-                     "validation_dsc": dict(zip(map(str, sizes), means.round(6).tolist()))}
+        component = {"min_component_ml": cfg.eval.min_component_ml, "method": "configured"}
     result = {
         "configured": cfg.eval.threshold,
         "method": "maximum of the mean per-case metric over the validation cases, at every distinct "

@@ -27,7 +27,8 @@ from lesionseg.data.preprocessing import load_datalist, split_train_val, train_b
 from lesionseg.devices import amp_dtype, autocast, resolve_device
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation import collapse, registry
-from lesionseg.evaluation.metrics import confusion_counts, overlap_metrics
+from lesionseg.evaluation.lesionwise import scored_prediction
+from lesionseg.evaluation.metrics import overlap_metrics
 from lesionseg.files import write_atomic, write_json, write_text
 from lesionseg.inference import infer_volume
 from lesionseg.model import LesionUNet, build_model
@@ -81,7 +82,7 @@ def validate(model: torch.nn.Module, dataset, cfg: Config, device: torch.device)
         image = torch.as_tensor(item["image"]).to(device)  # moved once: for the network and for the brain
         prob = infer_volume(model, image, cfg, device)
         first = prob if first is None else first
-        counts = confusion_counts(prob >= cfg.eval.threshold, item["label"].to(device) > 0.5)
+        _, counts = scored_prediction(prob, item["label"].to(device) > 0.5, cfg.eval.threshold)
         scores.append(overlap_metrics(counts))
         brain = (image != 0).any(dim=0, keepdim=True)
         tp, fp, fn, _ = counts.tolist()

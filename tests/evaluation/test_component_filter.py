@@ -17,7 +17,12 @@ from scipy import ndimage
 from lesionseg.config import load_config
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation.evaluate import evaluate_cases
-from lesionseg.evaluation.lesionwise import component_sizes, min_component_voxels, remove_small_components
+from lesionseg.evaluation.lesionwise import (
+    component_sizes,
+    min_component_voxels,
+    remove_small_components,
+    scored_prediction,
+)
 
 
 def save(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
@@ -54,6 +59,31 @@ def test_matches_scipy_labelling(seed, min_voxels):
     assert out.dtype == torch.bool and np.array_equal(out.numpy(), expected)
     assert np.array_equal((component_sizes(torch.from_numpy(mask)) >= min_voxels).numpy(), expected)
     assert np.array_equal(component_sizes(torch.from_numpy(mask)).numpy(), np.where(mask, sizes[labels], 0))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_scored_prediction_is_the_filtered_mask_and_its_counts_by_hand(seed):
+    rng = np.random.default_rng(seed)
+    prob, ref = rng.random((12, 11, 10)), rng.random((12, 11, 10)) < 0.1
+    inside = np.zeros(prob.shape, bool)
+    inside[1:10, 2:9, :] = True
+    for mask in (None, inside):
+        region = np.ones(prob.shape, bool) if mask is None else mask
+        labels, _ = ndimage.label((prob >= 0.9) & region, structure=np.ones((3, 3, 3)))
+        sizes = np.bincount(labels.ravel())
+        singles = []
+        for n in (1, 2, 3):
+            pred = (prob >= 0.9) & region & (sizes[labels] >= n)
+            tp, fp = int((pred & ref)[region].sum()), int((pred & ~ref)[region].sum())
+            fn, tn = int((~pred & ref)[region].sum()), int((~pred & ~ref)[region].sum())
+            got_pred, got_counts = scored_prediction(torch.from_numpy(prob), torch.from_numpy(ref), 0.9, n,
+                                                     None if mask is None else torch.from_numpy(mask))
+            assert np.array_equal(got_pred.numpy(), pred) and got_counts.tolist() == [tp, fp, fn, tn]
+            singles.append(got_counts.tolist())
+        # several sizes at once (one labelling): the same as one at a time
+        several = scored_prediction(torch.from_numpy(prob), torch.from_numpy(ref), 0.9, [1, 2, 3],
+                                    None if mask is None else torch.from_numpy(mask))
+        assert [c.tolist() for _, c in several] == singles
 
 
 def test_min_voxels_from_volume():
@@ -109,7 +139,8 @@ class Echo(torch.nn.Module):
 
 def test_a_run_tunes_the_size_on_its_validation_cases_as_by_hand(tiny_config, tmp_path):
     from lesionseg.data.preprocessing import load_datalist, split_train_val, volume_dataset
-    from lesionseg.experiment.run import COMPONENT_SIZES_ML, tune_thresholds
+    from lesionseg.evaluation.operating_points import COMPONENT_SIZES_ML
+    from lesionseg.experiment.run import tune_thresholds
     from lesionseg.inference import infer_volume
 
     cfg = tiny_config("data.val_cases=2", "eval.min_component_ml=tune")
