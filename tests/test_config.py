@@ -156,3 +156,30 @@ def test_a_cross_entropy_term_on_a_cross_entropy_loss_is_a_config_error_naming_t
     # with auto every loss of the sweep gets its own weight
     weights = {rid: c.loss.resolved_ce_weight for rid, c in expand_sweep(load_config(cfg, ["loss.ce_weight=auto"]))}
     assert weights == {"name=dice": 1.0, "name=ce": 0.0}
+
+
+@pytest.mark.parametrize("key, value, ok", [
+    ("threshold", 1.0, True),  # a binary mask as it is; a threshold tuned on validation can be 1
+    ("threshold", 0.0, False), ("threshold", 1.5, False),
+    ("calibration_bins", 2, True), ("calibration_bins", 1, False),  # one bin is no reliability diagram
+    ("size_bins_ml", [0.01, 0.1], True), ("size_bins_ml", [0.1, 0.01], False), ("size_bins_ml", [0, 1], False),
+    ("lesion_min_overlap", 1.0, True), ("lesion_min_voxels", 0, False), ("min_component_ml", -1, False),
+])
+def test_the_config_and_the_evaluator_apply_one_set_of_evaluation_rules(key, value, ok):
+    from lesionseg.config import eval_options
+    from lesionseg.evaluation.evaluate import check_options
+
+    def accepted(check) -> bool:
+        try:
+            check()
+            return True
+        except (LesionsegError, ValueError):
+            return False
+
+    assert accepted(lambda: load_config(REPO / "configs" / "base.yaml", [f"eval.{key}={value}"])) == ok
+    assert accepted(lambda: eval_options(**{key: value})) == ok
+    if key in ("threshold", "size_bins_ml", "lesion_min_overlap", "lesion_min_voxels"):  # the evaluator's own check
+        options = {"threshold": 0.5, "lesion_min_voxels": 1, "lesion_min_overlap": 0.0, "size_bins": [0.01],
+                   **{("size_bins" if key == "size_bins_ml" else key): value}}
+        assert accepted(lambda: check_options(options["threshold"], 2.0, options["lesion_min_voxels"],
+                                              options["lesion_min_overlap"], options["size_bins"])) == ok

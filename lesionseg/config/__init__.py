@@ -31,6 +31,7 @@ from lesionseg.config.schema import (
     SweepOptions,
     TrainConfig,
     check_device_name,
+    eval_options,
     resolve_ce_weight,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "TrainConfig",
     "check_device_name",
     "deep_merge",
+    "eval_options",
     "dump_yaml",
     "expand_sweep",
     "flat_keys",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -183,7 +183,11 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    """The evaluation options, and the one set of rules for them: the config's `eval:` section, `lesionseg
+    evaluate`'s flags and the evaluator's keyword arguments are all checked here (`eval_options`)."""
+
+    threshold: float = Field(0.5, gt=0.0, le=1.0, description="prob >= threshold is lesion (1: a binary mask "
+                             "as it is; thresholds tuned on validation can be 1)")
     overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
     sw_batch_size: int = Field(4, ge=1)
     tta: bool = Field(False, description="test-time flips: mean probability over the 8 mirrorings (8× the time)")
@@ -201,6 +205,23 @@ class EvalConfig(_Section):
         if v != "tune" and not 0 <= v < float("inf"):
             raise ValueError(f"{v!r} is not a volume >= 0 (mL) or 'tune'")
         return v
+
+    @field_validator("size_bins_ml")
+    @classmethod
+    def _edges_increase(cls, v: list[float]) -> list[float]:
+        if not all(0 < e < float("inf") for e in v) or v != sorted(set(v)):
+            raise ValueError(f"{v!r} are not bin edges: increasing positive numbers")
+        return v
+
+
+def eval_options(**options: Any) -> EvalConfig:
+    """Evaluation options given by name (the evaluator's keyword arguments, `lesionseg evaluate`'s flags),
+    the others at their defaults, checked by `EvalConfig`; ValueError naming each bad one and its rule."""
+    try:
+        return EvalConfig.model_validate(options)
+    except ValidationError as err:
+        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: "
+                                   f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors())) from None
 
 
 EVAL_DEFAULTS = EvalConfig()  # the evaluation defaults of the evaluator's functions and of `lesionseg evaluate`

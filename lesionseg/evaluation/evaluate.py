@@ -35,7 +35,6 @@ prediction and reference are set to 0 outside it for the surface distances and l
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lesionseg.config import EVAL_DEFAULTS
+from lesionseg.config import EVAL_DEFAULTS, eval_options
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation import calibration, collapse, lesionwise, metrics, operating_points
 from lesionseg.evaluation.nanstats import case_statistics
@@ -111,12 +110,11 @@ def case_metrics(
 
 
 def check_options(threshold, f_beta, lesion_min_voxels, lesion_min_overlap, size_bins) -> None:
-    """LesionsegError naming the evaluation option that is out of range."""
-    if not (isinstance(threshold, numbers.Real) and 0 < threshold <= 1):
-        raise LesionsegError(f"threshold must be in (0, 1], got {threshold!r}.")
+    """LesionsegError naming the evaluation option that is out of range (`config.eval_options`' rules)."""
     try:
         metrics.overlap_metrics([0, 0, 0, 0], f_beta=f_beta)
-        lesionwise.check_parameters(lesion_min_voxels, lesion_min_overlap, size_bins)
+        eval_options(threshold=threshold, lesion_min_voxels=lesion_min_voxels, lesion_min_overlap=lesion_min_overlap,
+                     size_bins_ml=list(size_bins))
     except ValueError as err:
         raise LesionsegError(f"evaluation option: {err}") from err
 
@@ -240,10 +238,12 @@ def _check_arguments(cases, thresholds, f_beta, lesion_min_voxels, lesion_min_ov
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise LesionsegError(f"case names must be unique; repeated: {', '.join(duplicates)}.")
-    if not (isinstance(min_component_ml, numbers.Real) and 0 <= min_component_ml < math.inf):
-        raise LesionsegError(f"min_component_ml must be a volume >= 0 in mL, got {min_component_ml!r}.")
-    if not (isinstance(calibration_bins, int) and calibration_bins >= 1):
-        raise LesionsegError(f"calibration_bins must be an integer >= 1, got {calibration_bins!r}.")
+    if min_component_ml == "tune":  # a run tunes it before it evaluates: the evaluator takes a volume
+        raise LesionsegError("evaluation option: min_component_ml = 'tune': give a volume >= 0 in mL")
+    try:
+        eval_options(min_component_ml=min_component_ml, calibration_bins=calibration_bins)
+    except ValueError as err:
+        raise LesionsegError(f"evaluation option: {err}") from err
 
 
 @dataclass

@@ -26,14 +26,13 @@ ratios, per case or pooled. Components are labelled on CPU with SciPy.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from lesionseg.config import EVAL_DEFAULTS
+from lesionseg.config import EVAL_DEFAULTS, eval_options
 from lesionseg.evaluation.metrics import confusion_counts
 
 DEFAULT_SIZE_BINS_ML = tuple(EVAL_DEFAULTS.size_bins_ml)
@@ -51,15 +50,9 @@ def size_bin_names(edges: Sequence[float], unit: str = "ml") -> list[str]:
 
 
 def check_parameters(min_voxels: int, min_overlap: float, edges: Sequence[float]) -> None:
-    """ValueError saying what is allowed for any bad lesion-wise parameter."""
-    if not (isinstance(min_voxels, (int, np.integer)) and min_voxels >= 1):
-        raise ValueError(f"lesion_min_voxels must be an integer >= 1, got {min_voxels!r}.")
-    if not (isinstance(min_overlap, numbers.Real) and 0 <= min_overlap <= 1):
-        raise ValueError(f"lesion_min_overlap must be a fraction in [0, 1], got {min_overlap!r}.")
-    edges = list(edges)
-    positive = all(isinstance(e, numbers.Real) and 0 < e < math.inf for e in edges)
-    if not positive or edges != sorted(set(edges)):
-        raise ValueError(f"size bin edges must be increasing positive numbers, got {edges!r}.")
+    """ValueError saying what is allowed for any bad lesion-wise parameter (`config.eval_options`' rules;
+    `edges` in mL or in voxels, the same rule)."""
+    eval_options(lesion_min_voxels=min_voxels, lesion_min_overlap=min_overlap, size_bins_ml=list(edges))
 
 
 def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:

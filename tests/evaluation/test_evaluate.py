@@ -288,7 +288,8 @@ def test_truncated_file(pair):
 @pytest.mark.parametrize("threshold", [0, -0.1, 1.5])
 def test_bad_threshold(pair, threshold):
     tmp_path, pred_path, ref_path = pair
-    with pytest.raises(LesionsegError, match=r"threshold must be in \(0, 1\]"):
+    with pytest.raises(LesionsegError, match=rf"evaluation option: threshold = {threshold}: Input should be "
+                                             r"(greater than 0|less than or equal to 1)"):
         run_one(tmp_path, pred_path, ref_path, threshold=threshold)
 
 
@@ -421,9 +422,11 @@ def test_options_voxel_bins_and_no_surface(dataset, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"lesion_min_voxels": 0}, r"evaluation option: lesion_min_voxels must be an integer >= 1"),
-    ({"lesion_min_overlap": -0.1}, r"lesion_min_overlap must be a fraction"),
-    ({"size_bins_ml": [0.5, 0.1]}, r"size bin edges must be increasing"),
+    ({"lesion_min_voxels": 0}, r"evaluation option: lesion_min_voxels = 0: Input should be greater than or equal"),
+    ({"lesion_min_overlap": -0.1}, r"lesion_min_overlap = -0.1: Input should be greater than or equal to 0"),
+    ({"size_bins_ml": [0.5, 0.1]}, r"size_bins_ml = \[0.5, 0.1\]: .* are not bin edges"),
+    ({"calibration_bins": 1}, r"calibration_bins = 1: Input should be greater than or equal to 2"),
+    ({"min_component_ml": -0.5}, r"min_component_ml = -0.5: -0.5 is not a volume >= 0"),
     ({"f_beta": 0}, r"f_beta must be a finite number > 0"),
 ])
 def test_bad_options(pair, kwargs, match):
@@ -587,7 +590,7 @@ def test_calibration_over_the_brain_by_hand(masked_case):
     image = save(tmp_path / "t1.nii.gz", np.where(inside, 100.0 + np.arange(inside.size).reshape(SHAPE), 0.0))
     assert evaluate_cases(cases, tmp_path / "img", progress=False, brains=[image])["pooled"]["ece"] == \
         pytest.approx(brain["pooled"]["ece"])
-    with pytest.raises(LesionsegError, match="calibration_bins must be an integer >= 1"):
+    with pytest.raises(LesionsegError, match="calibration_bins = 0: Input should be greater than or equal to 2"):
         evaluate_cases(cases, tmp_path / "bad", progress=False, calibration_bins=0)
 
 

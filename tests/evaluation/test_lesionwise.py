@@ -106,11 +106,11 @@ def test_bin_names():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"min_voxels": 0}, r"lesion_min_voxels must be an integer >= 1, got 0"),
-    ({"min_voxels": 2.5}, r"lesion_min_voxels must be an integer"),
-    ({"min_overlap": 1.5}, r"lesion_min_overlap must be a fraction in \[0, 1\], got 1.5"),
-    ({"size_bins": (0.1, 0.01)}, r"size bin edges must be increasing positive numbers"),
-    ({"size_bins": (0, 1)}, r"size bin edges"),
+    ({"min_voxels": 0}, r"lesion_min_voxels = 0: Input should be greater than or equal to 1"),
+    ({"min_voxels": 2.5}, r"lesion_min_voxels = 2.5: Input should be a valid integer"),
+    ({"min_overlap": 1.5}, r"lesion_min_overlap = 1.5: Input should be less than or equal to 1"),
+    ({"size_bins": (0.1, 0.01)}, r"size_bins_ml = \[0.1, 0.01\]: \[0.1, 0.01\] are not bin edges: increasing positive"),
+    ({"size_bins": (0, 1)}, r"are not bin edges"),
 ])
 def test_parameter_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
