@@ -57,7 +57,7 @@ from monai.transforms import (
 from monai.utils import set_determinism
 
 import lesionseg
-from lesionseg.config import load_config
+from lesionseg.config import eval_options, load_config
 from lesionseg.evaluation.evaluate import evaluate_cases
 from lesionseg.inference import load_model, predict_cases
 from lesionseg.runs import start_run_dir
@@ -179,7 +179,7 @@ def score(tests: list[dict], pred_dir: Path, masks: list[Path], out_dir: Path, m
     each test case's brain mask (`brain_mask`)."""
     cases = [(t["case"], pred_dir / f"{t['case']}.nii.gz", Path(t["label"])) for t in tests]
     summary = evaluate_cases(cases, out_dir, masks=masks, progress=False, surface=False,
-                             min_component_ml=min_component_ml)
+                             options=eval_options(min_component_ml=min_component_ml))
     means, pooled = summary["per_case"], summary["pooled"]
     with open(out_dir / "cases.csv", newline="") as handle:
         per_case = {row["case"]: {k: float(row[k]) for k in ("dsc", "sensitivity", "precision", "apr")}

@@ -112,20 +112,15 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path | None = None, *
     the same names, any model's; options left at None take the config's evaluation defaults. Writes
     `out` (default `default_metrics_dir(pred)`) and returns the summary. A finished run's own metrics folder
     is refused (its report reads it at the run's settings); an earlier evaluation in `out` too, unless `force`."""
-    from lesionseg.config import EVAL_DEFAULTS as d
-    from lesionseg.config import check_device_name
+    from lesionseg.config import check_device_name, eval_options
     from lesionseg.devices import resolve_device
     from lesionseg.errors import LesionsegError
-    from lesionseg.evaluation.evaluate import check_options, evaluate_dirs
+    from lesionseg.evaluation.evaluate import evaluate_dirs
     from lesionseg.evaluation.volumes import match_folders, require_label
     from lesionseg.runs import claim_output, is_done
 
     pred, ref = Path(pred), Path(ref)
     mask_dir, brain_dir = (Path(p) if p is not None else None for p in (mask_dir, brain_dir))
-    threshold = d.threshold if threshold is None else threshold
-    lesion_min_voxels = d.lesion_min_voxels if lesion_min_voxels is None else lesion_min_voxels
-    lesion_min_overlap = d.lesion_min_overlap if lesion_min_overlap is None else lesion_min_overlap
-    size_bins_ml = list(d.size_bins_ml if size_bins_ml is None else size_bins_ml)
     try:
         check_device_name(device)
     except ValueError as err:
@@ -133,7 +128,14 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path | None = None, *
     resolve_device(device, "--device")
     # What can be checked before an earlier evaluation is moved aside: the folders, the options, the label.
     cases, _ = match_folders(pred, ref, mask_dir, brain_dir)
-    check_options(threshold, 2.0, lesion_min_voxels, lesion_min_overlap, size_bins_ml)
+    given = {"threshold": threshold, "lesion_min_voxels": lesion_min_voxels, "lesion_min_overlap": lesion_min_overlap,
+             "size_bins_ml": size_bins_ml, "calibration_bins": calibration_bins, "min_component_ml": min_component_ml}
+    try:  # the config's defaults for those not given
+        options = eval_options(**{key: value for key, value in given.items() if value is not None})
+    except ValueError as err:
+        raise LesionsegError(f"evaluation option: {err}") from None
+    if options.min_component_ml == "tune":  # tuning needs a run's validation cases
+        raise LesionsegError("evaluation option: min_component_ml = 'tune': give a volume >= 0 in mL")
     if ref_label is not None:
         require_label([(p, r) for _, p, r in cases], ref_label)
     out = Path(out) if out is not None else default_metrics_dir(pred)
@@ -143,11 +145,8 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path | None = None, *
             "own settings; write this evaluation elsewhere with --out DIR")
     if aside := claim_output(out, force, "write this evaluation elsewhere with --out DIR"):
         print(f"--force: moved the earlier evaluation to {aside}")
-    return evaluate_dirs(
-        pred, ref, out, threshold=threshold, device=device, lesion_min_voxels=lesion_min_voxels,
-        lesion_min_overlap=lesion_min_overlap, size_bins_ml=size_bins_ml, ref_label=ref_label, mask_dir=mask_dir,
-        brain_dir=brain_dir, calibration_bins=d.calibration_bins if calibration_bins is None else calibration_bins,
-        min_component_ml=d.min_component_ml if min_component_ml is None else min_component_ml, progress=progress)
+    return evaluate_dirs(pred, ref, out, threshold=options.threshold, device=device, options=options,
+                         ref_label=ref_label, mask_dir=mask_dir, brain_dir=brain_dir, progress=progress)
 
 
 def sweep(config: Config | str | Path, overrides: Sequence[str] = (), force: bool = False,

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lesionseg.config import EVAL_DEFAULTS, eval_options
+from lesionseg.config import EVAL_DEFAULTS, EvalConfig, eval_options
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation import calibration, collapse, lesionwise, metrics, operating_points
 from lesionseg.evaluation.nanstats import case_statistics
@@ -64,32 +64,33 @@ def case_metrics(
     ref: torch.Tensor,
     spacing: Sequence[float],
     threshold: float = EVAL_DEFAULTS.threshold,
+    options: EvalConfig = EVAL_DEFAULTS,
     *,
     f_beta: float = 2.0,
     surface: bool = True,
-    lesion_min_voxels: int = EVAL_DEFAULTS.lesion_min_voxels,
-    lesion_min_overlap: float = EVAL_DEFAULTS.lesion_min_overlap,
-    size_bins: Sequence[float] = lesionwise.DEFAULT_SIZE_BINS_ML,
-    bins_in_voxels: bool = False,
+    size_bins_voxels: Sequence[int] | None = None,
     mask: torch.Tensor | None = None,
     table: metrics.PRTable | None = None,
-    min_component_ml: float = EVAL_DEFAULTS.min_component_ml,
 ) -> tuple[dict, torch.Tensor, dict[str, int], metrics.PRTable]:
     """Every metric of one case from tensors already loaded (`load_case`): `(row, counts, lesion counts,
     pr table)`; the last three add up across cases for the pooled figures.
 
-    `mask` (bool, `load_mask`): only the voxels inside it count; outside, prediction and reference are 0
-    for the surface distances and lesion-wise detection. `table`: the case's precision-recall table when
-    it is known already (it does not depend on the threshold), else it is computed. `min_component_ml`:
-    predicted lesions (26-connected components of `prob >= threshold`, inside `mask`) smaller than this
-    volume are removed before anything is counted; the APR, a figure of the probabilities, is unaffected.
+    `options`: the lesion-wise detection parameters, the size bins (`size_bins_voxels` replaces them by
+    edges in voxels) and the post-processing, `options.min_component_ml` (a volume): predicted lesions
+    (26-connected components of `prob >= threshold`, inside `mask`) smaller than it are removed before
+    anything is counted; the APR, a figure of the probabilities, is unaffected. `mask` (bool, `load_mask`):
+    only the voxels inside it count; outside, prediction and reference are 0 for the surface distances
+    and lesion-wise detection. `table`: the case's precision-recall table when it is known already (it
+    does not depend on the threshold), else it is computed.
     """
     voxel_ml = math.prod(spacing) / 1000.0
+    bins_in_voxels = size_bins_voxels is not None
+    size_bins = list(size_bins_voxels) if bins_in_voxels else options.size_bins_ml
     if mask is not None:
         metrics._check_same_shape(mask, ref, "mask", "ref")
         metrics._check_bool(mask, "mask")
-    pred, counts = lesionwise.scored_prediction(prob, ref, threshold,
-                                                lesionwise.min_component_voxels(min_component_ml, voxel_ml), mask)
+    pred, counts = lesionwise.scored_prediction(
+        prob, ref, threshold, lesionwise.min_component_voxels(options.min_component_ml, voxel_ml), mask)
     if mask is None:
         table = metrics.pr_table(prob, ref) if table is None else table
     else:
@@ -102,7 +103,7 @@ def case_metrics(
     row.update(metrics.volume_metrics(counts, voxel_ml))
     if surface:
         row.update(surface_distances(pred, ref, spacing))
-    lesions = lesionwise.lesion_counts(pred, ref, voxel_ml, lesion_min_voxels, lesion_min_overlap,
+    lesions = lesionwise.lesion_counts(pred, ref, voxel_ml, options.lesion_min_voxels, options.lesion_min_overlap,
                                        size_bins, bins_in_voxels)
     row.update(lesions)
     row.update(lesionwise.lesion_metrics(lesions))
@@ -134,18 +135,14 @@ def evaluate_cases_at(
     device: str = "cpu",
     progress: bool = True,
     *,
+    options: EvalConfig = EVAL_DEFAULTS,
     f_beta: float = 2.0,
     ref_label: int | None = None,
     surface: bool = True,
-    lesion_min_voxels: int = EVAL_DEFAULTS.lesion_min_voxels,
-    lesion_min_overlap: float = EVAL_DEFAULTS.lesion_min_overlap,
-    size_bins_ml: Sequence[float] = lesionwise.DEFAULT_SIZE_BINS_ML,
     size_bins_voxels: Sequence[int] | None = None,
     pr_curve_max_points: int | None = 10_000,
     masks: Sequence[Path | None] | None = None,
     brains: Sequence[Path | None] | None = None,
-    calibration_bins: int = calibration.DEFAULT_BINS,
-    min_component_ml: float = EVAL_DEFAULTS.min_component_ml,
 ) -> dict[Path, dict]:
     """Evaluate `(case_id, prediction path, reference path)` pairs at each threshold of `thresholds` (output
     folder → threshold), write the outputs into each folder, return `{folder: summary}`. Every case is
@@ -155,22 +152,24 @@ def evaluate_cases_at(
     Args:
         thresholds: a voxel is lesion when its probability is >= threshold, in (0, 1].
         device: where the metrics run (`"cpu"`, `"cuda"`, …).
+        options: the evaluation options, passed whole (`config.EvalConfig`, checked again here; its
+            `threshold` is not used, `thresholds` are): `lesion_min_voxels`, `lesion_min_overlap` —
+            lesion-wise detection (`lesionseg.evaluation.lesionwise`: ISBI 2015 definitions, 26-connectivity);
+            `size_bins_ml`, the edges of the lesion-size bins of LTPR in mL (`size_bins_voxels` replaces them
+            by edges in voxels); `calibration_bins`, equal-width bins of the reliability diagram and the
+            ECE (`lesionseg.evaluation.calibration`); `min_component_ml` (a volume, not `tune`), the
+            post-processing: predicted lesions smaller than this (mL) are removed before scoring
+            (`case_metrics`), recorded in `summary.json` when > 0.
         f_beta: β of an extra Fβ column `f{β:g}` (F2 is always reported).
         ref_label: lesion value in a multi-label reference; None requires a binary reference. A case
             without it has no lesion, but no reference holding it at all is a LesionsegError.
         surface: compute `hd95_mm` and `assd_mm` (`lesionseg.evaluation.surface`: MONAI's definitions).
-        lesion_min_voxels, lesion_min_overlap: lesion-wise detection parameters (`lesionseg.evaluation.lesionwise`:
-            ISBI 2015 definitions, 26-connectivity).
-        size_bins_ml: edges of the lesion-size bins of LTPR in mL, or `size_bins_voxels` in voxels.
         pr_curve_max_points: most rows in `pr_curve.csv` (None: every point of the exact curve).
         masks: one brain-mask path (or None) per case, in the order of `cases`, on the reference's grid;
             a case with a mask is scored on the voxels inside it only (see the module docstring).
         brains: one image (or None) per case whose non-zero voxels are the brain (a brain mask or a
             skull-stripped image, on the reference's grid): the voxels of the calibration figures when the
             case has no `masks` entry. Neither: every voxel.
-        calibration_bins: equal-width bins of the reliability diagram and the ECE (`lesionseg.evaluation.calibration`).
-        min_component_ml: post-processing: predicted lesions smaller than this (mL) are removed before
-            scoring (`case_metrics`); recorded in `summary.json` when > 0.
 
     Columns after `case, dsc, f2, sensitivity, precision, specificity, apr`: `iou`, [`f<β>`],
     `tp, fp, fn, tn`, `vol_ref_ml, vol_pred_ml, avd_ml, rvd`, `hd95_mm, assd_mm`, `n_ref_lesions,
@@ -180,19 +179,17 @@ def evaluate_cases_at(
     LesionsegError for bad inputs, naming the files.
     """
     bins_in_voxels = size_bins_voxels is not None
-    size_bins = list(size_bins_voxels if bins_in_voxels else size_bins_ml)
+    size_bins = list(size_bins_voxels if bins_in_voxels else options.size_bins_ml)
     thresholds = {Path(folder): t for folder, t in thresholds.items()}
-    _check_arguments(cases, thresholds, f_beta, lesion_min_voxels, lesion_min_overlap, size_bins,
-                     min_component_ml, calibration_bins)
+    _check_arguments(cases, thresholds, f_beta, options, size_bins)
     if ref_label is not None:  # before hours of metrics against references that are all empty
         require_label([(pred, ref) for _, pred, ref in cases], ref_label)
     masks = _per_case(masks, cases, "masks", "brain mask")
     brains = _per_case(brains, cases, "brains", "brain image")
     extra_f = [] if metrics.f_beta_key(f_beta) == "f2" else [metrics.f_beta_key(f_beta)]
-    scoring = dict(f_beta=f_beta, surface=surface, lesion_min_voxels=lesion_min_voxels,
-                   lesion_min_overlap=lesion_min_overlap, size_bins=size_bins, bins_in_voxels=bins_in_voxels,
-                   min_component_ml=min_component_ml)
-    scored = _score_cases(cases, masks, brains, thresholds, scoring, calibration_bins, device, ref_label, progress)
+    scoring = dict(options=options, f_beta=f_beta, surface=surface, size_bins_voxels=size_bins_voxels)
+    scored = _score_cases(cases, masks, brains, thresholds, scoring, options.calibration_bins, device, ref_label,
+                          progress)
 
     columns = case_columns(extra_f, surface, size_bins, bins_in_voxels)
     shared = {  # the same in every folder
@@ -201,7 +198,7 @@ def evaluate_cases_at(
         "calibration.csv": csv_text(["bin_low", "bin_high", "n_voxels", "confidence", "observed"],
                                      calibration.reliability_rows(scored.total_bins)),
     }
-    about = {"bins": calibration_bins, "binning": "equal-width", "voxels": calibration_voxels(masks, brains)}
+    about = {"bins": options.calibration_bins, "binning": "equal-width", "voxels": calibration_voxels(masks, brains)}
     apr = metrics.average_precision(scored.pooled_table)
     summaries = {}
     for folder, threshold in thresholds.items():
@@ -216,8 +213,8 @@ def evaluate_cases_at(
             "collapse": collapse.collapse_flags([r["vol_pred_ml"] for r in these], [r["vol_ref_ml"] for r in these],
                                                 [r["prob_sd"] for r in these], threshold, "mL"),
         }
-        if min_component_ml > 0:  # absent otherwise, so that summaries without it read as before
-            summaries[folder]["postprocessing"] = {"min_component_ml": min_component_ml}
+        if options.min_component_ml > 0:  # absent otherwise, so that summaries without it read as before
+            summaries[folder]["postprocessing"] = {"min_component_ml": options.min_component_ml}
         write_text(folder / "cases.csv", csv_text(columns, these))
         for name, text in shared.items():
             write_text(folder / name, text)
@@ -225,23 +222,23 @@ def evaluate_cases_at(
     return summaries
 
 
-def _check_arguments(cases, thresholds, f_beta, lesion_min_voxels, lesion_min_overlap, size_bins,
-                     min_component_ml, calibration_bins) -> None:
-    """LesionsegError naming the argument of `evaluate_cases_at` that cannot be evaluated."""
+def _check_arguments(cases, thresholds, f_beta, options: EvalConfig, size_bins) -> None:
+    """LesionsegError naming the argument of `evaluate_cases_at` that cannot be evaluated; `options` are
+    checked again whole (an `EvalConfig` changed with `model_copy(update=…)` was not)."""
     if not thresholds:
         raise LesionsegError("no threshold to evaluate at: give at least one output folder and threshold.")
     for threshold in thresholds.values():
-        check_options(threshold, f_beta, lesion_min_voxels, lesion_min_overlap, size_bins)
+        check_options(threshold, f_beta, options.lesion_min_voxels, options.lesion_min_overlap, size_bins)
     if not cases:
         raise LesionsegError("no cases to evaluate: the list of (case, prediction, reference) is empty.")
     ids = [c[0] for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise LesionsegError(f"case names must be unique; repeated: {', '.join(duplicates)}.")
-    if min_component_ml == "tune":  # a run tunes it before it evaluates: the evaluator takes a volume
+    if options.min_component_ml == "tune":  # a run tunes it before it evaluates: the evaluator takes a volume
         raise LesionsegError("evaluation option: min_component_ml = 'tune': give a volume >= 0 in mL")
     try:
-        eval_options(min_component_ml=min_component_ml, calibration_bins=calibration_bins)
+        eval_options(**options.model_dump())
     except ValueError as err:
         raise LesionsegError(f"evaluation option: {err}") from err
 

@@ -76,13 +76,13 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True, evaluate: bool = 
 
 
 def evaluation_options(cfg: Config, entries: list[dict], device, progress: bool, min_component_ml: float) -> dict:
-    """The keyword arguments of `evaluate_cases_at` for the labelled `entries` under `cfg`."""
-    return dict(device=str(device), progress=progress, lesion_min_voxels=cfg.eval.lesion_min_voxels,
-                lesion_min_overlap=cfg.eval.lesion_min_overlap, size_bins_ml=cfg.eval.size_bins_ml,
+    """The keyword arguments of `evaluate_cases_at` for the labelled `entries` under `cfg`: `cfg.eval` whole,
+    with the component size as a volume (`min_component_ml`, the tuned one for `tune`)."""
+    return dict(device=str(device), progress=progress,
+                options=cfg.eval.model_copy(update={"min_component_ml": min_component_ml}),
                 masks=[e["mask"] for e in entries] if cfg.eval.restrict_to_mask else None,
                 # the calibration figures count the brain: its mask, else the non-zero voxels of the first image
-                brains=[e["mask"] or e["image"][0] for e in entries], calibration_bins=cfg.eval.calibration_bins,
-                min_component_ml=min_component_ml)
+                brains=[e["mask"] or e["image"][0] for e in entries])
 
 
 def tune_thresholds(model, cfg: Config, lists: dict, run_dir: Path, device, progress: bool = True) -> dict:

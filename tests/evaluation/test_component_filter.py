@@ -14,7 +14,7 @@ import torch
 from helpers import REPO
 from scipy import ndimage
 
-from lesionseg.config import load_config
+from lesionseg.config import EVAL_DEFAULTS, eval_options, load_config
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation.evaluate import evaluate_cases
 from lesionseg.evaluation.lesionwise import (
@@ -107,7 +107,7 @@ def test_evaluation_with_the_filter_equals_evaluation_of_the_filtered_prediction
     hand = save(tmp_path / "hand.nii.gz", np.where(filtered, prob, 0.0).astype(np.float32), affine)
     raw = save(tmp_path / "raw.nii.gz", prob, affine)
     with_filter = evaluate_cases([("a", raw, r)], tmp_path / "f", progress=False, surface=True,
-                                 min_component_ml=3.5 * spacing_ml)  # 3.5 voxels: components of 1, 2 go
+                                 options=eval_options(min_component_ml=3.5 * spacing_ml))  # 1, 2 voxels go
     by_hand = evaluate_cases([("a", hand, r)], tmp_path / "h", progress=False, surface=True)
     for key in ("dsc", "f2", "sensitivity", "precision", "tp", "fp", "fn", "n_pred_lesions", "hd95_mm"):
         assert with_filter["pooled"].get(key) == by_hand["pooled"].get(key), key
@@ -121,7 +121,8 @@ def test_evaluation_with_the_filter_equals_evaluation_of_the_filtered_prediction
 
 def test_bad_sizes_are_rejected(tmp_path):
     with pytest.raises(LesionsegError, match="min_component_ml"):
-        evaluate_cases([("a", tmp_path / "x", tmp_path / "y")], tmp_path / "o", min_component_ml=-1.0)
+        evaluate_cases([("a", tmp_path / "x", tmp_path / "y")], tmp_path / "o",
+                       options=EVAL_DEFAULTS.model_copy(update={"min_component_ml": -1.0}))
     repo = REPO
     assert load_config(repo / "configs" / "base.yaml", ["eval.min_component_ml=tune"]).eval.min_component_ml == "tune"
     assert load_config(repo / "configs" / "base.yaml", ["eval.min_component_ml=0.05"]).eval.min_component_ml == 0.05

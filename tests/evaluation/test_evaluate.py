@@ -15,6 +15,7 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, precision_score
 
 from lesionseg import LesionsegError
+from lesionseg.config import EVAL_DEFAULTS, eval_options
 from lesionseg.evaluation import metrics
 from lesionseg.evaluation.evaluate import evaluate_cases, evaluate_cases_at, evaluate_dirs
 from lesionseg.evaluation.outputs import FIRST_COLUMNS
@@ -356,7 +357,7 @@ def test_volumes_surface_and_lesions(dataset, tmp_path):
     from lesionseg.evaluation.surface import surface_distances
 
     pred_dir, ref_dir, arrays = dataset
-    summary = evaluate_dirs(pred_dir, ref_dir, tmp_path / "out", lesion_min_overlap=0.2)
+    summary = evaluate_dirs(pred_dir, ref_dir, tmp_path / "out", options=eval_options(lesion_min_overlap=0.2))
     rows = {r["case"]: r for r in read_csv(tmp_path / "out" / "cases.csv")}
     voxel_ml = 1.0 * 1.5 * 2.0 / 1000
     for case, (prob, ref) in arrays.items():
@@ -408,7 +409,7 @@ def test_options_voxel_bins_and_no_surface(dataset, tmp_path):
 
     pred_dir, ref_dir, arrays = dataset
     summary = evaluate_dirs(pred_dir, ref_dir, tmp_path / "out", surface=False, size_bins_voxels=[3, 10],
-                            lesion_min_voxels=2)
+                            options=eval_options(lesion_min_voxels=2))
     columns = read_csv(tmp_path / "out" / "cases.csv")[0].keys()
     assert "hd95_mm" not in columns and "assd_mm" not in columns
     assert {"ltpr_0-3vox", "ltpr_3-10vox", "ltpr_10vox+"} <= columns
@@ -430,9 +431,11 @@ def test_options_voxel_bins_and_no_surface(dataset, tmp_path):
     ({"f_beta": 0}, r"f_beta must be a finite number > 0"),
 ])
 def test_bad_options(pair, kwargs, match):
+    # the options object is checked again whole: one changed without validation (model_copy) is refused
     tmp_path, pred_path, ref_path = pair
+    f_beta = kwargs.pop("f_beta", 2.0)
     with pytest.raises(LesionsegError, match=match):
-        run_one(tmp_path, pred_path, ref_path, **kwargs)
+        run_one(tmp_path, pred_path, ref_path, f_beta=f_beta, options=EVAL_DEFAULTS.model_copy(update=kwargs))
 
 
 # ---- brain mask: evaluation restricted to the voxels inside it ------------------------------------------
@@ -591,7 +594,8 @@ def test_calibration_over_the_brain_by_hand(masked_case):
     assert evaluate_cases(cases, tmp_path / "img", progress=False, brains=[image])["pooled"]["ece"] == \
         pytest.approx(brain["pooled"]["ece"])
     with pytest.raises(LesionsegError, match="calibration_bins = 0: Input should be greater than or equal to 2"):
-        evaluate_cases(cases, tmp_path / "bad", progress=False, calibration_bins=0)
+        evaluate_cases(cases, tmp_path / "bad", progress=False,
+                       options=EVAL_DEFAULTS.model_copy(update={"calibration_bins": 0}))
 
 
 def test_collapse_is_checked_at_each_threshold(dataset, tmp_path):
