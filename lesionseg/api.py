@@ -112,10 +112,10 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path | None = None, *
     the same names, any model's; options left at None take the config's evaluation defaults. Writes
     `out` (default `default_metrics_dir(pred)`) and returns the summary. A finished run's own metrics folder
     is refused (its report reads it at the run's settings); an earlier evaluation in `out` too, unless `force`."""
-    from lesionseg.config import check_device_name, eval_options
+    from lesionseg.config import EVAL_DEFAULTS, check_device_name
     from lesionseg.devices import resolve_device
     from lesionseg.errors import LesionsegError
-    from lesionseg.evaluation.evaluate import evaluate_dirs
+    from lesionseg.evaluation.evaluate import check_evaluator_options, evaluate_dirs
     from lesionseg.evaluation.volumes import match_folders, require_label
     from lesionseg.runs import claim_output, is_done
 
@@ -130,12 +130,8 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path | None = None, *
     cases, _ = match_folders(pred, ref, mask_dir, brain_dir)
     given = {"threshold": threshold, "lesion_min_voxels": lesion_min_voxels, "lesion_min_overlap": lesion_min_overlap,
              "size_bins_ml": size_bins_ml, "calibration_bins": calibration_bins, "min_component_ml": min_component_ml}
-    try:  # the config's defaults for those not given
-        options = eval_options(**{key: value for key, value in given.items() if value is not None})
-    except ValueError as err:
-        raise LesionsegError(f"evaluation option: {err}") from None
-    if options.min_component_ml == "tune":  # tuning needs a run's validation cases
-        raise LesionsegError("evaluation option: min_component_ml = 'tune': give a volume >= 0 in mL")
+    given = {key: value for key, value in given.items() if value is not None}  # the others: the config's defaults
+    options = check_evaluator_options(EVAL_DEFAULTS.model_copy(update=given))
     if ref_label is not None:
         require_label([(p, r) for _, p, r in cases], ref_label)
     out = Path(out) if out is not None else default_metrics_dir(pred)

@@ -235,10 +235,17 @@ def _check_arguments(cases, thresholds, f_beta, options: EvalConfig, size_bins) 
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise LesionsegError(f"case names must be unique; repeated: {', '.join(duplicates)}.")
-    if options.min_component_ml == "tune":  # a run tunes it before it evaluates: the evaluator takes a volume
+    check_evaluator_options(options)
+
+
+def check_evaluator_options(options: EvalConfig) -> EvalConfig:
+    """`options` checked whole by `config.eval_options` (again: one changed with `model_copy(update=…)` was
+    not) and returned validated, or LesionsegError; the component size must be a volume — a run tunes
+    `tune` on its validation cases before it evaluates."""
+    if options.min_component_ml == "tune":
         raise LesionsegError("evaluation option: min_component_ml = 'tune': give a volume >= 0 in mL")
     try:
-        eval_options(**options.model_dump())
+        return eval_options(**options.model_dump())
     except ValueError as err:
         raise LesionsegError(f"evaluation option: {err}") from err
 
