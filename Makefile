@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := data/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo-data sweep-beta train test test-fast tensorboard bench clean-venv
+.PHONY: help install demo-data sweep-beta train test test-fast tensorboard bench docs clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ tensorboard: $(STAMP) ## watch experiments/ in TensorBoard (http://localhost:600
 bench: $(STAMP) ## run the benchmarks in bench/ (figures, not tests; bench_robust.py, hours, is run in parts by hand)
 	@for script in bench/bench_*.py; do [ $$script = bench/bench_robust.py ] && continue; \
 	  echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+docs: $(STAMP) ## build the documentation site into site/ (mkdocs build --strict)
+	$(BIN)/mkdocs build --strict
 
 clean-venv: ## remove .venv
 	rm -rf $(VENV)

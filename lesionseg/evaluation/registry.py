@@ -32,36 +32,72 @@ class Metric:
     tested: bool = False
     curve: bool = False
     tuned: bool = False
+    definition: str = ""  # the formula, for the documentation's metric reference
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("dsc", "DSC", "voxel", report=1, headline=True, tested=True, curve=True, tuned=True),
-    Metric("f2", "F2", "voxel", report=2, headline=True, tested=True, curve=True, tuned=True),
-    Metric("sensitivity", "sensitivity", "voxel", report=3, headline=True, tested=True, curve=True),
-    Metric("precision", "precision", "voxel", report=4, headline=True, curve=True),
-    Metric("specificity", "specificity", "voxel"),
-    Metric("apr", "APR", "voxel", report=5, headline=True),
-    Metric("iou", "IoU", "voxel"),
-    Metric("tp", "TP", "counts"),
-    Metric("fp", "FP", "counts", lower_is_better=True),
-    Metric("fn", "FN", "counts", lower_is_better=True),
-    Metric("tn", "TN", "counts"),
-    Metric("vol_ref_ml", "reference volume (mL)", "volume"),
-    Metric("vol_pred_ml", "predicted volume (mL)", "volume"),
-    Metric("avd_ml", "absolute volume difference (mL)", "volume", lower_is_better=True),
-    Metric("rvd", "relative volume difference", "volume"),
-    Metric("hd95_mm", "HD95 (mm)", "surface", lower_is_better=True, pooled=False, decimals=2, report=9),
-    Metric("assd_mm", "ASSD (mm)", "surface", lower_is_better=True, pooled=False, decimals=2),
-    Metric("n_ref_lesions", "reference lesions", "lesion"),
-    Metric("n_pred_lesions", "predicted lesions", "lesion"),
-    Metric("n_detected", "detected lesions", "lesion"),
-    Metric("n_pred_tp", "true predicted lesions", "lesion"),
-    Metric("ltpr", "LTPR", "lesion", report=7),
-    Metric("lfdr", "LFDR", "lesion", lower_is_better=True, report=8),
-    Metric("lesion_f1", "lesion F1", "lesion", report=6),
-    Metric("ece", "ECE", "calibration", lower_is_better=True, report=10),
+    Metric("dsc", "DSC", "voxel", report=1, headline=True, tested=True, curve=True, tuned=True,
+           definition='2TP / (2TP + FP + FN); 1 when reference and prediction are both empty'),
+    Metric("f2", "F2", "voxel", report=2, headline=True, tested=True, curve=True, tuned=True,
+           definition='5TP / (5TP + 4FN + FP): recall counts 4× as much as precision; 1 when both are empty'),
+    Metric("sensitivity", "sensitivity", "voxel", report=3, headline=True, tested=True, curve=True,
+           definition='TP / (TP + FN) (recall); undefined for an empty reference'),
+    Metric("precision", "precision", "voxel", report=4, headline=True, curve=True,
+           definition='TP / (TP + FP) (positive predictive value); undefined for an empty prediction'),
+    Metric("specificity", "specificity", "voxel",
+           definition='TN / (TN + FP): always ≈ 1 on lesions; reported, not to be trusted'),
+    Metric("apr", "APR", "voxel", report=5, headline=True,
+           definition=('average precision of the voxel probabilities, Σₙ (Rₙ − Rₙ₋₁) Pₙ over the distinct '
+                       "probability values (scikit-learn's average_precision_score); undefined for an empty "
+                       'reference')),
+    Metric("iou", "IoU", "voxel",
+           definition='TP / (TP + FP + FN) = DSC / (2 − DSC) (Jaccard)'),
+    Metric("tp", "TP", "counts",
+           definition='voxels at p ≥ threshold that are lesion in the reference'),
+    Metric("fp", "FP", "counts", lower_is_better=True,
+           definition='voxels at p ≥ threshold that are not lesion in the reference'),
+    Metric("fn", "FN", "counts", lower_is_better=True,
+           definition='reference lesion voxels at p < threshold'),
+    Metric("tn", "TN", "counts",
+           definition='voxels that are lesion in neither'),
+    Metric("vol_ref_ml", "reference volume (mL)", "volume",
+           definition='reference lesion volume, from the header spacing'),
+    Metric("vol_pred_ml", "predicted volume (mL)", "volume",
+           definition='predicted lesion volume (p ≥ threshold), from the header spacing'),
+    Metric("avd_ml", "absolute volume difference (mL)", "volume", lower_is_better=True,
+           definition='|V_pred − V_ref|'),
+    Metric("rvd", "relative volume difference", "volume",
+           definition='(V_pred − V_ref) / V_ref; undefined for an empty reference'),
+    Metric("hd95_mm", "HD95 (mm)", "surface", lower_is_better=True, pooled=False, decimals=2, report=9,
+           definition=('the larger of the two directed 95th percentiles of the surface-to-surface distances '
+                       "(MONAI's definition; MedPy pools both directions); 0 when both masks are empty, undefined"
+                       ' when one is')),
+    Metric("assd_mm", "ASSD (mm)", "surface", lower_is_better=True, pooled=False, decimals=2,
+           definition=("the mean of both directions' surface-to-surface distances; 0 when both are empty, "
+                       'undefined when one is')),
+    Metric("n_ref_lesions", "reference lesions", "lesion",
+           definition='26-connected components of the reference of at least eval.lesion_min_voxels voxels'),
+    Metric("n_pred_lesions", "predicted lesions", "lesion",
+           definition='26-connected components of the prediction of at least eval.lesion_min_voxels voxels'),
+    Metric("n_detected", "detected lesions", "lesion",
+           definition=('reference lesions covered by predicted voxels on at least max(1 voxel, '
+                       'eval.lesion_min_overlap × their size) (ISBI 2015)')),
+    Metric("n_pred_tp", "true predicted lesions", "lesion",
+           definition='predicted lesions covered by reference voxels by the same rule'),
+    Metric("ltpr", "LTPR", "lesion", report=7,
+           definition='n_detected / n_ref_lesions: lesion-wise sensitivity'),
+    Metric("lfdr", "LFDR", "lesion", lower_is_better=True, report=8,
+           definition=('(n_pred_lesions − n_pred_tp) / n_pred_lesions: the share of predicted lesions that are '
+                       "false (ISBI's LFPR)")),
+    Metric("lesion_f1", "lesion F1", "lesion", report=6,
+           definition='2 · LTPR · (1 − LFDR) / (LTPR + 1 − LFDR)'),
+    Metric("ece", "ECE", "calibration", lower_is_better=True, report=10,
+           definition=('Σ_b (n_b / N) |observed_b − mean probability_b| over eval.calibration_bins equal-width '
+                       'probability bins of the brain voxels')),
     # the SD of the case's probabilities over its brain voxels: near 0 on every case, a collapsed run (`collapse`)
-    Metric("prob_sd", "probability SD", "calibration", pooled=False),
+    Metric("prob_sd", "probability SD", "calibration", pooled=False,
+           definition=('the SD of the probabilities over the brain voxels; under 0.01 on every case with lesion: '
+                       'a collapsed run')),
 )
 BY_NAME = {m.name: m for m in METRICS}
 
