@@ -1,6 +1,6 @@
 """MkDocs hooks: the three reference pages that are generated, at every build, from the code itself.
 
-- `reference/config.md`: every config key from the pydantic schema (`lesionseg/config/schema.py`), its type,
+- `reference/config.md`: every config key from the pydantic schema (`lesionseg/config/`: schema.py, evaluation.py), its type,
   range and default, described by its comment in `configs/base.yaml`;
 - `reference/cli.md`: every command of `lesionseg.cli.build_parser()` with its argparse help;
 - `reference/metrics.md`: the metric registry (`lesionseg/evaluation/registry.py`).
@@ -141,7 +141,7 @@ def config_reference() -> str:
     sections = list(dict.fromkeys(key.split(".")[0] for key, _ in fields if "." in key))
     section_of = lambda key: key.split(".")[0] if key.split(".")[0] in sections else ""  # noqa: E731
     lines = ["# Configuration reference", "",
-             "Generated at build time from the schema (`lesionseg/config/schema.py`: types, ranges, defaults) "
+             "Generated at build time from the schema (`lesionseg/config/schema.py` and `evaluation.py`: types, ranges, defaults) "
              "and the comments of `configs/base.yaml` (descriptions), which lists every key with its default. "
              "A config `extends: base.yaml` and sets only what it changes; any key can also be given on the "
              "command line as a dotted override, e.g. `loss.beta=0.7`.", ""]

@@ -115,7 +115,8 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path | None = None, *
     from lesionseg.config import EVAL_DEFAULTS, check_device_name
     from lesionseg.devices import resolve_device
     from lesionseg.errors import LesionsegError
-    from lesionseg.evaluation.evaluate import check_evaluator_options, evaluate_dirs
+    from lesionseg.evaluation.evaluate import evaluate_dirs
+    from lesionseg.evaluation.options import check_evaluator_options
     from lesionseg.evaluation.volumes import match_folders, require_label
     from lesionseg.runs import claim_output, is_done
 

@@ -204,6 +204,17 @@ def move_aside(folder: Path) -> Path | None:
     return aside
 
 
+def record_split(paths: RunPaths, lists: dict, train_cases: list[dict], val_cases: list[dict]) -> None:
+    """`inputs.json` (every input file's checksum) and `split.json` (the case ids of each list)."""
+    write_json(paths.inputs, file_checksums(lists))
+    write_json(
+        paths.split,
+        {key: [e["case"] for e in cases] for key, cases in
+         (("train", train_cases), ("validation", val_cases), ("test", lists["test"]),
+          *((("ensemble", lists["ensemble"]),) if "ensemble" in lists else ()))},
+    )
+
+
 def file_checksums(entries: dict[str, list[dict]]) -> dict:
     """SHA-256 of every input file of every case, by split: what a reproduction must find again."""
 

@@ -167,7 +167,7 @@ def test_a_cross_entropy_term_on_a_cross_entropy_loss_is_a_config_error_naming_t
 ])
 def test_the_config_and_the_evaluator_apply_one_set_of_evaluation_rules(key, value, ok):
     from lesionseg.config import eval_options
-    from lesionseg.evaluation.evaluate import check_options
+    from lesionseg.evaluation.options import check_options
 
     def accepted(check) -> bool:
         try:

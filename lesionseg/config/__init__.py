@@ -19,21 +19,19 @@ from lesionseg.config.loading import (
     run_id,
     validate,
 )
+from lesionseg.config.evaluation import EVAL_DEFAULTS, EvalConfig, eval_options
 from lesionseg.config.schema import (
-    EVAL_DEFAULTS,
     SWEEP_OPTIONS,
     Config,
     DataConfig,
-    EvalConfig,
     LossConfig,
     ModelConfig,
     ReportConfig,
     SweepOptions,
     TrainConfig,
-    check_device_name,
-    eval_options,
     resolve_ce_weight,
 )
+from lesionseg.config.section import check_device_name
 
 __all__ = [
     "Config",

@@ -6,21 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
+
+from lesionseg.config.evaluation import EvalConfig
+from lesionseg.config.section import Section, check_device_name
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def check_device_name(v: str) -> str:
-    """A device setting: auto, cpu, cuda or cuda:N (whether CUDA is there is checked when it is used)."""
-    if v not in ("auto", "cpu", "cuda") and not v.startswith("cuda:"):
-        raise ValueError(f"{v!r} is not one of auto, cpu, cuda, cuda:N")
-    return v
-
-
-class DataConfig(_Section):
+class DataConfig(Section):
     datalist: Path | None = Field(None, description="Decathlon-style datalist JSON")
     modalities: list[str] = Field(default_factory=lambda: ["flair", "t1", "t2"], min_length=1)
     spacing: list[float] | None = Field(None, description="resample to this spacing (mm); null keeps the input grid")
@@ -78,7 +70,7 @@ class DataConfig(_Section):
         return v
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128], min_length=2)
     strides: list[int] = Field(default_factory=lambda: [2, 2, 2])
     res_units: int = Field(2, ge=0)
@@ -114,7 +106,7 @@ def resolve_ce_weight(name: str, weight: float | str) -> float:
     return float(weight)
 
 
-class LossConfig(_Section):
+class LossConfig(Section):
     name: Literal["tversky", "dice", "jaccard", "focal_tversky", "ce", "wce", "focal", "dice_ce"] = "tversky"
     beta: float = Field(0.7, gt=0.0, lt=1.0, description="weight of false negatives")
     alpha: float | None = Field(None, gt=0.0, description="weight of false positives; null means 1 - beta")
@@ -157,7 +149,7 @@ class LossConfig(_Section):
         return self  # gamma and pos_weight are ignored by the other losses: a sweep over loss.name sets them once
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     iterations: int = Field(2000, ge=1)
     batch_size: int = Field(2, ge=1, description="volumes per step; each gives data.samples_per_volume patches")
     lr: float = Field(1e-3, gt=0.0)
@@ -182,52 +174,7 @@ class TrainConfig(_Section):
     _device_known = field_validator("device")(check_device_name)
 
 
-class EvalConfig(_Section):
-    """The evaluation options, and the one set of rules for them: the config's `eval:` section, `lesionseg
-    evaluate`'s flags and the evaluator's keyword arguments are all checked here (`eval_options`)."""
-
-    threshold: float = Field(0.5, gt=0.0, le=1.0, description="prob >= threshold is lesion (1: a binary mask "
-                             "as it is; thresholds tuned on validation can be 1)")
-    overlap: float = Field(0.5, ge=0.0, lt=1.0, description="sliding-window overlap")
-    sw_batch_size: int = Field(4, ge=1)
-    tta: bool = Field(False, description="test-time flips: mean probability over the 8 mirrorings (8× the time)")
-    lesion_min_voxels: int = Field(1, ge=1, description="components smaller than this are not lesions")
-    lesion_min_overlap: float = Field(0.0, ge=0.0, le=1.0, description="share of a lesion overlapped to detect it")
-    size_bins_ml: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], description="lesion-size bin edges")
-    restrict_to_mask: bool = Field(False, description="score only the voxels inside each test case's brain mask")
-    calibration_bins: int = Field(10, ge=2, description="equal-width bins of the reliability diagram and ECE")
-    min_component_ml: float | Literal["tune"] = Field(
-        0.0, description="remove predicted lesions smaller than this (mL) before scoring; tune: chosen on validation")
-
-    @field_validator("min_component_ml")
-    @classmethod
-    def _volume_or_tune(cls, v: float | str) -> float | str:
-        if v != "tune" and not 0 <= v < float("inf"):
-            raise ValueError(f"{v!r} is not a volume >= 0 (mL) or 'tune'")
-        return v
-
-    @field_validator("size_bins_ml")
-    @classmethod
-    def _edges_increase(cls, v: list[float]) -> list[float]:
-        if not all(0 < e < float("inf") for e in v) or v != sorted(set(v)):
-            raise ValueError(f"{v!r} are not bin edges: increasing positive numbers")
-        return v
-
-
-def eval_options(**options: Any) -> EvalConfig:
-    """Evaluation options given by name (the evaluator's keyword arguments, `lesionseg evaluate`'s flags),
-    the others at their defaults, checked by `EvalConfig`; ValueError naming each bad one and its rule."""
-    try:
-        return EvalConfig.model_validate(options)
-    except ValidationError as err:
-        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: "
-                                   f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors())) from None
-
-
-EVAL_DEFAULTS = EvalConfig()  # the evaluation defaults of the evaluator's functions and of `lesionseg evaluate`
-
-
-class ReportConfig(_Section):
+class ReportConfig(Section):
     baseline: dict[str, Any] = Field(
         default_factory=lambda: {"loss.beta": 0.5},
         description="the configuration every other is compared with: dotted key → value (default: the soft "
@@ -247,7 +194,7 @@ class ReportConfig(_Section):
 SWEEP_OPTIONS = ("parallel", "backend", "ray_address", "cpus_per_run")
 
 
-class SweepOptions(_Section):
+class SweepOptions(Section):
     parallel: int | Literal["auto"] = Field(
         "auto", description="runs at once: auto = one per visible GPU (1 on CPU), or a whole number >= 1")
     backend: Literal["local", "ray"] = "local"
@@ -263,7 +210,7 @@ class SweepOptions(_Section):
         raise ValueError(f"{v!r} is not 'auto' or a whole number >= 1")
 
 
-class Config(_Section):
+class Config(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9._=+-]+$")
     seed: int = Field(0, ge=0, lt=2**32, description="NumPy, torch and MONAI take seeds in [0, 2**32)")
     deterministic: bool = False

@@ -42,9 +42,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lesionseg.config import EVAL_DEFAULTS, EvalConfig, eval_options
+from lesionseg.config import EVAL_DEFAULTS, EvalConfig
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation import calibration, collapse, lesionwise, metrics, operating_points
+from lesionseg.evaluation.options import check_arguments
 from lesionseg.evaluation.nanstats import case_statistics
 from lesionseg.evaluation.outputs import (
     COUNT_COLUMNS,
@@ -110,16 +111,6 @@ def case_metrics(
     return row, counts, lesions, table
 
 
-def check_options(threshold, f_beta, lesion_min_voxels, lesion_min_overlap, size_bins) -> None:
-    """LesionsegError naming the evaluation option that is out of range (`config.eval_options`' rules)."""
-    try:
-        metrics.overlap_metrics([0, 0, 0, 0], f_beta=f_beta)
-        eval_options(threshold=threshold, lesion_min_voxels=lesion_min_voxels, lesion_min_overlap=lesion_min_overlap,
-                     size_bins_ml=list(size_bins))
-    except ValueError as err:
-        raise LesionsegError(f"evaluation option: {err}") from err
-
-
 def evaluate_cases(
     cases: Sequence[tuple[str, Path, Path]], out_dir: Path, threshold: float = EVAL_DEFAULTS.threshold,
     device: str = "cpu",
@@ -129,7 +120,7 @@ def evaluate_cases(
     return evaluate_cases_at(cases, {Path(out_dir): threshold}, device, progress, **options)[Path(out_dir)]
 
 
-def evaluate_cases_at(
+def evaluate_cases_at(  # over 60 lines: 35 are the docstring of the evaluator's public arguments
     cases: Sequence[tuple[str, Path, Path]],
     thresholds: Mapping[Path, float],
     device: str = "cpu",
@@ -181,7 +172,7 @@ def evaluate_cases_at(
     bins_in_voxels = size_bins_voxels is not None
     size_bins = list(size_bins_voxels if bins_in_voxels else options.size_bins_ml)
     thresholds = {Path(folder): t for folder, t in thresholds.items()}
-    _check_arguments(cases, thresholds, f_beta, options, size_bins)
+    check_arguments(cases, thresholds, f_beta, options, size_bins)
     if ref_label is not None:  # before hours of metrics against references that are all empty
         require_label([(pred, ref) for _, pred, ref in cases], ref_label)
     masks = _per_case(masks, cases, "masks", "brain mask")
@@ -220,34 +211,6 @@ def evaluate_cases_at(
             write_text(folder / name, text)
         write_json(folder / "summary.json", summaries[folder])
     return summaries
-
-
-def _check_arguments(cases, thresholds, f_beta, options: EvalConfig, size_bins) -> None:
-    """LesionsegError naming the argument of `evaluate_cases_at` that cannot be evaluated; `options` are
-    checked again whole (an `EvalConfig` changed with `model_copy(update=…)` was not)."""
-    if not thresholds:
-        raise LesionsegError("no threshold to evaluate at: give at least one output folder and threshold.")
-    for threshold in thresholds.values():
-        check_options(threshold, f_beta, options.lesion_min_voxels, options.lesion_min_overlap, size_bins)
-    if not cases:
-        raise LesionsegError("no cases to evaluate: the list of (case, prediction, reference) is empty.")
-    ids = [c[0] for c in cases]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise LesionsegError(f"case names must be unique; repeated: {', '.join(duplicates)}.")
-    check_evaluator_options(options)
-
-
-def check_evaluator_options(options: EvalConfig) -> EvalConfig:
-    """`options` checked whole by `config.eval_options` (again: one changed with `model_copy(update=…)` was
-    not) and returned validated, or LesionsegError; the component size must be a volume — a run tunes
-    `tune` on its validation cases before it evaluates."""
-    if options.min_component_ml == "tune":
-        raise LesionsegError("evaluation option: min_component_ml = 'tune': give a volume >= 0 in mL")
-    try:
-        return eval_options(**options.model_dump())
-    except ValueError as err:
-        raise LesionsegError(f"evaluation option: {err}") from err
 
 
 @dataclass

@@ -20,7 +20,7 @@ from lesionseg.config import Config, dump_yaml
 from lesionseg.errors import LesionsegError
 from lesionseg.experiment.run import RESUME, Runs, run_from_yaml
 from lesionseg.runs import SweepPaths
-from lesionseg.training.loop import StopRequest
+from lesionseg.training.checkpoint import StopRequest
 
 
 def visible_gpus() -> list[str]:

@@ -12,8 +12,6 @@ import math
 import os
 import random
 import shutil
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +30,8 @@ from lesionseg.evaluation.metrics import overlap_metrics
 from lesionseg.files import write_atomic, write_json, write_text
 from lesionseg.inference import infer_volume
 from lesionseg.model import LesionUNet, build_model
-from lesionseg.runs import RunPaths, file_checksums, read_checkpoint
+from lesionseg.runs import RunPaths, read_checkpoint, record_split
+from lesionseg.training.checkpoint import StopRequest, rng_state, save_checkpoint, set_rng_state
 from lesionseg.training.losses import CrossEntropyTerm, build_loss
 from lesionseg.training.offset import SHARE_BATCHES, lesion_share, starting_prior
 from lesionseg.training.tensorboard_log import log_validation_overlay, overlay_due
@@ -92,51 +91,6 @@ def validate(model: torch.nn.Module, dataset, cfg: Config, device: torch.device)
     pred, ref, spread = zip(*volumes)
     flags = collapse.collapse_flags(pred, ref, spread, cfg.eval.threshold)
     return {**means, "volume_ratio": collapse.volume_ratio(pred, ref), "collapse": flags}, first
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:  # a file object: a full disk surfaces as the OSError it is
-            torch.save(state, handle)
-
-    write_atomic(path, write)
-
-
-def rng_state() -> dict:
-    """Every RNG's state, in types that `torch.load(weights_only=True)` accepts (tensors, tuples, ints)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(),
-            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class StopRequest:
-    """SIGINT/SIGTERM ask the loop to stop after the current iteration (and checkpoint it), not mid-step."""
-
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = signal.Signals(signum).name
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
 
 
 @dataclass
@@ -202,17 +156,6 @@ def _resume(parts: _Parts, state: dict | None, checkpoint: Path, name: str) -> t
     return state["iteration"] + 1, state["best"], state["val"]
 
 
-def _record_split(paths: RunPaths, lists: dict, train_cases: list[dict], val_cases: list[dict]) -> None:
-    """`inputs.json` (every input file's checksum) and `split.json` (the case ids of each list)."""
-    write_json(paths.inputs, file_checksums(lists))
-    write_json(
-        paths.split,
-        {key: [e["case"] for e in cases] for key, cases in
-         (("train", train_cases), ("validation", val_cases), ("test", lists["test"]),
-          *((("ensemble", lists["ensemble"]),) if "ensemble" in lists else ()))},
-    )
-
-
 def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | None = None,
               resume: dict | None = None) -> dict:
     """Train one model into `run_dir` (which holds config.yaml already); return the validation summary.
@@ -230,7 +173,7 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     lists = lists if lists is not None else load_datalist(cfg)  # the caller may have read it already
     train_cases, val_cases = split_train_val(lists["training"], cfg)
     paths = RunPaths(run_dir)
-    _record_split(paths, lists, train_cases, val_cases)
+    record_split(paths, lists, train_cases, val_cases)
     parts = _build(cfg, device)
     start, best, last = _resume(parts, resume, paths.last, run_dir.name)
     del resume  # loaded into the model and optimiser: no second copy kept for the whole training
@@ -242,8 +185,7 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
         parts.prior = _start_offset(parts.model, batches, cfg, paths, run_dir.name, fresh=start == 1)
     val_data = volume_dataset(val_cases, cfg, with_label=True) if val_cases else None
     writer = SummaryWriter(log_dir=str(run_dir))
-    loss_sum = torch.zeros((), device=device)
-    loss_count = 0
+    loss_sum, loss_count = torch.zeros((), device=device), 0
     bar = tqdm(range(start, cfg.train.iterations + 1), desc=f"train {run_dir.name}", disable=not progress,
                leave=False, initial=start - 1, total=cfg.train.iterations)
     stop = StopRequest()
@@ -273,8 +215,14 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
             save_checkpoint(paths.last, parts.state(it, last, best))
     stop.restore()
     writer.close()
-    if val_data is None:
-        # Nothing to choose with: the last weights are the best we know.
+    return _finish(paths, cfg, device, parts, best if val_data is not None else None, last)
+
+
+def _finish(paths: RunPaths, cfg: Config, device: torch.device, parts: _Parts, best: dict | None,
+            last: dict) -> dict:
+    """`train_summary.json`, written and returned; without validation (`best` None) there was nothing to
+    choose with: the last weights are the best we know, copied to `best.pt`."""
+    if best is None:
         best = {"iteration": cfg.train.iterations}
         write_atomic(paths.best, lambda tmp: shutil.copyfile(paths.last, tmp))
     summary = {"best": best, "last": last, "device": str(device), "amp": str(parts.dtype) if parts.dtype else "off",

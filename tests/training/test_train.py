@@ -122,7 +122,7 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
 
     import numpy as np
 
-    from lesionseg.training.loop import rng_state, set_rng_state
+    from lesionseg.training.checkpoint import rng_state, set_rng_state
 
     torch.save({"rng": rng_state()}, tmp_path / "c.pt")
     first = (random.random(), np.random.rand(), torch.rand(1).item())
