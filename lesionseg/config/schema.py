@@ -180,6 +180,10 @@ class ReportConfig(Section):
         description="the configuration every other is compared with: dotted key → value (default: the soft "
                     "Dice loss of the β sweep), e.g. {loss.name: dice}")
 
+    planning_difference: float = Field(
+        0.01, gt=0.0, description="the difference (in the metrics' units) the report's study planning sizes the "
+                                  "study for: the cases needed to detect it with 80 % power")
+
     @field_validator("baseline")
     @classmethod
     def _not_empty(cls, v: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from lesionseg.reporting.aggregate import (
     TABLE_METRICS,
     collapsed_runs,
 )
+from lesionseg.reporting.stats import MIN_PAIRS
 from lesionseg.reporting.tables import LABELS, best_value, fmt
 
 ANSWER_TITLE = "The answer"
@@ -130,7 +131,8 @@ def answer(rows: list[dict], labels: list[str], stats_result: dict, kind: str = 
             continue
         winners = [i for i, r in enumerate(rows) if r[m] == best]
         text = (f"{LABELS[m]}: best with {' and '.join(mark[labels[i]] for i in winners)} ({fmt(best, m)} ± "
-                f"{fmt(rows[winners[0]][f'{m}_sd_cases'], m)} SD over {n_cases} {kind} cases)")
+                f"{fmt(rows[winners[0]][f'{m}_sd_cases'], m)} SD over {n_cases} {kind} "
+                f"case{'s' if n_cases != 1 else ''})")
         tested = [c for c in stats_result["comparisons"] if c["metric"] == m]
         if tested:
             bases = sorted({mark.get(c["baseline"], c["baseline"]) for c in tested})
@@ -140,12 +142,18 @@ def answer(rows: list[dict], labels: list[str], stats_result: dict, kind: str = 
                 if who:
                     said.append(f"{word} with {', '.join(who)}")
             rest = [mark.get(c["label"], c["label"]) for c in tested
-                    if not c["verdict"].startswith(("higher", "lower"))]
+                    if not c["verdict"].startswith(("higher", "lower", "no test"))]
             if rest:
                 said.append(f"no significant difference with {', '.join(rest)}")
+            untested = [mark.get(c["label"], c["label"]) for c in tested if c["verdict"].startswith("no test")]
+            if untested:
+                said.append(f"no test possible with {', '.join(untested)} ({tested[0]['n']} paired {kind} "
+                            f"case{'s' if tested[0]['n'] != 1 else ''}; a test needs at least {MIN_PAIRS} with "
+                            "differing values)")
             text += (f"; against {bases[0] if len(bases) == 1 else 'their baselines'} (paired by case, "
                      f"Holm-adjusted): {'; '.join(said)}")
         lines.append(text + ".")
+    lines += planning_sentence(stats_result, kind)
     if len(rows) > 1 and min(r["n_seeds"] for r in rows) < 2:
         lines.append("One seed per configuration: a difference may be training noise, which one seed cannot "
                      "measure (sweep `seed` to measure it).")
@@ -160,3 +168,40 @@ def best_betas(rows: list[dict], labels: list[str]) -> dict[str, str]:
         if best is not None:
             out[m] = ", ".join(lab for r, lab in zip(rows, labels) if r[m] == best)
     return out
+
+
+def planning_sentence(stats_result: dict, kind: str = "test") -> list[str]:
+    """*The answer*'s study size, for the first tested metric (DSC): the cases each comparison would need to
+    detect `report.planning_difference` with 80 % power, the cases the sweep had and the smallest difference
+    they could detect, and with several seeds how much of the noise is training noise (`reporting.planning`)."""
+    tested = [c for c in stats_result["comparisons"] if c.get("planning")]
+    if not tested:
+        return []
+    metric = tested[0]["metric"]
+    these = [c for c in tested if c["metric"] == metric]
+    plan = these[0]["planning"]
+    n, cases = plan["n"], f"{kind} case{'s' if plan['n'] != 1 else ''}"
+    head = (f"Study size ({LABELS[metric]}, {plan['power_target']:.0%} power, Holm level α / m = "
+            f"{plan['alpha']:.3g}): ")
+    if "sd_diff" not in plan:
+        return [head + f"with {n} {cases} the spread between cases cannot be estimated, so neither a test nor a "
+                "plan is possible; add test cases (or cross-validate: every training case becomes a test case)."]
+    needed = [f"≈ {_count(c['planning']['cases_needed'])} for {c['label']} against {c['baseline']}" for c in these]
+    detectable = [c["planning"]["min_detectable"] for c in these]
+    shown = [fmt(d, metric) for d in detectable if math.isfinite(d)]
+    text = (head + f"to detect a difference of {plan['difference']:g} you would need {', '.join(needed)} "
+            f"({kind} cases, by the spread of the paired differences seen here); this sweep had {n}")
+    text += (f", enough to detect differences of {min(shown)}–{max(shown)}" if len(set(shown)) > 1 else
+             f", enough to detect a difference of {shown[0]}" if shown else
+             ", too few for the test to detect any difference at this level")
+    shares = [c["planning"]["seed_share"] for c in these if math.isfinite(c["planning"].get("seed_share", math.nan))]
+    seeds = [c["planning"]["seeds_needed"] for c in these if c["planning"].get("seeds_needed")]
+    if shares:
+        text += (f"; training noise (seeds) is {min(shares):.0%}–{max(shares):.0%} of the variance of the "
+                 "differences" + (f", and {max(seeds)} seeds would bring the cases needed within 10 % of what "
+                                  "any number would" if seeds else ""))
+    return [text + "."]
+
+
+def _count(n: int | None) -> str:
+    return "more than a million" if n is None else f"{n:,}"

@@ -3,7 +3,8 @@ loss) — Wilcoxon signed-rank and a bootstrap 95 % CI of the mean paired differ
 in the registry's tested metrics (DSC, F2, sensitivity) at the configured threshold, and in DSC and F2 at
 the tuned thresholds (`dsc_tuned`, `f2_tuned`), per case averaged over seeds, Holm-adjusted per metric.
 A comparison with a configuration whose runs collapsed (`lesionseg.evaluation.collapse`) says so in its
-verdict, and a note names those configurations.
+verdict, and a note names those configurations. Each comparison carries its `planning` (`reporting.planning`):
+the smallest difference its cases could detect, and the cases (and seeds) `report.planning_difference` needs.
 The per-case values come with the runs (`cases`, `tuned_cases`: `lesionseg.reporting.results`); no file is read here.
 """
 
@@ -13,7 +14,7 @@ import math
 
 from lesionseg.evaluation import registry
 from lesionseg.evaluation.collapse import RULE
-from lesionseg.reporting import stats
+from lesionseg.reporting import planning, stats
 from lesionseg.reporting.aggregate import (
     baseline_of,
     collapsed_runs,
@@ -27,15 +28,15 @@ TESTED_METRICS = tuple(TESTED)
 DEFAULT_BASELINE = {"loss.beta": 0.5}  # report.baseline's default: the soft Dice loss of the β sweep
 
 
-def case_values(group: dict, tuned: str | None, column: str) -> dict[str, float]:
-    """`{case: value}` of one `cases.csv` column, each case averaged over the group's seeds: at the configured
-    threshold (`tuned` None, the runs' `cases`) or at the one tuned for metric `tuned` (their `tuned_cases`)."""
+def seed_values(group: dict, tuned: str | None, column: str) -> list[dict[str, float]]:
+    """One `{case: value}` of a `cases.csv` column per seed of the group: at the configured threshold (`tuned`
+    None, the runs' `cases`) or at the one tuned for metric `tuned` (their `tuned_cases`)."""
     tables = [r["cases"] if tuned is None else r["tuned_cases"][tuned] for r in group["runs"]]
-    return stats.case_means([{c: v.get(column, math.nan) for c, v in table.items()} for table in tables])
+    return [{c: v.get(column, math.nan) for c, v in table.items()} for table in tables]
 
 
 def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: int = 0,
-                        baseline: dict | None = None) -> dict:
+                        baseline: dict | None = None, planning_difference: float = 0.01) -> dict:
     """Each group against its baseline group (`report.baseline`, default β = 0.5: the soft Dice loss), the
     one holding the baseline's values with the same other swept values: `stats.json`."""
     baseline = DEFAULT_BASELINE if baseline is None else baseline
@@ -51,11 +52,19 @@ def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: in
         "ci": f"{stats.LEVEL:.0%} percentile bootstrap of the mean difference (beta - baseline), "
               f"B = {n_boot}, numpy Generator seed {seed}",
         "claim": f"a difference only when the Holm-adjusted p < {stats.ALPHA} and the CI excludes 0",
+        "planning": f"{planning.POWER:.0%} power of the Wilcoxon test at level alpha / m (m: the comparisons of "
+                    "the metric, Holm's strictest step) for normal differences with the observed SD: simulated "
+                    f"against the exact test up to {planning.EXACT_MAX} cases, the paired t-test at n x 3/pi "
+                    f"cases above (reporting/planning.py); difference planned for: {planning_difference} "
+                    "(report.planning_difference)",
     }
     comparisons: list[dict] = []
     notes: list[str] = []
     collapsed = {g["label"]: (len(flagged), len(g["runs"])) for g in groups if (flagged := collapsed_runs(g))}
-    values = {id(g): {m: case_values(g, tuned, column) for m, (tuned, column) in TESTED.items()} for g in groups}
+    per_seed = {id(g): {m: seed_values(g, tuned, column) for m, (tuned, column) in TESTED.items()} for g in groups}
+    values = {key: {m: stats.case_means(tables) for m, tables in by_metric.items()}
+              for key, by_metric in per_seed.items()}
+    pairs = {}  # id(comparison) → (the baseline group, the group): for its planning
     for group in groups:
         base = baseline_of(group, groups, baseline)
         if base is group:
@@ -69,6 +78,7 @@ def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: in
                                 **{k.split(".")[-1]: v for k, v in group["extra"].items()},
                                 "metric": m, "baseline": base["label"], "n_seeds": len(group["runs"]),
                                 "n_seeds_baseline": len(base["runs"]), **result})
+            pairs[id(comparisons[-1])] = (base, group)
     for m in TESTED_METRICS:
         these = [c for c in comparisons if c["metric"] == m]
         for c, p in zip(these, stats.holm([c["p"] for c in these])):
@@ -78,6 +88,10 @@ def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: in
                 c["verdict"] += " (one seed: training noise not assessed)"
             if {c["label"], c["baseline"]} & collapsed.keys():
                 c["verdict"] += " (includes collapsed runs)"
+            base, group = pairs[id(c)]
+            _, before, after = stats.paired(values[id(base)][m], values[id(group)][m])
+            c["planning"] = planning.plan(after - before, len(these), planning_difference,
+                                          (per_seed[id(base)][m], per_seed[id(group)][m]))
     tested = {label for c in comparisons for label in (c["label"], c["baseline"])}
     if involved := [(label, k, n) for label, (k, n) in collapsed.items() if label in tested]:
         runs = "; ".join(f"{label}: {k} of {n} run{'s' if n > 1 else ''}" for label, k, n in involved)

@@ -116,7 +116,8 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     labels = [g["label"] for g in groups]
     extra_keys = [k.split(".")[-1] for k in groups[0]["extra"]]
     shows_beta = beta_shown(groups)
-    stats_result = compare_to_baseline(groups, n_boot=n_boot, baseline=baseline)
+    stats_result = compare_to_baseline(groups, n_boot=n_boot, baseline=baseline,
+                                       planning_difference=cfg.report.planning_difference)
     kind = case_kind(groups)
     all_tables = tables(rows, extra_keys, shows_beta, kind)
     if any(r.get("ensemble") for r in runs):

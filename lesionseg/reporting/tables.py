@@ -171,17 +171,32 @@ def stats_table(result: dict, kind: str = "test") -> Table:
                      (f"{c['n_seeds_baseline']} / {c['n_seeds']}", False), (fmt(c["mean_baseline"]), False),
                      (fmt(c["mean_other"]), False), (diff, False),
                      ("n/a" if c["p"] is None else f"{c['p']:.3g}", False),
-                     ("n/a" if c["p_holm"] is None else f"{c['p_holm']:.3g}", False)])
+                     ("n/a" if c["p_holm"] is None else f"{c['p_holm']:.3g}", False), *_planning_cells(c)])
     beta_story = result.get("baseline", "β = 0.5") == "β = 0.5"
     other = "β" if beta_story else "configuration"
+    difference = next((c["planning"]["difference"] for c in result["comparisons"] if "planning" in c), 0.01)
     return Table(
         title="Against the Dice baseline (β = 0.5)" if beta_story else f"Against the baseline ({result['baseline']})",
         note=(f"Paired by {kind} case (each case's value averaged over seeds first). Difference = {other} − baseline, "
               f"mean with {stats.LEVEL:.0%} bootstrap CI; Wilcoxon signed-rank p, Holm-adjusted over the "
               f"{'βs' if beta_story else 'configurations'}. "
               f"No test with fewer than {stats.MIN_PAIRS} non-zero differences; a difference is claimed only "
-              f"when the adjusted p < {stats.ALPHA} and the CI excludes 0."),
+              f"when the adjusted p < {stats.ALPHA} and the CI excludes 0. Planning (80 % power at α / m, m the "
+              f"comparisons of the metric): the smallest difference these {kind} cases could detect, and the "
+              f"{kind} cases needed to detect {difference:g} (report.planning_difference) with the spread of the "
+              "differences seen here."),
         columns=["configuration", "metric", "verdict", "n cases", f"seeds (base / {other})", "baseline", other,
-                 "difference [95% CI]", "p (Wilcoxon)", "p (Holm)"],
+                 "difference [95% CI]", "p (Wilcoxon)", "p (Holm)", "detectable (80 %)",
+                 f"cases for {difference:g}"],
         rows=rows,
     )
+
+
+def _planning_cells(comparison: dict) -> list[tuple[str, bool]]:
+    """The smallest detectable difference and the cases needed (`reporting.planning`), or n/a."""
+    plan = comparison.get("planning", {})
+    if "sd_diff" not in plan:
+        return [("n/a", False), ("n/a", False)]
+    detectable = "none" if math.isinf(plan["min_detectable"]) else f"{plan['min_detectable']:.3f}"
+    needed = "> 1,000,000" if plan["cases_needed"] is None else f"{plan['cases_needed']:,}"
+    return [(detectable, False), (needed, False)]

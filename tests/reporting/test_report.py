@@ -450,3 +450,41 @@ def test_the_training_loss_names_a_cross_entropy_term_and_a_swept_loss():
     assert training_loss(cfg, {"loss.name": ["dice", "tversky"]}) == (
         "Trained with the loss of each configuration (loss.name), with a cross-entropy warm-up over the first "
         "25% of the iterations (loss.ce_warmup).")
+
+
+def test_every_comparison_carries_its_planning_and_the_answer_says_the_study_size(tmp_path):
+    """stats.json's planning is `planning.plan` of the paired case means; the answer's study-size sentence
+    quotes its cases needed for every β and the sweep's own number of cases."""
+    from lesionseg.reporting import planning
+
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.7, 0.9], seeds=[0, 1], n_cases=8)
+    write_report(sweep_dir, n_boot=200)
+    result = json.loads((sweep_dir / "report" / "stats.json").read_text())
+    dsc = [c for c in result["comparisons"] if c["metric"] == "dsc"]
+    for c in dsc:
+        means = {}
+        for beta in (0.5, c["beta"]):
+            runs = [read_csv(sweep_dir / "runs" / f"beta={beta}_seed={s}" / "metrics" / "cases.csv") for s in (0, 1)]
+            means[beta] = stats.case_means([{r["case"]: float(r["dsc"]) for r in rows} for rows in runs])
+        _, base, other = stats.paired(means[0.5], means[c["beta"]])
+        plan = c["planning"]
+        assert plan["alpha"] == 0.025 and plan["n"] == 8 and plan["difference"] == 0.01
+        assert plan["sd_diff"] == pytest.approx(np.std(other - base, ddof=1))
+        assert plan["cases_needed"] == planning.cases_needed(0.01, plan["sd_diff"], 0.025)
+    sentence = next(line for line in result["answer"] if line.startswith("Study size"))
+    for c in dsc:
+        assert f"≈ {c['planning']['cases_needed']:,} for {c['label']} against β = 0.5" in sentence
+    assert "this sweep had 8" in sentence and "training noise (seeds)" in sentence
+    summary = (sweep_dir / "report" / "summary.md").read_text()
+    assert "detectable (80 %)" in summary and "cases for 0.01" in summary
+
+
+def test_one_test_case_reads_as_no_test_possible_not_as_no_difference(tmp_path):
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.9], n_cases=1)
+    write_report(sweep_dir, n_boot=200)
+    answer = json.loads((sweep_dir / "report" / "stats.json").read_text())["answer"]
+    dsc = next(line for line in answer if line.startswith("DSC:"))
+    assert "no test possible with β = 0.9 (1 paired test case; a test needs at least 6" in dsc
+    assert "no significant difference" not in dsc
+    assert any(line.startswith("Study size") and "with 1 test case the spread between cases cannot be estimated"
+               in line for line in answer)
