@@ -64,6 +64,9 @@ def test_two_beta_sweep_through_the_cli(tmp_path):
         for metric in ("dsc", "f2", "sensitivity", "precision", "apr"):
             assert float(row[metric]) == pytest.approx(summary["per_case"][metric]["mean"], nan_ok=True)
     assert "## Is a larger β more than a lower threshold?" in (sweep / "report" / "summary.md").read_text()
+    page = (sweep / "report" / "report.html").read_text()  # the pictures of the cases right after the answer
+    assert (sweep / "report" / "cases.png").is_file()
+    assert page.index("</section>") < page.index('<figure id="cases.png">') < page.index("<h2>", page.index("</section>"))
 
     # A re-run finds both runs finished and only rebuilds the report.
     again = lesionseg("sweep", REPO / "configs" / "sweep_beta.yaml", *overrides, "-q", cwd=tmp_path)

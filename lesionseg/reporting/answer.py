@@ -180,12 +180,14 @@ def planning_sentence(stats_result: dict, kind: str = "test") -> list[str]:
     metric = tested[0]["metric"]
     these = [c for c in tested if c["metric"] == metric]
     plan = these[0]["planning"]
-    n, cases = plan["n"], f"{kind} case{'s' if plan['n'] != 1 else ''}"
+    if planned := [c for c in these if "sd_diff" in c["planning"]]:  # comparisons without spread are left out
+        these, plan = planned, planned[0]["planning"]
+    n = plan["n"]
     head = (f"Study size ({LABELS[metric]}, {plan['power_target']:.0%} power, Holm level α / m = "
             f"{plan['alpha']:.3g}): ")
     if "sd_diff" not in plan:
-        return [head + f"with {n} {cases} the spread between cases cannot be estimated, so neither a test nor a "
-                "plan is possible; add test cases (or cross-validate: every training case becomes a test case)."]
+        return [head + f"{plan['note']}, so no plan is possible; add {kind} cases (or cross-validate: every "
+                "training case becomes a test case)."]
     needed = [f"≈ {_count(c['planning']['cases_needed'])} for {c['label']} against {c['baseline']}" for c in these]
     detectable = [c["planning"]["min_detectable"] for c in these]
     shown = [fmt(d, metric) for d in detectable if math.isfinite(d)]

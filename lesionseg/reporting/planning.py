@@ -134,8 +134,11 @@ def plan(diff: Sequence[float], family: int, difference: float, seeds: tuple[Seq
     out = {"alpha": level, "holm_family": family, "power_target": POWER, "difference": difference,
            "n": int(diff.size)}
     if diff.size < 2:
-        return {**out, "note": f"the spread of the differences cannot be estimated from {diff.size} case(s)"}
+        return {**out, "note": "the spread of the differences cannot be estimated from "
+                                     f"{diff.size} case{'' if diff.size == 1 else 's'}"}
     sd = float(np.std(diff, ddof=1))
+    if sd == 0:
+        return {**out, "note": f"all {diff.size} paired differences are {diff[0]:g}, no spread to plan with"}
     needed = cases_needed(difference, sd, level)
     out.update(sd_diff=sd, min_detectable=min_detectable(sd, int(diff.size), level),
                power_at_difference=power(difference, sd, int(diff.size), level), cases_needed=needed)

@@ -45,7 +45,7 @@ figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 section.answer { background: #f5f8fc; border: 1px solid #cfdcec; border-radius: 6px; padding: 0.2em 1.2em; }
 section.answer li { margin: 0.3em 0; max-width: 70em; }
 section.answer figure { margin: 0.5em 0 1em; }
-section.answer figure img { width: 50em; }  /* the whole figure on a laptop's first screen */
+section.answer figure img, section.answer + figure img { width: 50em; }  /* a laptop's first screen */
 figcaption { color: #444; margin-top: 0.3em; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 """
@@ -80,9 +80,11 @@ def render_html(
     labels: dict[str, str],
     verdict: tuple[str, list[str]] | None = None,
     opening: tuple[str, list[str], str] | None = None,
+    after_opening: str | None = None,
 ) -> str:
     """The whole report page. `figures`: file name → (PNG bytes, caption); `best`: metric → configuration;
-    `opening`: (title, sentences, figure name) shown first, the figure with them rather than with the rest.
+    `opening`: (title, sentences, figure name) shown first, the figure with them rather than with the rest;
+    `after_opening`: a figure shown right after them (the pictures of the cases).
     Wide tables scroll inside their own box, so the page itself never runs wider than the window."""
     parts = [
         "<!DOCTYPE html>",
@@ -94,13 +96,16 @@ def render_html(
     if missing:
         parts.append(f"<p><strong>Missing runs (not finished, not counted):</strong> "
                      f"{html.escape(', '.join(missing))}</p>")
-    shown_first = None
+    shown_first, early = None, []
     if opening is not None:
         heading, lines, shown_first = opening
         parts.append(f'<section class="answer"><h2>{html.escape(heading)}</h2>\n<ul>'
                      + "".join(f"<li>{html.escape(v)}</li>" for v in lines) + "</ul>"
                      + (_figure(shown_first, *figures[shown_first]) if shown_first in figures else "")
                      + "</section>")
+    early = [name for name in (shown_first, after_opening) if name in figures]
+    if after_opening in figures:
+        parts.append(_figure(after_opening, *figures[after_opening]))
     if verdict is not None:
         title, lines = verdict
         parts.append(f"<h2>{html.escape(title)}</h2>\n<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in lines)
@@ -113,7 +118,7 @@ def render_html(
         parts.append(f"<h2>Best per-case mean per metric</h2>\n<ul>{items}</ul>")
     parts.append("<h2>Figures</h2>")
     for name, (png, caption) in figures.items():
-        if name == shown_first:
+        if name in early:
             parts.append(f'<p><a href="#{html.escape(name)}"><code>{html.escape(name)}</code></a>: at the top, '
                          "with the answer.</p>")
         else:

@@ -40,6 +40,7 @@ from lesionseg.reporting.answer import (
     training_loss,
     tuning_verdict,
 )
+from lesionseg.reporting.case_pictures import cases_figure
 from lesionseg.reporting.compare import compare_to_baseline
 from lesionseg.reporting.render import Table, render_html, render_markdown_table
 from lesionseg.reporting.results import (
@@ -51,6 +52,7 @@ from lesionseg.reporting.tables import LABELS, ensemble_table, stats_table, tabl
 from lesionseg.runs import SweepPaths
 
 HEADLINE_FIGURE = "metrics_vs_beta.png"  # shown with the answer, at the top of report.html
+CASES_FIGURE = "cases.png"  # right after the answer (case_pictures; absent when the images are not at hand)
 # captions; {kind}: "test", or "out-of-fold" in a cross-validated sweep; {per}: "β" or "configuration"
 FIGURES = {
     "pr_curves.png": "Pooled precision-recall curves, one per {per}; the dot on each is the operating point at "
@@ -64,6 +66,9 @@ FIGURES = {
                                 "the thresholds tuned on validation (DSC panel: DSC's, F2 panel: F2's).",
     "reliability.png": "Reliability diagram per {per} over the brain voxels of the {kind} cases (equal-width bins; "
                        "observed lesion frequency against mean predicted probability), ECE in the legend.",
+    CASES_FIGURE: "The {kind} cases with the lowest, median and highest DSC of each {per} (per-case means over the "
+                  "seeds; the first seed's prediction), each cut through its largest reference lesion: yellow true "
+                  "positive, blue false negative, vermillion false positive voxels on FLAIR.",
 }
 
 
@@ -129,9 +134,11 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     collapsed = {g["label"]: {"runs": len(flagged), "of": len(g["runs"]), "flags": flagged}
                  for g in groups if (flagged := collapsed_runs(g))}
     loss = training_loss(cfg, cfg.sweep)
-    captions = {f: text.format(kind=kind, per="β" if shows_beta else "configuration") + " " + loss
-                for f, text in FIGURES.items()}
     pngs = figures.draw_all(groups, rows, size_bins(runs[0]["summary"]))
+    if (cases := cases_figure(groups, kind)) is not None:
+        pngs[CASES_FIGURE] = cases
+    captions = {f: text.format(kind=kind, per="β" if shows_beta else "configuration") + " " + loss
+                for f, text in FIGURES.items() if f in pngs}
 
     out = paths.report
     write_text(paths.report_csv, to_csv(rows))
@@ -146,6 +153,6 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     page = render_html(f"Sweep report: {sweep_dir.name}", [*all_tables, stats_table(stats_result, kind)], best,
                        {f: (pngs[f], text) for f, text in captions.items()}, config, missing,
                        stats_result["notes"], LABELS, verdict=(title, verdict),
-                       opening=(ANSWER_TITLE, opening, HEADLINE_FIGURE))
+                       opening=(ANSWER_TITLE, opening, HEADLINE_FIGURE), after_opening=CASES_FIGURE)
     write_text(paths.html, page)
     return out

@@ -7,7 +7,7 @@ on validation; `{}` without), `tuned` (the summaries of `metrics-tuned-<metric>/
 ensemble's summary of a cross-validated configuration; None without), `cases` (`metrics/cases.csv`, per case),
 `tuned_cases` (`metrics-tuned-<metric>/cases.csv` per tuned metric; `{}` without), `pr_curve`
 (`metrics/pr_curve.csv`), `threshold_curves` and `calibration` (`metrics/<key>.csv`; None without). The other
-reporting modules read no file.
+reporting modules read no file, except `case_pictures`, which reads the few volumes it draws.
 """
 
 from __future__ import annotations

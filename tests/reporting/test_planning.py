@@ -68,10 +68,12 @@ def test_cases_needed_follows_the_normal_formula_over_the_efficiency(delta, sd, 
     assert planning.power(delta, sd, needed, alpha) >= 0.8 > planning.power(delta, sd, needed - 1, alpha)
 
 
-def test_plan_of_one_case_says_why_there_is_none():
+def test_plan_of_one_case_or_equal_differences_says_why_there_is_none():
     out = planning.plan([0.02], family=2, difference=0.01)
     assert out["alpha"] == 0.025 and "cannot be estimated from 1 case" in out["note"]
     assert "cases_needed" not in out
+    out = planning.plan([0.0] * 8, family=1, difference=0.01)  # e.g. DSC 0 on every case in both
+    assert out["note"] == "all 8 paired differences are 0, no spread to plan with" and "cases_needed" not in out
 
 
 def test_plan_splits_the_variance_between_cases_and_seeds():
