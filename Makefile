@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	# ray: the Ray sweep backend, tested on a local instance (adds ~15 s and 240 MB)
 	$(BIN)/pip install --quiet -e '.[dev,ray]'
+	# panoptica (the tests' oracle of its lesion matching) pins numpy<2.3; it runs with the numpy above
+	$(BIN)/pip install --quiet --no-deps panoptica==2.1.7
 	touch $@
 
 install: $(STAMP) ## create .venv and install lesionseg with its test tools and Ray

@@ -104,7 +104,8 @@ def default_metrics_dir(pred: Path) -> Path:
 
 def evaluate(pred: str | Path, ref: str | Path, out: str | Path | None = None, *, force: bool = False,
              threshold: float | None = None, device: str = "cpu", lesion_min_voxels: int | None = None,
-             lesion_min_overlap: float | None = None, size_bins_ml: Sequence[float] | None = None,
+             lesion_min_overlap: float | None = None, lesion_matching: str | None = None,
+             size_bins_ml: Sequence[float] | None = None,
              ref_label: int | None = None, mask_dir: str | Path | None = None, brain_dir: str | Path | None = None,
              calibration_bins: int | None = None, min_component_ml: float | None = None,
              progress: bool = True) -> dict:
@@ -130,7 +131,7 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path | None = None, *
     # What can be checked before an earlier evaluation is moved aside: the folders, the options, the label.
     cases, _ = match_folders(pred, ref, mask_dir, brain_dir)
     given = {"threshold": threshold, "lesion_min_voxels": lesion_min_voxels, "lesion_min_overlap": lesion_min_overlap,
-             "size_bins_ml": size_bins_ml, "calibration_bins": calibration_bins, "min_component_ml": min_component_ml}
+             "lesion_matching": lesion_matching, "size_bins_ml": size_bins_ml, "calibration_bins": calibration_bins, "min_component_ml": min_component_ml}
     given = {key: value for key, value in given.items() if value is not None}  # the others: the config's defaults
     options = check_evaluator_options(EVAL_DEFAULTS.model_copy(update=given))
     if ref_label is not None:

@@ -65,7 +65,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     summary = api.evaluate(
         args.pred, args.ref, args.out, force=args.force, threshold=args.threshold, device=args.device,
         lesion_min_voxels=args.lesion_min_voxels, lesion_min_overlap=args.lesion_min_overlap,
-        size_bins_ml=args.size_bins_ml, ref_label=args.ref_label, mask_dir=args.mask_dir,
+        lesion_matching=args.lesion_matching, size_bins_ml=args.size_bins_ml, ref_label=args.ref_label, mask_dir=args.mask_dir,
         brain_dir=args.brain_dir, calibration_bins=args.calibration_bins, min_component_ml=args.min_component_ml,
         progress=_bars(args),
     )
@@ -191,6 +191,9 @@ def _add_evaluate(sub) -> None:
                    help="ignore components smaller than this")
     p.add_argument("--lesion-min-overlap", type=float, default=d.lesion_min_overlap,
                    help="share of a lesion overlapped to detect it")
+    p.add_argument("--lesion-matching", choices=("isbi2015", "msseg", "panoptica"), default=d.lesion_matching,
+                   help="lesion-wise definition: ISBI 2015 (with the two options above), MSSEG (Anima's rules) or "
+                        "panoptica (one-to-one at IoU >= 0.5)")
     p.add_argument("--size-bins-ml", type=float, nargs="+", default=d.size_bins_ml, help="lesion-size bin edges")
     p.add_argument("--ref-label", type=int, help="reference label value to score when references hold several")
     p.add_argument("--mask-dir", type=Path, metavar="DIR",

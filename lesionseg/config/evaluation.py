@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from lesionseg.config.section import Section
 
@@ -21,6 +21,9 @@ class EvalConfig(Section):
     tta: bool = Field(False, description="test-time flips: mean probability over the 8 mirrorings (8× the time)")
     lesion_min_voxels: int = Field(1, ge=1, description="components smaller than this are not lesions")
     lesion_min_overlap: float = Field(0.0, ge=0.0, le=1.0, description="share of a lesion overlapped to detect it")
+    lesion_matching: Literal["isbi2015", "msseg", "panoptica"] = Field(
+        "isbi2015", description="lesion-wise matching: ISBI 2015 (lesion_min_voxels, lesion_min_overlap), MSSEG "
+                                "(Anima's rules) or panoptica (one-to-one at IoU >= 0.5); evaluation/matching.py")
     size_bins_ml: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], description="lesion-size bin edges")
     restrict_to_mask: bool = Field(False, description="score only the voxels inside each test case's brain mask")
     calibration_bins: int = Field(10, ge=2, description="equal-width bins of the reliability diagram and ECE")
@@ -33,6 +36,14 @@ class EvalConfig(Section):
         if v != "tune" and not 0 <= v < float("inf"):
             raise ValueError(f"{v!r} is not a volume >= 0 (mL) or 'tune'")
         return v
+
+    @model_validator(mode="after")
+    def _isbi_parameters_with_isbi(self) -> EvalConfig:
+        if self.lesion_matching != "isbi2015" and (self.lesion_min_voxels != 1 or self.lesion_min_overlap != 0):
+            raise ValueError(f"lesion_min_voxels and lesion_min_overlap are isbi2015 matching's; lesion_matching "
+                             f"{self.lesion_matching} has its own minimum size and overlap rule: leave them at "
+                             "1 and 0")
+        return self
 
     @field_validator("size_bins_ml")
     @classmethod

@@ -5,8 +5,8 @@ Outputs (written atomically into `out_dir`):
 - `cases.csv` — one row per case: `case, dsc, f2, sensitivity, precision, specificity, apr` first, then
   `iou, tp, fp, fn, tn`, volumes, surface distances and lesion-wise detection (`evaluate_cases` lists
   them); undefined values are written `nan`. Definitions: voxel-wise in `metrics`, HD95/ASSD in `surface`
-  (MONAI's), lesion-wise in `lesionwise` (ISBI 2015).
-- `summary.json` — `{"threshold", "n_cases", "per_case", "pooled", "calibration", "collapse"}`.
+  (MONAI's), lesion-wise in `lesionwise` and `matching` (the definition in `summary.json`'s `lesion_matching`).
+- `summary.json` — `{"threshold", "n_cases", "per_case", "pooled", "calibration", "lesion_matching", "collapse"}`.
   **per_case**: for every metric, `mean`, `sd` (sample SD, ddof = 1), `median` over the cases where it is
   defined, `n` (cases where defined) and `n_undefined` (cases where NaN); mean/median are NaN with no
   defined value, sd with fewer than two. Each patient counts once.
@@ -24,8 +24,8 @@ Outputs (written atomically into `out_dir`):
   observed`) over the brain voxels; the per-case ECE is the `ece` column of `cases.csv` and the pooled
   one `pooled.ece` of `summary.json` (`lesionseg.evaluation.calibration`: equal-width bins).
 
-A voxel is predicted lesion when `probability >= threshold` (the convention of the precision-recall curve,
-so the at-threshold figures are a point of the curve). Binary masks (0/1, any dtype) are probabilities too.
+A voxel is lesion when `probability >= threshold` (the precision-recall curve's convention, so the figures at
+the threshold are a point of the curve). Binary masks (0/1, any dtype) are probabilities too.
 
 With a brain mask per case (`masks=` / `mask_dir=`), every figure is restricted to the voxels inside it:
 voxels outside are neither TP, FP, FN nor TN and are left out of the precision-recall tables, and
@@ -43,9 +43,8 @@ import torch
 from tqdm import tqdm
 
 from lesionseg.config import EVAL_DEFAULTS, EvalConfig
-from lesionseg.errors import LesionsegError
 from lesionseg.evaluation import calibration, collapse, lesionwise, metrics, operating_points
-from lesionseg.evaluation.options import check_arguments
+from lesionseg.evaluation.options import check_arguments, per_case_paths
 from lesionseg.evaluation.nanstats import case_statistics
 from lesionseg.evaluation.outputs import (
     COUNT_COLUMNS,
@@ -105,7 +104,7 @@ def case_metrics(
     if surface:
         row.update(surface_distances(pred, ref, spacing))
     lesions = lesionwise.lesion_counts(pred, ref, voxel_ml, options.lesion_min_voxels, options.lesion_min_overlap,
-                                       size_bins, bins_in_voxels)
+                                       size_bins, bins_in_voxels, options.lesion_matching)
     row.update(lesions)
     row.update(lesionwise.lesion_metrics(lesions))
     return row, counts, lesions, table
@@ -145,7 +144,7 @@ def evaluate_cases_at(  # over 60 lines: 35 are the docstring of the evaluator's
         device: where the metrics run (`"cpu"`, `"cuda"`, …).
         options: the evaluation options, passed whole (`config.EvalConfig`, checked again here; its
             `threshold` is not used, `thresholds` are): `lesion_min_voxels`, `lesion_min_overlap` —
-            lesion-wise detection (`lesionseg.evaluation.lesionwise`: ISBI 2015 definitions, 26-connectivity);
+            lesion-wise detection under `lesion_matching` (`lesionwise`: ISBI 2015; `matching`: MSSEG, panoptica);
             `size_bins_ml`, the edges of the lesion-size bins of LTPR in mL (`size_bins_voxels` replaces them
             by edges in voxels); `calibration_bins`, equal-width bins of the reliability diagram and the
             ECE (`lesionseg.evaluation.calibration`); `min_component_ml` (a volume, not `tune`), the
@@ -175,8 +174,8 @@ def evaluate_cases_at(  # over 60 lines: 35 are the docstring of the evaluator's
     check_arguments(cases, thresholds, f_beta, options, size_bins)
     if ref_label is not None:  # before hours of metrics against references that are all empty
         require_label([(pred, ref) for _, pred, ref in cases], ref_label)
-    masks = _per_case(masks, cases, "masks", "brain mask")
-    brains = _per_case(brains, cases, "brains", "brain image")
+    masks = per_case_paths(masks, cases, "masks", "brain mask")
+    brains = per_case_paths(brains, cases, "brains", "brain image")
     extra_f = [] if metrics.f_beta_key(f_beta) == "f2" else [metrics.f_beta_key(f_beta)]
     scoring = dict(options=options, f_beta=f_beta, surface=surface, size_bins_voxels=size_bins_voxels)
     scored = _score_cases(cases, masks, brains, thresholds, scoring, options.calibration_bins, device, ref_label,
@@ -201,6 +200,7 @@ def evaluate_cases_at(  # over 60 lines: 35 are the docstring of the evaluator's
             "per_case": {c: case_statistics([float(r[c]) for r in these]) for c in columns[1:]},
             "pooled": {c: pooled[c] for c in columns[1:] if c in pooled},
             "calibration": dict(about),
+            "lesion_matching": options.lesion_matching,  # lesion figures compare under one definition only
             "collapse": collapse.collapse_flags([r["vol_pred_ml"] for r in these], [r["vol_ref_ml"] for r in these],
                                                 [r["prob_sd"] for r in these], threshold, "mL"),
         }
@@ -278,13 +278,6 @@ def _pooled(scored: _Scored, folder: Path, apr: float, extra_f_beta: float | Non
     pooled.update(lesionwise.lesion_metrics(lesions))
     pooled["ece"] = calibration.expected_calibration_error(scored.total_bins)
     return pooled
-
-
-def _per_case(paths: Sequence[Path | None] | None, cases: Sequence, name: str, what: str) -> list[Path | None]:
-    paths = [None] * len(cases) if paths is None else list(paths)
-    if len(paths) != len(cases):
-        raise LesionsegError(f"{name}: one {what} (or None) per case needed, got {len(paths)} for {len(cases)} cases.")
-    return paths
 
 
 def evaluate_dirs(

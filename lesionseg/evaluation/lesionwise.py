@@ -10,14 +10,17 @@ the minimum-size and minimum-overlap parameters of MSSEG-2016 (Commowick et al. 
 - A **reference lesion is detected** when the predicted mask covers at least
   max(1 voxel, `min_overlap` × its size) of it; a **predicted lesion is a true positive** when the
   reference mask covers at least max(1 voxel, `min_overlap` × its size) of it. `min_overlap = 0` is ISBI
-  2015's "overlaps by at least one voxel"; MSSEG-2016 asked for a fraction (10 %). MSSEG-2016's further
-  rule against predicted lesions that spill far outside the reference one is not implemented.
+  2015's "overlaps by at least one voxel"; MSSEG-2016 asked for a fraction (10 %), and its rule against
+  predicted lesions that spill far outside the reference one is `msseg` matching's (`matching`).
 - **LTPR** = detected reference lesions / reference lesions (NaN without reference lesions).
 - **LFDR** = predicted lesions that are not true positives / predicted lesions (NaN without predicted
   lesions); ISBI 2015 calls this LFPR, but its denominator makes it a false discovery rate.
 - **Lesion-wise F1** = 2·LTPR·(1 − LFDR) / (LTPR + 1 − LFDR); as for DSC it is 1 when neither mask has a
   lesion and 0 when exactly one has.
 - **LTPR by size bin**: the same ratio among reference lesions whose volume falls in [lo, hi) of each bin.
+
+This is `eval.lesion_matching: isbi2015`, the default; `msseg` (Anima's rules, with the spill-out rule) and
+`panoptica` (one-to-one at IoU ≥ 0.5) are in `matching`, and use LTPR, LFDR and F1 as defined here.
 
 Counts (not ratios) are returned so that they add up across cases; `lesion_metrics` turns them into
 ratios, per case or pooled. Components are labelled on CPU with SciPy.
@@ -33,6 +36,7 @@ import torch
 from scipy import ndimage
 
 from lesionseg.config import EVAL_DEFAULTS, eval_options
+from lesionseg.evaluation import matching as matching_rules
 from lesionseg.evaluation.metrics import confusion_counts
 
 DEFAULT_SIZE_BINS_ML = tuple(EVAL_DEFAULTS.size_bins_ml)
@@ -49,10 +53,11 @@ def size_bin_names(edges: Sequence[float], unit: str = "ml") -> list[str]:
     return names + [f"{_edge_name(bounds[-1])}{unit}+"]
 
 
-def check_parameters(min_voxels: int, min_overlap: float, edges: Sequence[float]) -> None:
+def check_parameters(min_voxels: int, min_overlap: float, edges: Sequence[float], matching: str = "isbi2015") -> None:
     """ValueError saying what is allowed for any bad lesion-wise parameter (`config.eval_options`' rules;
     `edges` in mL or in voxels, the same rule)."""
-    eval_options(lesion_min_voxels=min_voxels, lesion_min_overlap=min_overlap, size_bins_ml=list(edges))
+    eval_options(lesion_min_voxels=min_voxels, lesion_min_overlap=min_overlap, size_bins_ml=list(edges),
+                 lesion_matching=matching)
 
 
 def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -61,9 +66,11 @@ def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
 
 
-def _components(mask: np.ndarray, min_voxels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels, sizes, kept mask): labels 1..n of 26-connected components of at least `min_voxels`."""
-    labels, n = label_lesions(mask)
+def _components(mask: np.ndarray, min_voxels: int, faces_only: bool = False) -> tuple[np.ndarray, np.ndarray,
+                                                                                      np.ndarray]:
+    """(labels, sizes, kept mask): labels 1..n of 26-connected (`faces_only`: 6-connected) components of at
+    least `min_voxels`."""
+    labels, n = (ndimage.label(mask) if faces_only else label_lesions(mask))
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     if min_voxels > 1 and n:
         keep = sizes >= min_voxels
@@ -134,10 +141,13 @@ def lesion_counts(
     min_overlap: float = EVAL_DEFAULTS.lesion_min_overlap,
     size_bins: Sequence[float] = DEFAULT_SIZE_BINS_ML,
     bins_in_voxels: bool = False,
+    matching: str = EVAL_DEFAULTS.lesion_matching,
 ) -> dict[str, int]:
     """Lesion counts of one case: bool masks `pred`, `ref` (same shape, any device; labelled on CPU).
 
-    `voxel_ml`: volume of one voxel in mL; `size_bins`: bin edges in mL (or voxels if `bins_in_voxels`).
+    `voxel_ml`: volume of one voxel in mL; `size_bins`: bin edges in mL (or voxels if `bins_in_voxels`);
+    `matching`: the definition (`isbi2015`, this module's; `msseg`, `panoptica`: `matching`), which for those
+    two sets its own connectivity and minimum size (`min_voxels` and `min_overlap` are ISBI 2015's).
     Returns `n_ref_lesions`, `n_pred_lesions`, `n_detected` (reference lesions detected), `n_pred_tp`
     (predicted lesions that are true positives), and per bin `n_ref_<bin>`, `n_detected_<bin>`.
     """
@@ -145,11 +155,18 @@ def lesion_counts(
         raise ValueError(
             f"pred and ref must have the same shape, got {tuple(pred.shape)} and {tuple(ref.shape)}."
         )
-    check_parameters(min_voxels, min_overlap, size_bins)
-    ref_labels, ref_sizes, ref_kept = _components(ref.cpu().numpy(), min_voxels)
-    pred_labels, pred_sizes, pred_kept = _components(pred.cpu().numpy(), min_voxels)
-    detected = _hits(ref_labels, ref_sizes, pred_kept, min_overlap)
-    pred_tp = _hits(pred_labels, pred_sizes, ref_kept, min_overlap)
+    check_parameters(min_voxels, min_overlap, size_bins, matching)
+    if matching == "isbi2015":
+        ref_labels, ref_sizes, ref_kept = _components(ref.cpu().numpy(), min_voxels)
+        pred_labels, pred_sizes, pred_kept = _components(pred.cpu().numpy(), min_voxels)
+        detected = _hits(ref_labels, ref_sizes, pred_kept, min_overlap)
+        pred_tp = _hits(pred_labels, pred_sizes, ref_kept, min_overlap)
+    else:
+        least = matching_rules.msseg_min_voxels(voxel_ml * 1000) if matching == "msseg" else 1
+        ref_labels, ref_sizes, _ = _components(ref.cpu().numpy(), least, faces_only=matching == "msseg")
+        pred_labels, pred_sizes, _ = _components(pred.cpu().numpy(), least, faces_only=matching == "msseg")
+        table = matching_rules.overlap_table(ref_labels, ref_sizes.size - 1, pred_labels, pred_sizes.size - 1)
+        detected, pred_tp = getattr(matching_rules, matching)(table)
     counts = {
         "n_ref_lesions": int(ref_sizes.size - 1),
         "n_pred_lesions": int(pred_sizes.size - 1),

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from lesionseg.config import EvalConfig, eval_options
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation import metrics
@@ -44,3 +47,11 @@ def check_evaluator_options(options: EvalConfig) -> EvalConfig:
         return eval_options(**options.model_dump())
     except ValueError as err:
         raise LesionsegError(f"evaluation option: {err}") from err
+
+
+def per_case_paths(paths: Sequence[Path | None] | None, cases: Sequence, name: str, what: str) -> list[Path | None]:
+    """One path (or None) per case: `paths` checked against `cases`, or all None."""
+    paths = [None] * len(cases) if paths is None else list(paths)
+    if len(paths) != len(cases):
+        raise LesionsegError(f"{name}: one {what} (or None) per case needed, got {len(paths)} for {len(cases)} cases.")
+    return paths

@@ -48,7 +48,7 @@ from lesionseg.reporting.results import (
     run_state,
     sweep_config,
 )
-from lesionseg.reporting.tables import LABELS, ensemble_table, stats_table, tables
+from lesionseg.reporting.tables import LABELS, ensemble_table, lesion_definition, stats_table, tables
 from lesionseg.runs import SweepPaths
 
 HEADLINE_FIGURE = "metrics_vs_beta.png"  # shown with the answer, at the top of report.html
@@ -60,7 +60,7 @@ FIGURES = {
     "metrics_vs_beta.png": "Sensitivity, precision, DSC and F2 (per-case means over the {kind} cases) per {per}, "
                            "with error bars.",
     "lesion_size.png": "Lesion-wise sensitivity (LTPR, pooled over the {kind} cases) per reference lesion size, "
-                       "per {per}.",
+                       "per {per}; {lesions}.",
     "metrics_vs_threshold.png": "DSC, F2, sensitivity and precision (per-case means over the {kind} cases) "
                                 "against the threshold, per {per}; circles: the configured threshold, triangles: "
                                 "the thresholds tuned on validation (DSC panel: DSC's, F2 panel: F2's).",
@@ -124,7 +124,8 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     stats_result = compare_to_baseline(groups, n_boot=n_boot, baseline=baseline,
                                        planning_difference=cfg.report.planning_difference)
     kind = case_kind(groups)
-    all_tables = tables(rows, extra_keys, shows_beta, kind)
+    lesions = lesion_definition(runs)
+    all_tables = tables(rows, extra_keys, shows_beta, kind, lesions)
     if any(r.get("ensemble") for r in runs):
         all_tables.append(ensemble_table(groups, rows, extra_keys, shows_beta))
     title = VERDICT_TITLE if shows_beta else VERDICT_TITLE_OTHER
@@ -137,7 +138,7 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
     pngs = figures.draw_all(groups, rows, size_bins(runs[0]["summary"]))
     if (cases := cases_figure(groups, kind)) is not None:
         pngs[CASES_FIGURE] = cases
-    captions = {f: text.format(kind=kind, per="β" if shows_beta else "configuration") + " " + loss
+    captions = {f: text.format(kind=kind, per="β" if shows_beta else "configuration", lesions=lesions) + " " + loss
                 for f, text in FIGURES.items() if f in pngs}
 
     out = paths.report

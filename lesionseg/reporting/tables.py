@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lesionseg.evaluation import registry
+from lesionseg.evaluation import matching, registry
 from lesionseg.evaluation.nanstats import defined, nan_mean, nan_sd
 from lesionseg.evaluation.operating_points import CURVE_METRICS, TUNED_METRICS
 from lesionseg.reporting import stats
@@ -68,18 +68,29 @@ class _Cells:
         return text, best is not None and value == best
 
 
-def tables(rows: list[dict], extra_keys: list[str], shows_beta: bool = True, kind: str = "test") -> list[Table]:
+def tables(rows: list[dict], extra_keys: list[str], shows_beta: bool = True, kind: str = "test",
+           lesions: str = "") -> list[Table]:
     """The report's tables, the same in Markdown and HTML; the best value per column in bold. The first
     columns tell the configurations apart: β and α (`shows_beta`), then the other swept keys. `kind`: the
-    scored cases are `test` cases, or `out-of-fold` cases of a cross-validated sweep."""
+    scored cases are `test` cases, or `out-of-fold` cases of a cross-validated sweep; `lesions`: how the
+    lesion figures were matched (`lesion_definition`), said in the notes of the tables that show them."""
     cells = _Cells(rows, [*(["beta", "alpha"] if shows_beta else []), *extra_keys], extra_keys)
-    out = [_per_case_table(cells, kind), _operating_table(cells, kind), _pooled_table(cells, kind)]
+    out = [_per_case_table(cells, kind, lesions), _operating_table(cells, kind), _pooled_table(cells, kind, lesions)]
     if max(r["n_seeds"] for r in rows) >= 2:
         out.append(_repeats_table(cells))
     return out
 
 
-def _per_case_table(cells: _Cells, kind: str) -> Table:
+def lesion_definition(runs: list[dict]) -> str:
+    """How the runs' lesion figures were matched (`eval.lesion_matching`, recorded in each `summary.json`; runs
+    evaluated before it was recorded matched as ISBI 2015)."""
+    names = {run["summary"].get("lesion_matching", "isbi2015") for run in runs}
+    if len(names) > 1:
+        return "lesions matched per configuration (eval.lesion_matching: " + ", ".join(sorted(names)) + ")"
+    return matching.DESCRIPTIONS[names.pop()]
+
+
+def _per_case_table(cells: _Cells, kind: str, lesions: str) -> Table:
     rows = cells.rows
     seeds_text = "/".join(map(str, sorted({r["n_seeds"] for r in rows})))
     return Table(
@@ -87,7 +98,8 @@ def _per_case_table(cells: _Cells, kind: str) -> Table:
         note=(f"Each patient counts once ({min(r['n_cases'] for r in rows)} {kind} cases"
               f"{OUT_OF_FOLD if kind != 'test' else ''}; {seeds_text} seed(s) per configuration, averaged over). "
               "`(n=k)`: the metric is defined on k cases only. 'at tuned t': at each run's threshold tuned on "
-              "its validation cases (next table). Lower is better for LFDR, HD95 and ECE; best in bold."),
+              "its validation cases (next table). Lower is better for LFDR, HD95 and ECE; best in bold."
+              + (f" Lesion F1, LTPR and LFDR: {lesions}." if lesions else "")),
         columns=[*cells.keys, *(LABELS[m] for m in METRICS), *(LABELS[f"{m}_tuned"] for m in TUNED_METRICS),
                  *(LABELS[m] for m in LESION_METRICS), "n cases", "n seeds"],
         rows=[[*cells.key_cells(r), *(cells(r, m, m, f"{m}_sd_cases", f"{m}_n") for m in METRICS),
@@ -116,11 +128,12 @@ def _operating_table(cells: _Cells, kind: str) -> Table:
     )
 
 
-def _pooled_table(cells: _Cells, kind: str) -> Table:
+def _pooled_table(cells: _Cells, kind: str, lesions: str) -> Table:
     return Table(
         title=f"Pooled over all {kind} voxels and lesions",
         note=f"Counts summed over the {kind} cases, then each metric computed once (APR: one precision-recall "
-             "curve over every voxel); mean over seeds (± SD over seeds when there are several).",
+             "curve over every voxel); mean over seeds (± SD over seeds when there are several)."
+             + (f" Lesions: {lesions}." if lesions else ""),
         columns=[*cells.keys, *(LABELS[m] for m in POOLED_METRICS)],
         rows=[[*cells.key_cells(r), *(cells(r, m, f"{m}_pooled", f"{m}_pooled_sd_seeds") for m in POOLED_METRICS)]
               for r in cells.rows],

@@ -490,3 +490,17 @@ def test_one_test_case_reads_as_no_test_possible_not_as_no_difference(tmp_path):
     assert "no significant difference" not in dsc
     assert any(line.startswith("Study size") and "the spread of the differences cannot be estimated from 1 case, "
                "so no plan is possible" in line for line in answer)
+
+
+def test_the_tables_and_the_lesion_figure_name_the_lesion_matching(tmp_path):
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.9])
+    path = sweep_dir / "runs" / "beta=0.9" / "metrics" / "summary.json"  # the other run predates the record
+    path.write_text(json.dumps({**json.loads(path.read_text()), "lesion_matching": "isbi2015"}))
+    write_report(sweep_dir, n_boot=200)
+    summary = (sweep_dir / "report" / "summary.md").read_text()
+    said = "lesions matched as in ISBI 2015 (26-connected; detected by overlapping voxels, eval.lesion_min_overlap)"
+    assert summary.count(said) == 3  # the per-case and pooled tables' notes, the lesion-size figure's caption
+    path.write_text(json.dumps({**json.loads(path.read_text()), "lesion_matching": "msseg"}))
+    write_report(sweep_dir, n_boot=200)
+    summary = (sweep_dir / "report" / "summary.md").read_text()
+    assert "lesions matched per configuration (eval.lesion_matching: isbi2015, msseg)" in summary
