@@ -41,23 +41,7 @@ def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: in
     one holding the baseline's values with the same other swept values: `stats.json`."""
     baseline = DEFAULT_BASELINE if baseline is None else baseline
     name = setting_text(baseline)
-    method = {
-        "baseline": "beta = 0.5, alpha = 0.5 (soft Dice loss)" if baseline == DEFAULT_BASELINE else
-                    ", ".join(f"{k} = {v}" for k, v in baseline.items()) + " (report.baseline)",
-        "pairing": "per test case, each case's value averaged over the seeds first; pairs where both are defined",
-        "test": "Wilcoxon signed-rank, two-sided, zero differences dropped (scipy.stats.wilcoxon)",
-        "min_pairs": stats.MIN_PAIRS,
-        "multiple_comparisons": "Holm-Bonferroni over the betas, per metric" if baseline == DEFAULT_BASELINE
-                                else "Holm-Bonferroni over the configurations, per metric",
-        "ci": f"{stats.LEVEL:.0%} percentile bootstrap of the mean difference (beta - baseline), "
-              f"B = {n_boot}, numpy Generator seed {seed}",
-        "claim": f"a difference only when the Holm-adjusted p < {stats.ALPHA} and the CI excludes 0",
-        "planning": f"{planning.POWER:.0%} power of the Wilcoxon test at level alpha / m (m: the comparisons of "
-                    "the metric, Holm's strictest step) for normal differences with the observed SD: simulated "
-                    f"against the exact test up to {planning.EXACT_MAX} cases, the paired t-test at n x 3/pi "
-                    f"cases above (reporting/planning.py); difference planned for: {planning_difference} "
-                    "(report.planning_difference)",
-    }
+    method = _method(baseline, n_boot, seed, planning_difference)
     comparisons: list[dict] = []
     notes: list[str] = []
     collapsed = {g["label"]: (len(flagged), len(g["runs"])) for g in groups if (flagged := collapsed_runs(g))}
@@ -98,3 +82,24 @@ def compare_to_baseline(groups: list[dict], n_boot: int = stats.N_BOOT, seed: in
         notes.append(f"The tests include collapsed runs ({runs}; collapsed: {RULE}): a difference with them may "
                      "say only that a run failed.")
     return {"method": method, "baseline": name, "comparisons": comparisons, "notes": notes}
+
+
+def _method(baseline: dict, n_boot: int, seed: int, planning_difference: float) -> dict:
+    """`stats.json`'s account of how the comparisons were made."""
+    return {
+        "baseline": "beta = 0.5, alpha = 0.5 (soft Dice loss)" if baseline == DEFAULT_BASELINE else
+                    ", ".join(f"{k} = {v}" for k, v in baseline.items()) + " (report.baseline)",
+        "pairing": "per test case, each case's value averaged over the seeds first; pairs where both are defined",
+        "test": "Wilcoxon signed-rank, two-sided, zero differences dropped (scipy.stats.wilcoxon)",
+        "min_pairs": stats.MIN_PAIRS,
+        "multiple_comparisons": "Holm-Bonferroni over the betas, per metric" if baseline == DEFAULT_BASELINE
+                                else "Holm-Bonferroni over the configurations, per metric",
+        "ci": f"{stats.LEVEL:.0%} percentile bootstrap of the mean difference (beta - baseline), "
+              f"B = {n_boot}, numpy Generator seed {seed}",
+        "claim": f"a difference only when the Holm-adjusted p < {stats.ALPHA} and the CI excludes 0",
+        "planning": f"{planning.POWER:.0%} power of the Wilcoxon test at level alpha / m (m: the comparisons of "
+                    "the metric, Holm's strictest step) for normal differences with the observed SD: simulated "
+                    f"against the exact test up to {planning.EXACT_MAX} cases, the paired t-test at n x 3/pi "
+                    f"cases above (reporting/planning.py); difference planned for: {planning_difference} "
+                    "(report.planning_difference)",
+    }
