@@ -79,7 +79,7 @@ def _volume(path: str) -> tuple[np.ndarray, float]:
     return np.ascontiguousarray(image.dataobj, dtype=np.float32), float(np.prod(image.header.get_zooms()[:3])) / 1000.0
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def lesion_slice(label: str) -> int:
     """The axial slice through the centre of the largest 26-connected reference lesion (the middle slice
     of a case without lesion)."""
@@ -144,5 +144,6 @@ def cases_figure(groups: list[dict], kind: str = "test") -> bytes | None:
     handles = [Patch(color=c, label=name) for name, c in COLOURS.items()]
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=9, frameon=False)
     fig.suptitle(f"The {kind} cases with the lowest, median and highest DSC", fontsize=10)
-    _volume.cache_clear()
+    _volume.cache_clear()  # read again by the next report: the files may have changed in between
+    lesion_slice.cache_clear()
     return _png(fig)

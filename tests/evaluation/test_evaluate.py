@@ -633,3 +633,21 @@ def test_several_thresholds_in_one_pass_equal_separate_evaluations(dataset, tmp_
             assert (tmp_path / folder / name).read_text() == (tmp_path / f"{folder}-alone" / name).read_text()
     with pytest.raises(LesionsegError, match="no threshold to evaluate at"):
         evaluate_cases_at(cases, {}, progress=False)
+
+
+def test_evaluate_scores_lesions_under_the_chosen_matching_and_records_it(dataset, tmp_path):
+    import lesionseg
+    from lesionseg.evaluation.lesionwise import lesion_counts
+
+    pred_dir, ref_dir, arrays = dataset
+    summary = lesionseg.evaluate(pred_dir, ref_dir, tmp_path / "out", lesion_matching="panoptica", progress=False)
+    assert summary["lesion_matching"] == "panoptica"
+    rows = {r["case"]: r for r in read_csv(tmp_path / "out" / "cases.csv")}
+    for case, (prob, ref) in arrays.items():
+        expected = lesion_counts(torch.from_numpy(prob >= 0.5), torch.from_numpy(ref > 0), 0.001,
+                                 matching="panoptica")
+        assert {k: int(rows[case][k]) for k in ("n_detected", "n_pred_tp", "n_pred_lesions")} == \
+            {k: expected[k] for k in ("n_detected", "n_pred_tp", "n_pred_lesions")}
+    with pytest.raises(LesionsegError, match="lesion_min_voxels and lesion_min_overlap are isbi2015 matching's"):
+        lesionseg.evaluate(pred_dir, ref_dir, tmp_path / "other", lesion_matching="msseg", lesion_min_voxels=3)
+    assert not (tmp_path / "other").exists()
