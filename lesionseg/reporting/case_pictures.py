@@ -21,7 +21,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-import yaml
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -30,10 +29,10 @@ from scipy import ndimage
 from lesionseg.config import validate
 from lesionseg.errors import LesionsegError
 from lesionseg.data.preprocessing import load_datalist
-from lesionseg.evaluation.lesionwise import min_component_voxels, scored_prediction
+from lesionseg.evaluation.lesionwise import label_lesions, min_component_voxels, scored_prediction
 from lesionseg.reporting.figures import _png
 from lesionseg.reporting.stats import case_means
-from lesionseg.runs import RunPaths, SweepPaths, read_json
+from lesionseg.runs import RunPaths, SweepPaths, read_json, saved_config
 
 ROLES = ("lowest", "median", "highest")
 COLOURS = {"true positive": "#F0E442", "false negative": "#0072B2", "false positive": "#D55E00"}
@@ -63,7 +62,9 @@ def case_sources(run: dict) -> dict[str, dict]:
     out = {}
     for run_dir in folds:
         paths = RunPaths(run_dir)
-        cfg = validate(yaml.safe_load(paths.config.read_text(encoding="utf-8")), source=str(paths.config))
+        if (saved := saved_config(run_dir)) is None:
+            raise LesionsegError(f"{paths.config} is missing or unreadable")
+        cfg = validate(saved, source=str(paths.config))
         names = [m.lower() for m in cfg.data.modalities]
         channel = names.index("flair") if "flair" in names else 0
         for entry in load_datalist(cfg)["test"]:
@@ -84,7 +85,7 @@ def lesion_slice(label: str) -> int:
     """The axial slice through the centre of the largest 26-connected reference lesion (the middle slice
     of a case without lesion)."""
     ref = _volume(label)[0] > 0
-    components, n = ndimage.label(ref, structure=np.ones((3, 3, 3)))
+    components, n = label_lesions(ref)
     if n == 0:
         return ref.shape[2] // 2
     largest = 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
