@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import cc3d
 import numpy as np
 import torch
 from scipy import ndimage
@@ -66,11 +67,22 @@ def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
 
 
-def _components(mask: np.ndarray, min_voxels: int, faces_only: bool = False) -> tuple[np.ndarray, np.ndarray,
-                                                                                      np.ndarray]:
+def _label_fast(mask: np.ndarray, faces_only: bool) -> tuple[np.ndarray, int]:
+    """`scipy.ndimage.label`'s labels and count (26- or 6-connected, the same numbering), from cc3d: about 5×
+    faster on a 1 mm volume, for the many labellings of a FROC curve (2D and 3D masks only)."""
+    connectivity = (6 if faces_only else 26) if mask.ndim == 3 else (4 if faces_only else 8)
+    labels, n = cc3d.connected_components(np.ascontiguousarray(mask), connectivity=connectivity, return_N=True)
+    return labels, int(n)
+
+
+def components(mask: np.ndarray, min_voxels: int, faces_only: bool = False, fast: bool = False
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels, sizes, kept mask): labels 1..n of 26-connected (`faces_only`: 6-connected) components of at
-    least `min_voxels`."""
-    labels, n = (ndimage.label(mask) if faces_only else label_lesions(mask))
+    least `min_voxels`; `fast`: labelled by cc3d instead of SciPy (the same labels)."""
+    if fast:
+        labels, n = _label_fast(mask, faces_only)
+    else:
+        labels, n = (ndimage.label(mask) if faces_only else label_lesions(mask))
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     if min_voxels > 1 and n:
         keep = sizes >= min_voxels
@@ -92,7 +104,7 @@ def min_component_voxels(min_ml: float, voxel_ml: float) -> int:
 def component_sizes(mask: torch.Tensor) -> torch.Tensor:
     """Each voxel's 26-connected component size in voxels (0 outside `mask`), int64 on `mask`'s device;
     `component_sizes(mask) >= n` is `remove_small_components(mask, n)` for every n, from one labelling."""
-    labels, sizes, _ = _components(mask.cpu().numpy(), 1)
+    labels, sizes, _ = components(mask.cpu().numpy(), 1)
     sizes[0] = 0
     return torch.from_numpy(sizes[labels]).to(mask.device)
 
@@ -102,7 +114,7 @@ def remove_small_components(mask: torch.Tensor, min_voxels: int) -> torch.Tensor
     voxels set to False (labelled on CPU; the result is on `mask`'s device)."""
     if min_voxels <= 1:
         return mask
-    kept = _components(mask.cpu().numpy(), min_voxels)[2]
+    kept = components(mask.cpu().numpy(), min_voxels)[2]
     return torch.from_numpy(kept).to(mask.device)
 
 
@@ -133,6 +145,26 @@ def _hits(labels: np.ndarray, sizes: np.ndarray, other: np.ndarray, min_overlap:
     return overlap >= np.maximum(1.0, min_overlap * sizes[1:])
 
 
+def lesion_rule(matching: str, min_voxels: int, voxel_ml: float) -> tuple[int, bool]:
+    """`(fewest voxels of a lesion, 6-connected?)` under a definition: ISBI 2015 26-connected components of
+    `min_voxels`, msseg 6-connected ones of more than 3 mm³, panoptica 26-connected ones of any size."""
+    if matching == "msseg":
+        return matching_rules.msseg_min_voxels(voxel_ml * 1000), True
+    return (min_voxels if matching == "isbi2015" else 1), False
+
+
+def match_lesions(ref_lesions: tuple, pred_lesions: tuple, matching: str, min_overlap: float) -> tuple[np.ndarray,
+                                                                                                      np.ndarray]:
+    """(detected per reference lesion, true per predicted lesion) of two masks' lesions, each `(labels,
+    sizes, kept mask)` as `components` gives them under `lesion_rule`, by the rule of `matching`."""
+    (ref_labels, ref_sizes, ref_kept), (pred_labels, pred_sizes, pred_kept) = ref_lesions, pred_lesions
+    if matching == "isbi2015":
+        return (_hits(ref_labels, ref_sizes, pred_kept, min_overlap),
+                _hits(pred_labels, pred_sizes, ref_kept, min_overlap))
+    table = matching_rules.overlap_table(ref_labels, ref_sizes.size - 1, pred_labels, pred_sizes.size - 1)
+    return getattr(matching_rules, matching)(table)
+
+
 def lesion_counts(
     pred: torch.Tensor,
     ref: torch.Tensor,
@@ -156,17 +188,11 @@ def lesion_counts(
             f"pred and ref must have the same shape, got {tuple(pred.shape)} and {tuple(ref.shape)}."
         )
     check_parameters(min_voxels, min_overlap, size_bins, matching)
-    if matching == "isbi2015":
-        ref_labels, ref_sizes, ref_kept = _components(ref.cpu().numpy(), min_voxels)
-        pred_labels, pred_sizes, pred_kept = _components(pred.cpu().numpy(), min_voxels)
-        detected = _hits(ref_labels, ref_sizes, pred_kept, min_overlap)
-        pred_tp = _hits(pred_labels, pred_sizes, ref_kept, min_overlap)
-    else:
-        least = matching_rules.msseg_min_voxels(voxel_ml * 1000) if matching == "msseg" else 1
-        ref_labels, ref_sizes, _ = _components(ref.cpu().numpy(), least, faces_only=matching == "msseg")
-        pred_labels, pred_sizes, _ = _components(pred.cpu().numpy(), least, faces_only=matching == "msseg")
-        table = matching_rules.overlap_table(ref_labels, ref_sizes.size - 1, pred_labels, pred_sizes.size - 1)
-        detected, pred_tp = getattr(matching_rules, matching)(table)
+    least, faces_only = lesion_rule(matching, min_voxels, voxel_ml)
+    ref_lesions = components(ref.cpu().numpy(), least, faces_only)
+    pred_lesions = components(pred.cpu().numpy(), least, faces_only)
+    detected, pred_tp = match_lesions(ref_lesions, pred_lesions, matching, min_overlap)
+    ref_sizes, pred_sizes = ref_lesions[1], pred_lesions[1]
     counts = {
         "n_ref_lesions": int(ref_sizes.size - 1),
         "n_pred_lesions": int(pred_sizes.size - 1),
