@@ -73,7 +73,7 @@ def config(datalist, *overrides):
 
 # Hand-made sweep folders (tests/reporting): a finished run's files, no training.
 COLUMNS = ["dsc", "f2", "sensitivity", "precision", "specificity", "apr", "hd95_mm", "ltpr", "lfdr", "lesion_f1",
-           "ece"]
+           "cpm", "ltpr_1fp", "ece"]
 BINS = ["0-0.01ml", "0.01-0.1ml", "0.1-1ml", "1ml+"]
 
 
@@ -82,13 +82,13 @@ def case_values(rng: np.random.Generator, beta: float, case: int) -> dict[str, f
     if case == 0:
         return {"dsc": 0.0, "f2": 0.0, "sensitivity": math.nan, "precision": 0.0, "specificity": 0.999,
                 "apr": math.nan, "hd95_mm": math.nan, "ltpr": math.nan, "lfdr": 1.0, "lesion_f1": 0.0,
-                "ece": 0.001}
+                "cpm": math.nan, "ltpr_1fp": math.nan, "ece": 0.001}
     sens = float(np.clip(0.4 + 0.6 * (beta - 0.5) + 0.05 * case / 10 + rng.normal(0, 0.03), 0, 1))
     prec = float(np.clip(0.9 - 0.8 * (beta - 0.5) + rng.normal(0, 0.03), 0, 1))
     return {"dsc": 2 * sens * prec / (sens + prec), "f2": 5 * sens * prec / (sens + 4 * prec),
             "sensitivity": sens, "precision": prec, "specificity": 0.999, "apr": float(rng.uniform(0.5, 0.7)),
             "hd95_mm": float(rng.uniform(2, 12)), "ltpr": sens, "lfdr": 1 - prec, "lesion_f1": 0.5 * (sens + prec),
-            "ece": float(rng.uniform(0.001, 0.01) * (1 + beta))}
+            "cpm": 0.8 * sens, "ltpr_1fp": 0.9 * sens, "ece": float(rng.uniform(0.001, 0.01) * (1 + beta))}
 
 
 def _stats(values: list[float]) -> dict:
@@ -115,6 +115,11 @@ def write_run(run_dir: Path, cfg: Config, n_cases: int, rng: np.random.Generator
     names = ",".join(curves)
     (run_dir / "metrics" / "threshold_curves.csv").write_text(
         f"threshold,{names},{','.join(f'{m}_pooled' for m in curves)}\n" + lines)
+    fp, sens = 40 * (1 - grid) ** (4 - 2 * beta), (1 - grid ** (1 + beta)) * 0.9
+    (run_dir / "metrics" / "froc.csv").write_text(
+        "threshold,sensitivity,fp_per_scan,sensitivity_pooled,n_detected,n_ref_lesions,n_false_lesions\n" + "".join(
+            f"{float(t)!r},{float(s)!r},{float(f)!r},{float(s)!r},{round(26 * s)},26,{round(f * n_cases)}\n"
+            for t, s, f in zip(grid, sens, fp)))
     edges = np.linspace(0, 1, 11)
     counts = [100_000, 500, 200, 100, 80, 60, 50, 40, 30, int(20 + 100 * beta)]
     (run_dir / "metrics" / "calibration.csv").write_text(
@@ -144,7 +149,8 @@ def write_metrics(metrics: Path, rows: dict, beta: float, rng: np.random.Generat
     n_det = {"0-0.01ml": int(rng.integers(2, 8)), "0.01-0.1ml": int(rng.integers(6, 12)), "0.1-1ml": 6, "1ml+": 0}
     pooled = {"dsc": 2 * sens * prec / (sens + prec), "f2": 5 * sens * prec / (sens + 4 * prec),
               "sensitivity": sens, "precision": prec, "apr": float(rng.uniform(0.5, 0.7)),
-              "n_ref_lesions": 26, "ltpr": 0.7, "lfdr": 0.3, "lesion_f1": 0.7, "ece": 0.004 * (1 + beta)}
+              "n_ref_lesions": 26, "ltpr": 0.7, "lfdr": 0.3, "lesion_f1": 0.7, "cpm": 0.5 * sens, "ltpr_1fp": 0.6 * sens,
+              "ece": 0.004 * (1 + beta)}
     for b in BINS:
         pooled.update({f"n_ref_{b}": n_ref[b], f"n_detected_{b}": n_det[b],
                        f"ltpr_{b}": n_det[b] / n_ref[b] if n_ref[b] else math.nan})

@@ -6,7 +6,8 @@ Outputs (written atomically into `out_dir`):
   `iou, tp, fp, fn, tn`, volumes, surface distances and lesion-wise detection (`evaluate_cases` lists
   them); undefined values are written `nan`. Definitions: voxel-wise in `metrics`, HD95/ASSD in `surface`
   (MONAI's), lesion-wise in `lesionwise` and `matching` (the definition in `summary.json`'s `lesion_matching`).
-- `summary.json` — `{"threshold", "n_cases", "per_case", "pooled", "calibration", "lesion_matching", "collapse"}`.
+- `summary.json` — `{"threshold", "n_cases", "per_case", "pooled", "calibration", "lesion_matching", "froc",
+  "collapse"}`.
   **per_case**: for every metric, `mean`, `sd` (sample SD, ddof = 1), `median` over the cases where it is
   defined, `n` (cases where defined) and `n_undefined` (cases where NaN); mean/median are NaN with no
   defined value, sd with fewer than two. Each patient counts once.
@@ -20,6 +21,9 @@ Outputs (written atomically into `out_dir`):
   threshold `inf`). At most `pr_curve_max_points` rows: points of the exact curve, never interpolated.
 - `threshold_curves.csv` — DSC, F2, sensitivity and precision at the thresholds 0.01, 0.02, … 0.99: the
   mean over cases of the per-case values, then the pooled ones (`<metric>_pooled`); `operating_points`.
+- `froc.csv` — lesion sensitivity against false-positive lesions per scan at the same thresholds, under the
+  lesion definition (`lesionseg.evaluation.froc`); `summary.json`'s **froc**: the operating points at 1/8 … 8
+  false positives per scan and the CPM (per case: the `cpm` and `ltpr_1fp` columns of `cases.csv`).
 - `calibration.csv` — the pooled reliability diagram (`bin_low, bin_high, n_voxels, confidence,
   observed`) over the brain voxels; the per-case ECE is the `ece` column of `cases.csv` and the pooled
   one `pooled.ece` of `summary.json` (`lesionseg.evaluation.calibration`: equal-width bins).
@@ -43,7 +47,7 @@ import torch
 from tqdm import tqdm
 
 from lesionseg.config import EVAL_DEFAULTS, EvalConfig
-from lesionseg.evaluation import calibration, collapse, lesionwise, metrics, operating_points
+from lesionseg.evaluation import calibration, collapse, froc, lesionwise, metrics, operating_points
 from lesionseg.evaluation.options import check_arguments, per_case_paths
 from lesionseg.evaluation.nanstats import case_statistics
 from lesionseg.evaluation.outputs import (
@@ -182,9 +186,12 @@ def evaluate_cases_at(  # over 60 lines: 35 are the docstring of the evaluator's
                           progress)
 
     columns = case_columns(extra_f, surface, size_bins, bins_in_voxels)
+    froc_curve = froc.curve(scored.froc_counts)
+    froc_block, froc_per_case = froc.summary(froc_curve)
     shared = {  # the same in every folder
         "pr_curve.csv": pr_curve_csv(scored.pooled_table, pr_curve_max_points),
         "threshold_curves.csv": threshold_curves_csv(scored.curve_counts),
+        "froc.csv": csv_text(froc.COLUMNS, froc.froc_csv_rows(froc_curve)),
         "calibration.csv": csv_text(["bin_low", "bin_high", "n_voxels", "confidence", "observed"],
                                      calibration.reliability_rows(scored.total_bins)),
     }
@@ -192,8 +199,11 @@ def evaluate_cases_at(  # over 60 lines: 35 are the docstring of the evaluator's
     apr = metrics.average_precision(scored.pooled_table)
     summaries = {}
     for folder, threshold in thresholds.items():
-        pooled = _pooled(scored, folder, apr, f_beta if extra_f else None)
         these = scored.rows[folder]
+        for i, row in enumerate(these):  # the FROC's figures need every case: added once all are scored
+            row.update({name: float(values[i]) for name, values in froc_per_case.items()})
+        pooled = _pooled(scored, folder, apr, f_beta if extra_f else None)
+        pooled.update(cpm=froc_block["cpm_pooled"], ltpr_1fp=froc.pooled_at_verdict(froc_block))
         summaries[folder] = {
             "threshold": threshold,
             "n_cases": len(these),
@@ -201,6 +211,7 @@ def evaluate_cases_at(  # over 60 lines: 35 are the docstring of the evaluator's
             "pooled": {c: pooled[c] for c in columns[1:] if c in pooled},
             "calibration": dict(about),
             "lesion_matching": options.lesion_matching,  # lesion figures compare under one definition only
+            "froc": froc_block,
             "collapse": collapse.collapse_flags([r["vol_pred_ml"] for r in these], [r["vol_ref_ml"] for r in these],
                                                 [r["prob_sd"] for r in these], threshold, "mL"),
         }
@@ -223,6 +234,7 @@ class _Scored:
     total_counts: dict[Path, torch.Tensor]
     total_lesions: dict[Path, dict[str, int]]
     curve_counts: list[torch.Tensor] = field(default_factory=list)  # per case: [tp, fp, fn] per threshold
+    froc_counts: list = field(default_factory=list)  # per case: [detected, lesions, false lesions] per threshold
     total_bins: torch.Tensor | None = None
     pooled_table: metrics.PRTable | None = None
 
@@ -256,6 +268,7 @@ def _score_cases(cases, masks, brains, thresholds: dict[Path, float], scoring: d
             totals = scored.total_lesions[folder]
             scored.total_lesions[folder] = {k: totals.get(k, 0) + v for k, v in lesions.items()}
         scored.curve_counts.append(operating_points.counts_at(table, operating_points.CURVE_THRESHOLDS))
+        scored.froc_counts.append(froc.case_counts(prob, ref, math.prod(spacing) / 1000.0, scoring["options"], mask))
         pending.append(table)
         if sum(t[0].numel() for t in pending) >= sum(t[0].numel() for t in merged):  # O(n log n) overall
             merged = [metrics.merge_pr_tables(merged + pending)] if merged or len(pending) > 1 else pending

@@ -1,5 +1,5 @@
 """The evaluator's files as text: `cases.csv`'s columns (from the registry) and rows, `pr_curve.csv`,
-`threshold_curves.csv` and `calibration.csv` (the formats are in `lesionseg.evaluation.evaluate`'s docstring)."""
+`threshold_curves.csv`, `froc.csv` and `calibration.csv` (the formats are in `lesionseg.evaluation.evaluate`'s docstring)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def threshold_curves_csv(curve_counts: Sequence[torch.Tensor]) -> str:
 def case_columns(extra_f: list[str], surface: bool, size_bins: list[float], bins_in_voxels: bool) -> list[str]:
     columns = [*FIRST_COLUMNS, *extra_f, *COUNT_COLUMNS, *registry.names("volume")]
     columns += registry.names("surface") if surface else []
-    columns += [*registry.names("lesion"), *registry.names("calibration")]
+    columns += [*registry.names("lesion"), *registry.names("froc"), *registry.names("calibration")]
     for name in lesionwise.size_bin_names(size_bins, "vox" if bins_in_voxels else "ml"):
         columns += [f"n_ref_{name}", f"n_detected_{name}", f"ltpr_{name}"]
     return columns

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 class Metric:
     name: str
     label: str
-    group: str  # voxel, counts, volume, surface, lesion, calibration: the block of cases.csv it is in
+    group: str  # voxel, counts, volume, surface, lesion, froc, calibration: the block of cases.csv it is in
     lower_is_better: bool = False
     pooled: bool = True  # has a value over all cases together (surface distances have none)
     decimals: int = 3  # in the report
@@ -68,7 +68,7 @@ METRICS: tuple[Metric, ...] = (
            definition='|V_pred − V_ref|'),
     Metric("rvd", "relative volume difference", "volume",
            definition='(V_pred − V_ref) / V_ref; undefined for an empty reference'),
-    Metric("hd95_mm", "HD95 (mm)", "surface", lower_is_better=True, pooled=False, decimals=2, report=9,
+    Metric("hd95_mm", "HD95 (mm)", "surface", lower_is_better=True, pooled=False, decimals=2, report=10,
            definition=('the larger of the two directed 95th percentiles of the surface-to-surface distances '
                        "(MONAI's definition; MedPy pools both directions); 0 when both masks are empty, undefined"
                        ' when one is')),
@@ -91,7 +91,15 @@ METRICS: tuple[Metric, ...] = (
                        "false (ISBI's LFPR)")),
     Metric("lesion_f1", "lesion F1", "lesion", report=6,
            definition='2 · LTPR · (1 − LFDR) / (LTPR + 1 − LFDR)'),
-    Metric("ece", "ECE", "calibration", lower_is_better=True, report=10,
+    Metric("cpm", "CPM", "froc", report=9, tested=True,
+           definition=("the lesion sensitivity averaged over 1/8, 1/4, 1/2, 1, 2, 4 and 8 false-positive lesions per "
+                       "scan (LUNA16's competition performance metric), each read at the curve threshold of the "
+                       "evaluated cases' FROC with the most sensitivity within that many (froc.csv); per case, the "
+                       "case's sensitivity at those seven thresholds")),
+    Metric("ltpr_1fp", "LTPR at 1 FP/scan", "froc", tested=True,
+           definition=("lesion sensitivity at the curve threshold with the most sensitivity among those with at most "
+                       "one false-positive lesion per scan over the evaluated cases")),
+    Metric("ece", "ECE", "calibration", lower_is_better=True, report=11,
            definition=('Σ_b (n_b / N) |observed_b − mean probability_b| over eval.calibration_bins equal-width '
                        'probability bins of the brain voxels')),
     # the SD of the case's probabilities over its brain voxels: near 0 on every case, a collapsed run (`collapse`)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from lesionseg.evaluation.collapse import RULE
+from lesionseg.evaluation.froc import VERDICT_FP_RATE
 from lesionseg.evaluation.nanstats import defined
 from lesionseg.evaluation.operating_points import TUNED_METRICS
 from lesionseg.reporting.aggregate import (
@@ -133,31 +134,58 @@ def answer(rows: list[dict], labels: list[str], stats_result: dict, kind: str = 
         text = (f"{LABELS[m]}: best with {' and '.join(mark[labels[i]] for i in winners)} ({fmt(best, m)} ± "
                 f"{fmt(rows[winners[0]][f'{m}_sd_cases'], m)} SD over {n_cases} {kind} "
                 f"case{'s' if n_cases != 1 else ''})")
-        tested = [c for c in stats_result["comparisons"] if c["metric"] == m]
-        if tested:
-            bases = sorted({mark.get(c["baseline"], c["baseline"]) for c in tested})
-            said = []
-            for word in ("higher", "lower"):
-                who = [mark.get(c["label"], c["label"]) for c in tested if c["verdict"].startswith(word)]
-                if who:
-                    said.append(f"{word} with {', '.join(who)}")
-            rest = [mark.get(c["label"], c["label"]) for c in tested
-                    if not c["verdict"].startswith(("higher", "lower", "no test"))]
-            if rest:
-                said.append(f"no significant difference with {', '.join(rest)}")
-            untested = [mark.get(c["label"], c["label"]) for c in tested if c["verdict"].startswith("no test")]
-            if untested:
-                said.append(f"no test possible with {', '.join(untested)} ({tested[0]['n']} paired {kind} "
-                            f"case{'s' if tested[0]['n'] != 1 else ''}; a test needs at least {MIN_PAIRS} with "
-                            "differing values)")
-            text += (f"; against {bases[0] if len(bases) == 1 else 'their baselines'} (paired by case, "
-                     f"Holm-adjusted): {'; '.join(said)}")
+        text += _tests_said([c for c in stats_result["comparisons"] if c["metric"] == m], mark, kind)
         lines.append(text + ".")
+    lines += lesion_sentence(rows, labels, stats_result, kind, mark)
     lines += planning_sentence(stats_result, kind)
     if len(rows) > 1 and min(r["n_seeds"] for r in rows) < 2:
         lines.append("One seed per configuration: a difference may be training noise, which one seed cannot "
                      "measure (sweep `seed` to measure it).")
     return lines
+
+
+def _tests_said(tested: list[dict], mark: dict[str, str], kind: str) -> str:
+    """`; against β = 0.5 (paired by case, Holm-adjusted): higher with …; no significant difference with …`:
+    what the paired tests of one metric found (empty without tests)."""
+    if not tested:
+        return ""
+    bases = sorted({mark.get(c["baseline"], c["baseline"]) for c in tested})
+    said = []
+    for word in ("higher", "lower"):
+        who = [mark.get(c["label"], c["label"]) for c in tested if c["verdict"].startswith(word)]
+        if who:
+            said.append(f"{word} with {', '.join(who)}")
+    rest = [mark.get(c["label"], c["label"]) for c in tested
+            if not c["verdict"].startswith(("higher", "lower", "no test"))]
+    if rest:
+        said.append(f"no significant difference with {', '.join(rest)}")
+    untested = [mark.get(c["label"], c["label"]) for c in tested if c["verdict"].startswith("no test")]
+    if untested:
+        said.append(f"no test possible with {', '.join(untested)} ({tested[0]['n']} paired {kind} "
+                    f"case{'s' if tested[0]['n'] != 1 else ''}; a test needs at least {MIN_PAIRS} with "
+                    "differing values)")
+    return (f"; against {bases[0] if len(bases) == 1 else 'their baselines'} (paired by case, "
+            f"Holm-adjusted): {'; '.join(said)}")
+
+
+def lesion_sentence(rows: list[dict], labels: list[str], stats_result: dict, kind: str = "test",
+                    mark: dict[str, str] | None = None) -> list[str]:
+    """*The answer*'s lesion-level verdict beside the voxel one (`evaluation.froc`): the best CPM, and whether
+    lesion sensitivity still differs from the baseline at the same number of false-positive lesions per scan
+    (one: each configuration at the threshold where its own cases have at most that many)."""
+    best = best_value(rows, "cpm", "cpm")
+    if best is None:
+        return []
+    mark = mark or {}
+    who = " and ".join(mark.get(lab, lab) for r, lab in zip(rows, labels) if r["cpm"] == best)
+    text = (f"Lesions (FROC: lesion sensitivity against false-positive lesions per scan): {LABELS['cpm']} best "
+            f"with {who} ({fmt(best, 'cpm')})")
+    tested = [c for c in stats_result["comparisons"] if c["metric"] == "ltpr_1fp"]
+    if tested:
+        text += (f"; at {VERDICT_FP_RATE:g} false-positive lesion per scan (each configuration at the threshold "
+                 f"where its {kind} cases have at most that many), lesion sensitivity"
+                 + _tests_said(tested, mark, kind).replace("; against", " against", 1))
+    return [text + "."]
 
 
 def best_betas(rows: list[dict], labels: list[str]) -> dict[str, str]:

@@ -60,13 +60,13 @@ def _nan_to_zero(values) -> np.ndarray:
     return np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
 
 
-def _cases(groups: list[dict], rows: list[dict]) -> str:
+def cases_text(groups: list[dict], rows: list[dict]) -> str:
     """`10 test cases`, or `40 out-of-fold cases` in a cross-validated sweep (each case scored by the fold
     model that did not train on it)."""
     return f"{rows[0]['n_cases']} {case_kind(groups)} cases"
 
 
-def _seeds_text(groups: list[dict]) -> str:
+def seeds_text(groups: list[dict]) -> str:
     seeds = sorted({len(g["runs"]) for g in groups})
     return f"{'/'.join(map(str, seeds))} seed{'s' if max(seeds) > 1 else ''} per {_per(groups)}"
 
@@ -107,7 +107,7 @@ def pr_curves(groups: list[dict], rows: list[dict]) -> bytes:
         ax.legend(handles=handles, loc="lower left", framealpha=0.95)
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall (sensitivity)", ylabel="precision",
                title=f"Pooled precision-recall over all {case_kind(groups)} voxels\n"
-                     f"({_cases(groups, rows)}, {_seeds_text(groups)}; one line per run)")
+                     f"({cases_text(groups, rows)}, {seeds_text(groups)}; one line per run)")
         ax.grid(alpha=0.3)
         return _png(fig)
 
@@ -135,8 +135,8 @@ def _x_positions(groups: list[dict]) -> tuple[np.ndarray, list[str], str]:
 def metrics_vs_beta(groups: list[dict], rows: list[dict]) -> bytes:
     x, ticks, xlabel = _x_positions(groups)
     by_seed = max(len(g["runs"]) for g in groups) >= 2
-    bars = (f"error bars: ± SD over seeds of the per-case mean ({_seeds_text(groups)})" if by_seed else
-            f"error bars: ± SD over the {_cases(groups, rows)} (one seed per {_per(groups)})")
+    bars = (f"error bars: ± SD over seeds of the per-case mean ({seeds_text(groups)})" if by_seed else
+            f"error bars: ± SD over the {cases_text(groups, rows)} (one seed per {_per(groups)})")
     span = (x.max() - x.min()) if x.size > 1 else 1.0
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(10, 4.8), layout="constrained")
@@ -154,7 +154,7 @@ def metrics_vs_beta(groups: list[dict], rows: list[dict]) -> bytes:
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
             ax.legend(loc="best", framealpha=0.95)
-        axes[0].set_ylabel(f"per-case mean over {_cases(groups, rows)}")
+        axes[0].set_ylabel(f"per-case mean over {cases_text(groups, rows)}")
         axes[0].set_ylim(0, 1.05)
         fig.suptitle(f"Test metrics against {'β' if xlabel.startswith('β') else xlabel} — {bars}")
         return _png(fig)
@@ -196,8 +196,8 @@ def lesion_size(groups: list[dict], rows: list[dict], bins: list[str]) -> bytes:
         ax.set_xticks(x, [f"{_bin_label(b)}\n{c} reference lesions" for b, c in zip(bins, counts)])
         ax.set(ylim=(0, 1.15), yticks=np.linspace(0, 1, 6), xlabel="reference lesion volume",
                ylabel="LTPR (detected / reference lesions)")
-        fig.suptitle(f"Lesion detection by size, lesions pooled over {_cases(groups, rows)}"
-                     + (f" (± SD over seeds, {_seeds_text(groups)})" if by_seed else ""))
+        fig.suptitle(f"Lesion detection by size, lesions pooled over {cases_text(groups, rows)}"
+                     + (f" (± SD over seeds, {seeds_text(groups)})" if by_seed else ""))
         ax.grid(axis="y", alpha=0.3)
         ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=min(len(groups), 6), frameon=False)
         return _png(fig)
@@ -214,9 +214,9 @@ def draw_all(groups: list[dict], rows: list[dict], bins: list[str]) -> dict[str,
     }
 
 
-def _of_run_tables(groups: list[dict], rows: list[dict], key: str, figsize: tuple[float, float],
+def of_run_tables(groups: list[dict], rows: list[dict], key: str, figsize: tuple[float, float],
                    draw: Callable[[Figure, list[dict], list[dict], list[list[dict]]], None]) -> bytes:
-    """A figure of a table that each run may have (`key`: `threshold_curves` or `calibration`, None in a run
+    """A figure of a table that each run may have (`key`: `threshold_curves`, `calibration`, `froc`; None in a run
     evaluated before lesionseg wrote `metrics/<key>.csv`): `draw(fig, groups, rows, tables)`, `tables`
     holding per group the tables of its runs that have one; a figure saying so when no run has any."""
     with matplotlib.rc_context(RC):
@@ -230,7 +230,7 @@ def _of_run_tables(groups: list[dict], rows: list[dict], key: str, figsize: tupl
 
 def metrics_vs_threshold(groups: list[dict], rows: list[dict]) -> bytes:
     """Four panels (DSC, F2, sensitivity, precision) against the threshold; a line per β (mean over seeds)."""
-    return _of_run_tables(groups, rows, "threshold_curves", (11, 8.2), _threshold_panels)
+    return of_run_tables(groups, rows, "threshold_curves", (11, 8.2), _threshold_panels)
 
 
 def _threshold_panels(fig: Figure, groups: list[dict], rows: list[dict], curves: list[list[dict]]) -> None:
@@ -258,12 +258,12 @@ def _threshold_panels(fig: Figure, groups: list[dict], rows: list[dict], curves:
     for ax in axes[::2]:
         ax.set_ylabel("per-case mean")
     axes[0].set(xlim=(0, 1), ylim=(0, 1.02))
-    fig.suptitle(f"Test metrics against the threshold ({_cases(groups, rows)}, {_seeds_text(groups)})")
+    fig.suptitle(f"Test metrics against the threshold ({cases_text(groups, rows)}, {seeds_text(groups)})")
 
 
 def reliability(groups: list[dict], rows: list[dict]) -> bytes:
     """Reliability diagram (observed lesion frequency against mean probability per bin) and bin counts."""
-    return _of_run_tables(groups, rows, "calibration", (11, 5.2), _reliability_panels)
+    return of_run_tables(groups, rows, "calibration", (11, 5.2), _reliability_panels)
 
 
 def _reliability_panels(fig: Figure, groups: list[dict], rows: list[dict], tables: list[list[dict]]) -> None:
@@ -287,5 +287,5 @@ def _reliability_panels(fig: Figure, groups: list[dict], rows: list[dict], table
     counts.set(yscale="log", xlim=(0, 1), xlabel="predicted lesion probability",
                ylabel="voxels in the bin", title="How many voxels each bin holds")
     counts.grid(alpha=0.3)
-    fig.suptitle(f"Calibration on the {_cases(groups, rows)} ({_seeds_text(groups)}; "
+    fig.suptitle(f"Calibration on the {cases_text(groups, rows)} ({seeds_text(groups)}; "
                  "equal-width bins)")

@@ -10,7 +10,7 @@ runs and the rows (`figures`) and writes `report/`; the other reporting modules 
 - `stats.json` — the paired statistics (`lesionseg.reporting.compare`), the answer, the threshold verdict and
   the configurations whose runs collapsed (`collapsed`: label → runs flagged, of how many, their flags).
 - `summary.md`, `report.html` (self-contained, figures embedded; `lesionseg.reporting.render`), and the
-  figures of `lesionseg.reporting.figures`.
+  figures of `lesionseg.reporting.figures` and `froc_figure`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from lesionseg.reporting.answer import (
 )
 from lesionseg.reporting.case_pictures import cases_figure
 from lesionseg.reporting.compare import compare_to_baseline
+from lesionseg.reporting.froc_figure import froc_curves
 from lesionseg.reporting.render import Table, render_html, render_markdown_table
 from lesionseg.reporting.results import (
     collect_runs,
@@ -52,6 +53,7 @@ from lesionseg.reporting.tables import LABELS, ensemble_table, lesion_definition
 from lesionseg.runs import SweepPaths
 
 HEADLINE_FIGURE = "metrics_vs_beta.png"  # shown with the answer, at the top of report.html
+FROC_FIGURE = "froc.png"  # after the lesion-size figure (froc_figure)
 CASES_FIGURE = "cases.png"  # right after the answer (case_pictures; absent when the images are not at hand)
 # captions; {kind}: "test", or "out-of-fold" in a cross-validated sweep; {per}: "β" or "configuration"
 FIGURES = {
@@ -64,6 +66,11 @@ FIGURES = {
     "metrics_vs_threshold.png": "DSC, F2, sensitivity and precision (per-case means over the {kind} cases) "
                                 "against the threshold, per {per}; circles: the configured threshold, triangles: "
                                 "the thresholds tuned on validation (DSC panel: DSC's, F2 panel: F2's).",
+    FROC_FIGURE: "FROC per {per}: lesion sensitivity (mean over the {kind} cases with lesions) against the mean "
+                 "number of false-positive lesions per scan at the thresholds 0.01 … 0.99 and 0.995, 0.999, 0.9999, 1, averaged over seeds "
+                 "at each threshold; {lesions}, the prediction post-processed as at the threshold. CPM: the "
+                 "mean sensitivity at 1/8 … 8 false positives per scan (LUNA16's), each read at the curve "
+                 "threshold with the most sensitivity within that many (froc.csv, summary.json's froc).",
     "reliability.png": "Reliability diagram per {per} over the brain voxels of the {kind} cases (equal-width bins; "
                        "observed lesion frequency against mean predicted probability), ECE in the legend.",
     CASES_FIGURE: "The {kind} cases with the lowest, median and highest DSC of each {per} (per-case means over the "
@@ -136,6 +143,7 @@ def write_report(sweep_dir: Path, n_boot: int = stats.N_BOOT) -> Path:
                  for g in groups if (flagged := collapsed_runs(g))}
     loss = training_loss(cfg, cfg.sweep)
     pngs = figures.draw_all(groups, rows, size_bins(runs[0]["summary"]))
+    pngs[FROC_FIGURE] = froc_curves(groups, rows)
     if (cases := cases_figure(groups, kind)) is not None:
         pngs[CASES_FIGURE] = cases
     captions = {f: text.format(kind=kind, per="β" if shows_beta else "configuration", lesions=lesions) + " " + loss

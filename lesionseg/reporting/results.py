@@ -6,7 +6,7 @@ config — then its files: `summary` (`metrics/summary.json`), `thresholds` (`th
 on validation; `{}` without), `tuned` (the summaries of `metrics-tuned-<metric>/`), `ensemble` (the fold
 ensemble's summary of a cross-validated configuration; None without), `cases` (`metrics/cases.csv`, per case),
 `tuned_cases` (`metrics-tuned-<metric>/cases.csv` per tuned metric; `{}` without), `pr_curve`
-(`metrics/pr_curve.csv`), `threshold_curves` and `calibration` (`metrics/<key>.csv`; None without). The other
+(`metrics/pr_curve.csv`), `threshold_curves`, `calibration` and `froc` (`metrics/<key>.csv`; None without). The other
 reporting modules read no file, except `case_pictures`, which reads the few volumes it draws.
 """
 
@@ -21,6 +21,7 @@ import yaml
 
 from lesionseg.config import Config, expand_sweep, flat_keys, validate
 from lesionseg.errors import LesionsegError
+from lesionseg.evaluation.froc import COLUMNS as FROC_COLUMNS
 from lesionseg.evaluation.operating_points import CURVE_METRICS, TUNED_METRICS
 from lesionseg.experiment.cv import configurations
 from lesionseg.runs import RunPaths, SweepPaths, is_done, read_json
@@ -81,6 +82,7 @@ def read_run(run_dir: Path) -> dict:
         "pr_curve": read_pr_curve(run_dir),
         "threshold_curves": read_threshold_curves(run_dir),
         "calibration": read_calibration(run_dir),
+        "froc": read_froc(run_dir),
     }
 
 
@@ -150,3 +152,9 @@ def read_calibration(run_dir: Path) -> dict[str, np.ndarray] | None:
     path = RunPaths(run_dir).metrics / "calibration.csv"
     names = ("bin_low", "bin_high", "n_voxels", "confidence", "observed")
     return _columns(path, names) if path.is_file() else None
+
+
+def read_froc(run_dir: Path) -> dict[str, np.ndarray] | None:
+    """`metrics/froc.csv` as arrays (`evaluation.froc.COLUMNS`); None if absent (evaluated before it existed)."""
+    path = RunPaths(run_dir).metrics / "froc.csv"
+    return _columns(path, tuple(FROC_COLUMNS)) if path.is_file() else None

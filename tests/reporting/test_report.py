@@ -242,7 +242,7 @@ def test_html_page_holds_every_figure_and_number(tmp_path):
     assert "http" not in (report / "report.html").read_text().replace("http-equiv", "")  # self-contained
 
     figures = {"pr_curves.png", "metrics_vs_beta.png", "lesion_size.png", "metrics_vs_threshold.png",
-               "reliability.png"}
+               "froc.png", "reliability.png"}
     assert len(page.images) == len(figures)
     embedded = {base64.b64decode(src.removeprefix("data:image/png;base64,")) for src in page.images}
     assert all(src.startswith("data:image/png;base64,") for src in page.images)
@@ -270,7 +270,7 @@ def test_html_page_holds_every_figure_and_number(tmp_path):
         assert cells[7].startswith(fmt(float(row["dsc_at_tdsc"]))) and cells[11].startswith(fmt(float(row["f2_at_tf2"])))
 
     result = json.loads((report / "stats.json").read_text())
-    assert len(compared) - 1 == len(result["comparisons"]) == 10  # 2 βs × (3 fixed + 2 tuned metrics)
+    assert len(compared) - 1 == len(result["comparisons"]) == 14  # 2 βs × (5 fixed + 2 tuned metrics)
     for c, cells in zip(result["comparisons"], compared[1:]):
         assert cells[0] == c["label"] and cells[2] == c["verdict"] and cells[3] == str(c["n"])
         assert cells[7] == f"{c['mean_diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
@@ -499,8 +499,27 @@ def test_the_tables_and_the_lesion_figure_name_the_lesion_matching(tmp_path):
     write_report(sweep_dir, n_boot=200)
     summary = (sweep_dir / "report" / "summary.md").read_text()
     said = "lesions matched as in ISBI 2015 (26-connected; detected by overlapping voxels, eval.lesion_min_overlap)"
-    assert summary.count(said) == 3  # the per-case and pooled tables' notes, the lesion-size figure's caption
+    assert summary.count(said) == 4  # the per-case and pooled tables' notes, the lesion-size and FROC captions
     path.write_text(json.dumps({**json.loads(path.read_text()), "lesion_matching": "msseg"}))
     write_report(sweep_dir, n_boot=200)
     summary = (sweep_dir / "report" / "summary.md").read_text()
     assert "lesions matched per configuration (eval.lesion_matching: isbi2015, msseg)" in summary
+
+
+def test_the_answer_gives_the_lesion_level_verdict_and_the_froc_figure(tmp_path):
+    """CPM rises with β in the hand-made runs (0.8 × sensitivity), and so does the sensitivity at 1 FP per
+    scan: the answer names the best CPM and the paired tests' verdict at the same false-positive rate."""
+    sweep_dir = make_sweep(tmp_path, [0.5, 0.7, 0.9], n_cases=10)
+    write_report(sweep_dir, n_boot=200)
+    result = json.loads((sweep_dir / "report" / "stats.json").read_text())
+    lesions = [line for line in result["answer"] if line.startswith("Lesions (FROC")]
+    best = max(read_rows(sweep_dir), key=lambda r: float(r["cpm"]))
+    assert len(lesions) == 1 and f"CPM best with β = 0.9 ({fmt(float(best['cpm']))})" in lesions[0]
+    at_1fp = [c for c in result["comparisons"] if c["metric"] == "ltpr_1fp"]
+    assert [c["verdict"].split()[0] for c in at_1fp] == ["higher", "higher"]
+    assert "at 1 false-positive lesion per scan" in lesions[0] and "higher with β = 0.7, β = 0.9" in lesions[0]
+    assert (sweep_dir / "report" / "froc.png").read_bytes().startswith(b"\x89PNG")
+    for run in (sweep_dir / "runs").iterdir():  # runs evaluated before froc.csv: a figure that says so
+        (run / "metrics" / "froc.csv").unlink()
+    write_report(sweep_dir, n_boot=200)
+    assert (sweep_dir / "report" / "froc.png").read_bytes().startswith(b"\x89PNG")

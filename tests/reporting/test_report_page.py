@@ -65,7 +65,7 @@ def test_the_page_opens_with_the_answer_and_its_figure(report):
     assert page.events[1][0] == "img" and page.events[1][1].startswith(HEADLINE_FIGURE)
     assert kinds.index("img") < kinds.index("table")
     alts = [alt for kind, alt in page.events if kind == "img"]
-    assert len(alts) == len(set(alts)) == 5  # the headline figure is not embedded a second time
+    assert len(alts) == len(set(alts)) == 6  # the headline figure is not embedded a second time
     assert all(parent == "scroll" for kind, parent in page.events if kind == "table")
 
     stats = json.loads((report / "stats.json").read_text())
