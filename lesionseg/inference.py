@@ -24,6 +24,7 @@ from lesionseg.data.layouts import case_id_from_path
 from lesionseg.data.preprocessing import load_datalist, preprocessing, volume_dataset
 from lesionseg.devices import amp_dtype, autocast, resolve_device
 from lesionseg.errors import LesionsegError
+from lesionseg.evaluation import froc
 from lesionseg.evaluation.lesionwise import min_component_voxels, scored_prediction
 from lesionseg.evaluation.metrics import PRTable, overlap_metrics, pr_table
 from lesionseg.files import write_atomic
@@ -110,12 +111,16 @@ def predict_cases(
 
 
 def validation_tables(model: torch.nn.Module, cfg: Config, entries: list[dict], device: torch.device,
-                      progress: bool = True, sizes_ml: Sequence[float] = ()) -> tuple[list[PRTable], np.ndarray]:
+                      progress: bool = True, sizes_ml: Sequence[float] = ()
+                      ) -> tuple[list[PRTable], np.ndarray, list[list[np.ndarray]]]:
     """Predict the validation cases (labelled) in the training geometry and reduce each to its
     precision-recall table (`metrics.pr_table`), from which thresholds are tuned (`operating_points`),
-    and to its DSC at `eval.threshold` after removing predicted lesions smaller than each of `sizes_ml`
-    (`(cases, sizes)`; the size filter is tuned from it)."""
-    tables, dsc = [], []
+    to its DSC at `eval.threshold` after removing predicted lesions smaller than each of `sizes_ml`
+    (`(cases, sizes)`; the size filter is tuned from it), and to its FROC counts (`froc.case_counts`) under
+    `eval`'s lesion definition, per size of `sizes_ml` (or at `eval.min_component_ml` without sizes), from
+    which the threshold of one false-positive lesion per scan is chosen."""
+    froc_sizes = list(sizes_ml) or [cfg.eval.min_component_ml]
+    tables, dsc, froc_counts = [], [], []
     for item in tqdm(volume_dataset(entries, cfg, with_label=True), desc="validation", disable=not progress,
                      leave=False):
         prob = infer_volume(model, item["image"], cfg, device, tta=cfg.eval.tta)[0]
@@ -125,7 +130,9 @@ def validation_tables(model: torch.nn.Module, cfg: Config, entries: list[dict], 
         scored = scored_prediction(prob, label, cfg.eval.threshold,
                                    [min_component_voxels(size, voxel_ml) for size in sizes_ml])
         dsc.append([overlap_metrics(counts)["dsc"] for _, counts in scored])
-    return tables, np.asarray(dsc, dtype=np.float64).reshape(len(tables), len(sizes_ml))
+        froc_counts.append([froc.case_counts(prob, label, voxel_ml, cfg.eval.model_copy(update={"min_component_ml": size}))
+                            for size in froc_sizes])
+    return tables, np.asarray(dsc, dtype=np.float64).reshape(len(tables), len(sizes_ml)), froc_counts
 
 
 def predict_run(run_dir: Path, images: list[str] | None = None, out_dir: Path | None = None,

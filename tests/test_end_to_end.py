@@ -56,6 +56,9 @@ def test_two_beta_sweep_through_the_cli(tmp_path):
         for m in ("dsc", "f2"):  # tuned on validation, then the test cases evaluated again at it
             tuned = json.loads((run / f"metrics-tuned-{m}" / "summary.json").read_text())
             assert 0 < thresholds[m]["threshold"] <= 1 and tuned["threshold"] == thresholds[m]["threshold"]
+        chosen = thresholds["froc"]["threshold"]  # 1 false-positive lesion per scan on the validation FROC
+        assert summary["froc"]["verdict"]["chosen_on"] == ("validation" if chosen is not None else "these cases' curve")
+        assert chosen is None or summary["froc"]["verdict"]["thresholds"] == [chosen]
 
     report = list(csv.DictReader((sweep / "report" / "summary.csv").read_text().splitlines()))
     assert [(float(r["beta"]), float(r["alpha"])) for r in report] == [(0.5, 0.5), (0.8, 0.2)]

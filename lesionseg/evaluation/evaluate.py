@@ -123,7 +123,7 @@ def evaluate_cases(
     return evaluate_cases_at(cases, {Path(out_dir): threshold}, device, progress, **options)[Path(out_dir)]
 
 
-def evaluate_cases_at(  # over 60 lines: 35 are the docstring of the evaluator's public arguments
+def evaluate_cases_at(  # over 60 lines: 38 are the docstring of the evaluator's public arguments
     cases: Sequence[tuple[str, Path, Path]],
     thresholds: Mapping[Path, float],
     device: str = "cpu",
@@ -137,6 +137,7 @@ def evaluate_cases_at(  # over 60 lines: 35 are the docstring of the evaluator's
     pr_curve_max_points: int | None = 10_000,
     masks: Sequence[Path | None] | None = None,
     brains: Sequence[Path | None] | None = None,
+    froc_thresholds: Sequence[float | None] | None = None,
 ) -> dict[Path, dict]:
     """Evaluate `(case_id, prediction path, reference path)` pairs at each threshold of `thresholds` (output
     folder → threshold), write the outputs into each folder, return `{folder: summary}`. Every case is
@@ -164,6 +165,9 @@ def evaluate_cases_at(  # over 60 lines: 35 are the docstring of the evaluator's
         brains: one image (or None) per case whose non-zero voxels are the brain (a brain mask or a
             skull-stripped image, on the reference's grid): the voxels of the calibration figures when the
             case has no `masks` entry. Neither: every voxel.
+        froc_thresholds: one threshold (or None) per case at which its `ltpr_1fp` is read: the one its run
+            chose on validation for one false-positive lesion per scan (`froc.validation_point`); None: the
+            operating point of these cases' own FROC (`lesionseg.evaluation.froc`).
 
     Columns after `case, dsc, f2, sensitivity, precision, specificity, apr`: `iou`, [`f<β>`],
     `tp, fp, fn, tn`, `vol_ref_ml, vol_pred_ml, avd_ml, rvd`, `hd95_mm, assd_mm`, `n_ref_lesions,
@@ -176,6 +180,8 @@ def evaluate_cases_at(  # over 60 lines: 35 are the docstring of the evaluator's
     size_bins = list(size_bins_voxels if bins_in_voxels else options.size_bins_ml)
     thresholds = {Path(folder): t for folder, t in thresholds.items()}
     check_arguments(cases, thresholds, f_beta, options, size_bins)
+    if froc_thresholds is not None:
+        froc.check_verdict_thresholds(froc_thresholds, len(cases))
     if ref_label is not None:  # before hours of metrics against references that are all empty
         require_label([(pred, ref) for _, pred, ref in cases], ref_label)
     masks = per_case_paths(masks, cases, "masks", "brain mask")
@@ -187,7 +193,7 @@ def evaluate_cases_at(  # over 60 lines: 35 are the docstring of the evaluator's
 
     columns = case_columns(extra_f, surface, size_bins, bins_in_voxels)
     froc_curve = froc.curve(scored.froc_counts)
-    froc_block, froc_per_case = froc.summary(froc_curve)
+    froc_block, froc_per_case = froc.summary(froc_curve, verdict_thresholds=froc_thresholds)
     shared = {  # the same in every folder
         "pr_curve.csv": pr_curve_csv(scored.pooled_table, pr_curve_max_points),
         "threshold_curves.csv": threshold_curves_csv(scored.curve_counts),
@@ -203,7 +209,7 @@ def evaluate_cases_at(  # over 60 lines: 35 are the docstring of the evaluator's
         for i, row in enumerate(these):  # the FROC's figures need every case: added once all are scored
             row.update({name: float(values[i]) for name, values in froc_per_case.items()})
         pooled = _pooled(scored, folder, apr, f_beta if extra_f else None)
-        pooled.update(cpm=froc_block["cpm_pooled"], ltpr_1fp=froc.pooled_at_verdict(froc_block))
+        pooled.update(cpm=froc_block["cpm_pooled"], ltpr_1fp=froc_block["verdict"]["sensitivity_pooled"])
         summaries[folder] = {
             "threshold": threshold,
             "n_cases": len(these),

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from lesionseg.config import EvalConfig
+from lesionseg.errors import LesionsegError
 from lesionseg.evaluation import lesionwise
 from lesionseg.evaluation import matching as matching_rules
 from lesionseg.evaluation.nanstats import mean_over_cases
@@ -146,7 +147,7 @@ def _match(table: np.ndarray, options: EvalConfig) -> tuple[np.ndarray, np.ndarr
 def curve(case_counts_list: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """The FROC curve of the cases: per threshold `sensitivity` (mean over cases with a reference lesion),
     `fp_per_scan`, `sensitivity_pooled` and the summed counts; the per-case sensitivities under `per_case`
-    (cases × thresholds, NaN for a case without reference lesions)."""
+    (cases × thresholds, NaN for a case without reference lesions) and the counts under `counts`."""
     if not case_counts_list:
         raise ValueError("a FROC curve needs at least one case.")
     counts = np.stack(case_counts_list).astype(np.float64)
@@ -154,7 +155,7 @@ def curve(case_counts_list: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         per_case = np.where(counts[..., 1] > 0, counts[..., 0] / counts[..., 1], math.nan)
         total = counts.sum(axis=0)
         pooled = np.where(total[:, 1] > 0, total[:, 0] / total[:, 1], math.nan)
-    return {"per_case": per_case, "sensitivity": mean_over_cases(list(per_case)), "fp_per_scan":
+    return {"per_case": per_case, "counts": counts, "sensitivity": mean_over_cases(list(per_case)), "fp_per_scan":
             counts[..., 2].mean(axis=0), "sensitivity_pooled": pooled,
             "n_detected": total[:, 0], "n_ref_lesions": total[:, 1], "n_false_lesions": total[:, 2]}
 
@@ -177,10 +178,13 @@ def _at(values: np.ndarray, index: int | None, defined: np.ndarray | bool) -> np
     return values[..., index]
 
 
-def summary(froc: dict[str, np.ndarray], rates: Sequence[float] = FP_RATES) -> tuple[dict, dict[str, np.ndarray]]:
+def summary(froc: dict[str, np.ndarray], rates: Sequence[float] = FP_RATES,
+            verdict_thresholds: Sequence[float | None] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """(`summary.json`'s `froc` block, per-case `{"cpm", "ltpr_1fp"}` arrays) of a `curve`: the operating
-    point at each rate of `rates` on the mean and on the pooled curve, the CPM of both, and each case's values
-    at the mean curve's operating points."""
+    point at each rate of `rates` on the mean and on the pooled curve, the CPM of both, each case's values at
+    the mean curve's operating points, and `ltpr_1fp` at `verdict_thresholds` — per case, the threshold chosen
+    on validation (`validation_point`; a fold's, in a cross-validated merge) — or, where that is None, at the
+    operating point of these cases' own curve."""
     thresholds = np.asarray(THRESHOLDS)
     defined = ~np.isnan(froc["per_case"]).all(axis=1)  # cases with a reference lesion
     points, per_rate = [], []
@@ -193,19 +197,50 @@ def summary(froc: dict[str, np.ndarray], rates: Sequence[float] = FP_RATES) -> t
                        "sensitivity": float(_at(froc["sensitivity"], i, bool(defined.any()))),
                        "threshold_pooled": None if j is None else float(thresholds[j]),
                        "sensitivity_pooled": float(_at(froc["sensitivity_pooled"], j, bool(defined.any())))})
-    per_case = {"cpm": np.mean(per_rate, axis=0),
-                "ltpr_1fp": _at(froc["per_case"], operating_point(froc["sensitivity"], froc["fp_per_scan"],
-                                                                   VERDICT_FP_RATE), defined)}
+    own = operating_point(froc["sensitivity"], froc["fp_per_scan"], VERDICT_FP_RATE)
+    given = list(verdict_thresholds) if verdict_thresholds is not None else [None] * len(defined)
+    index = [own if t is None else int(np.argmin(np.abs(thresholds - t))) for t in given]
+    ltpr = np.array([math.nan if not d else 0.0 if k is None else froc["per_case"][c, k]
+                     for c, (d, k) in enumerate(zip(defined, index))])
+    counts = [froc["counts"][c, k, :2] if k is not None else [0, froc["counts"][c, 0, 1]]
+              for c, k in enumerate(index)]
+    detected, lesions = np.sum(counts, axis=0) if counts else (0, 0)
     block = {"operating_points": points,
              "cpm": float(np.mean([p["sensitivity"] for p in points])),
              "cpm_pooled": float(np.mean([p["sensitivity_pooled"] for p in points])),
-             "verdict_fp_per_scan": VERDICT_FP_RATE}
-    return block, per_case
+             "verdict": {"fp_per_scan": VERDICT_FP_RATE,
+                         "chosen_on": ("validation" if all(t is not None for t in given) else
+                                       "these cases' curve" if all(t is None for t in given) else
+                                       "validation where the run had it, else these cases' curve"),
+                         "thresholds": sorted({float(thresholds[k]) for k in index if k is not None}),
+                         "sensitivity_pooled": float(detected / lesions) if lesions else math.nan}}
+    return block, {"cpm": np.mean(per_rate, axis=0), "ltpr_1fp": ltpr}
 
 
-def pooled_at_verdict(block: dict) -> float:
-    """The pooled lesion sensitivity at `VERDICT_FP_RATE` false positives per scan, from `summary`'s block."""
-    return next(p["sensitivity_pooled"] for p in block["operating_points"] if p["fp_per_scan"] == VERDICT_FP_RATE)
+def check_verdict_thresholds(values: Sequence[float | None], n_cases: int) -> None:
+    """LesionsegError unless `values` has one entry per case, each None or one of `THRESHOLDS`."""
+    if len(values) != n_cases:
+        raise LesionsegError(f"froc_thresholds: one per case is needed, got {len(values)} for {n_cases} cases.")
+    stray = sorted({v for v in values if v is not None and not np.isclose(THRESHOLDS, v).any()})
+    if stray:
+        raise LesionsegError(f"froc_thresholds: {stray} are not FROC thresholds (0.01 … 0.99, 0.995, 0.999, 0.9999, 1).")
+
+
+def validation_point(case_counts_list: Sequence[np.ndarray], rate: float = VERDICT_FP_RATE) -> dict:
+    """`thresholds.json`'s `froc`: the threshold of the validation cases' operating point at `rate` false
+    positives per scan (`operating_point`; the highest threshold, 1, when none has so few), which the test
+    cases' `ltpr_1fp` is read at; `threshold` None without validation cases with lesions."""
+    out = {"fp_per_scan": rate, "method": "the validation cases' FROC operating point at this many false-positive "
+           "lesions per scan (the most lesion sensitivity within it; the highest threshold when none has so few)"}
+    if not case_counts_list:
+        return {**out, "threshold": None}
+    validation = curve(case_counts_list)
+    i = operating_point(validation["sensitivity"], validation["fp_per_scan"], rate)
+    if np.isnan(validation["sensitivity"]).all():
+        return {**out, "threshold": None}
+    i = len(THRESHOLDS) - 1 if i is None else i
+    return {**out, "threshold": float(THRESHOLDS[i]), "validation_sensitivity": float(validation["sensitivity"][i]),
+            "validation_fp_per_scan": float(validation["fp_per_scan"][i])}
 
 
 def froc_csv_rows(froc: dict[str, np.ndarray]) -> list[dict]:

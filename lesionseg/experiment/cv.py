@@ -94,7 +94,11 @@ def merge_configuration(sweep_dir: Path, cid: str, members: list[tuple[str, Conf
         entries += test
         cases += [(e["case"], RunPaths(fold_dir).predictions / f"{e['case']}.nii.gz", Path(e["label"])) for e in test]
     options = evaluation_options(cfg, entries, device, progress, cfg.eval.min_component_ml)
-    evaluate_cases_at(cases, {paths.metrics: cfg.eval.threshold}, **options)
+    froc_thresholds = []  # each case's ltpr_1fp at its own fold's validation choice
+    for (rid, run_cfg), fold_dir in zip(members, fold_dirs):
+        chosen = read_json(RunPaths(fold_dir).thresholds).get("froc", {}).get("threshold")
+        froc_thresholds += [chosen] * len(load_datalist(run_cfg)["test"])
+    evaluate_cases_at(cases, {paths.metrics: cfg.eval.threshold}, froc_thresholds=froc_thresholds, **options)
     tuned = {m: [read_json(RunPaths(d).thresholds)[m]["threshold"] for d in fold_dirs]
              for m in operating_points.TUNED_METRICS}
     for m, values in tuned.items():

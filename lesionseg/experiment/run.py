@@ -22,7 +22,7 @@ from lesionseg.config import Config, validate
 from lesionseg.data.preprocessing import load_datalist, split_train_val
 from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluation import collapse, operating_points, registry
+from lesionseg.evaluation import collapse, froc, operating_points, registry
 from lesionseg.evaluation.evaluate import evaluate_cases_at
 from lesionseg.experiment.preflight import evaluation_problems
 from lesionseg.files import write_json
@@ -62,7 +62,8 @@ def run_one(cfg: Config, run_dir: Path, progress: bool = True, evaluate: bool = 
                   if math.isfinite(thresholds[m]["threshold"])}
     summaries = evaluate_cases_at(
         cases, {paths.metrics: cfg.eval.threshold,
-                **{folder: thresholds[m]["threshold"] for m, folder in tuned_dirs.items()}}, **options)
+                **{folder: thresholds[m]["threshold"] for m, folder in tuned_dirs.items()}},
+        froc_thresholds=[thresholds["froc"]["threshold"]] * len(cases), **options)
     summary = summaries[paths.metrics]
     tuned = {m: summaries[folder] for m, folder in tuned_dirs.items()}
     log_hparams(run_dir, cfg, summary, tuned)  # this run's row in TensorBoard's HParams dashboard
@@ -87,7 +88,9 @@ def evaluation_options(cfg: Config, entries: list[dict], device, progress: bool,
 
 def tune_thresholds(model, cfg: Config, lists: dict, run_dir: Path, device, progress: bool = True) -> dict:
     """The thresholds maximising the mean validation DSC and F2 (`operating_points`), in `thresholds.json`,
-    and the smallest-lesion size of the post-processing (`eval.min_component_ml`).
+    the smallest-lesion size of the post-processing (`eval.min_component_ml`), and the threshold of one
+    false-positive lesion per scan on the validation FROC (`froc`, at that size), where the test cases'
+    `ltpr_1fp` is read.
 
     The validation cases are the run's own (`split.json`); the test cases play no part. Without
     validation cases both thresholds are NaN and the run is evaluated at `eval.threshold` only. With
@@ -97,17 +100,20 @@ def tune_thresholds(model, cfg: Config, lists: dict, run_dir: Path, device, prog
     _, val_cases = split_train_val(lists["training"], cfg)
     tune_size = cfg.eval.min_component_ml == "tune"
     sizes = operating_points.COMPONENT_SIZES_ML if tune_size else ()
-    tables, dsc = validation_tables(model, cfg, val_cases, device, progress, sizes) if val_cases else ([], None)
+    tables, dsc, froc_counts = (validation_tables(model, cfg, val_cases, device, progress, sizes) if val_cases
+                                else ([], None, []))
     if tune_size:
         component = operating_points.tune_component_size(dsc, sizes)
     else:
         component = {"min_component_ml": cfg.eval.min_component_ml, "method": "configured"}
+    at_size = sizes.index(component["min_component_ml"]) if tune_size else 0
     result = {
         "configured": cfg.eval.threshold,
         "method": "maximum of the mean per-case metric over the validation cases, at every distinct "
                   "validation probability (highest threshold among ties); prob >= threshold is lesion",
         "validation_cases": [e["case"] for e in val_cases],
         **{m: operating_points.tune_threshold(tables, m) for m in operating_points.TUNED_METRICS},
+        "froc": froc.validation_point([counts[at_size] for counts in froc_counts]),
     }
     if tune_size or cfg.eval.min_component_ml > 0:  # absent otherwise, as before the size filter existed
         result["component_filter"] = component

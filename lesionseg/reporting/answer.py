@@ -112,7 +112,7 @@ def collapse_text(group: dict, kind: str = "test") -> str:
 
 
 def answer(rows: list[dict], labels: list[str], stats_result: dict, kind: str = "test",
-           collapsed: list[str] | None = None) -> list[str]:
+           collapsed: list[str] | None = None, froc_chosen_on: set[str] | None = None) -> list[str]:
     """The report's opening: first the configurations whose runs collapsed (`collapsed`: `collapse_text`
     per row, empty where none did), then one sentence per headline metric: the best configuration, with its
     SD over cases, and what the paired tests against the baseline found (where the metric is tested). A
@@ -136,7 +136,7 @@ def answer(rows: list[dict], labels: list[str], stats_result: dict, kind: str = 
                 f"case{'s' if n_cases != 1 else ''})")
         text += _tests_said([c for c in stats_result["comparisons"] if c["metric"] == m], mark, kind)
         lines.append(text + ".")
-    lines += lesion_sentence(rows, labels, stats_result, kind, mark)
+    lines += lesion_sentence(rows, labels, stats_result, kind, mark, froc_chosen_on)
     lines += planning_sentence(stats_result, kind)
     if len(rows) > 1 and min(r["n_seeds"] for r in rows) < 2:
         lines.append("One seed per configuration: a difference may be training noise, which one seed cannot "
@@ -169,10 +169,10 @@ def _tests_said(tested: list[dict], mark: dict[str, str], kind: str) -> str:
 
 
 def lesion_sentence(rows: list[dict], labels: list[str], stats_result: dict, kind: str = "test",
-                    mark: dict[str, str] | None = None) -> list[str]:
+                    mark: dict[str, str] | None = None, chosen_on: set[str] | None = None) -> list[str]:
     """*The answer*'s lesion-level verdict beside the voxel one (`evaluation.froc`): the best CPM, and whether
     lesion sensitivity still differs from the baseline at the same number of false-positive lesions per scan
-    (one: each configuration at the threshold where its own cases have at most that many)."""
+    (one), each run at the threshold chosen for it — `chosen_on`: the runs' `froc.verdict.chosen_on`."""
     best = best_value(rows, "cpm", "cpm")
     if best is None:
         return []
@@ -182,8 +182,13 @@ def lesion_sentence(rows: list[dict], labels: list[str], stats_result: dict, kin
             f"with {who} ({fmt(best, 'cpm')})")
     tested = [c for c in stats_result["comparisons"] if c["metric"] == "ltpr_1fp"]
     if tested:
-        text += (f"; at {VERDICT_FP_RATE:g} false-positive lesion per scan (each configuration at the threshold "
-                 f"where its {kind} cases have at most that many), lesion sensitivity"
+        if chosen_on == {"validation"}:
+            where = "the threshold where its validation cases have at most that many"
+        elif not chosen_on or chosen_on == {"these cases' curve"}:
+            where = f"the threshold where its {kind} cases have at most that many"
+        else:
+            where = f"the threshold chosen on validation where it had validation cases, else on its {kind} cases"
+        text += (f"; at {VERDICT_FP_RATE:g} false-positive lesion per scan (each run at {where}), lesion sensitivity"
                  + _tests_said(tested, mark, kind).replace("; against", " against", 1))
     return [text + "."]
 

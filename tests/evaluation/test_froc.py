@@ -141,7 +141,8 @@ def test_operating_points_and_cpm_by_hand():
     np.testing.assert_allclose(per_case["cpm"], [4.75 / 7, 2.5 / 7])
     np.testing.assert_allclose(per_case["ltpr_1fp"], [0.75, 0.5])
     assert block["cpm_pooled"] == pytest.approx((3 * 2 / 6 + 3 * 4 / 6 + 1) / 7)
-    assert froc.pooled_at_verdict(block) == pytest.approx(4 / 6)
+    assert block["verdict"] == {"fp_per_scan": 1.0, "chosen_on": "these cases' curve", "thresholds": [0.02],
+                                "sensitivity_pooled": pytest.approx(4 / 6)}
 
 
 def test_no_operating_point_is_predicting_nothing():
@@ -176,4 +177,40 @@ def test_the_evaluator_writes_the_froc(tmp_path):
     assert summary["per_case"]["cpm"]["mean"] == pytest.approx(summary["froc"]["cpm"])
     assert np.mean(per_case) == pytest.approx(summary["froc"]["cpm"])
     assert summary["pooled"]["cpm"] == summary["froc"]["cpm_pooled"]
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["froc"]["verdict_fp_per_scan"] == 1.0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["froc"]["verdict"]["fp_per_scan"] == 1.0
+
+
+def test_ltpr_at_1_fp_at_thresholds_chosen_on_validation():
+    """The hand-made curve above; case A read at a validation threshold of 0.01 (4/4), case B at None — the
+    cases' own operating point, 0.02 (1/2). Pooled: 5 of 6 lesions."""
+    a = np.tile([2, 4, 0], (103, 1))
+    a[:2] = [[4, 4, 6], [3, 4, 1]]
+    b = np.tile([0, 2, 0], (103, 1))
+    b[:2] = [[2, 2, 4], [1, 2, 1]]
+    block, per_case = froc.summary(froc.curve([a, b]), verdict_thresholds=[0.01, None])
+    np.testing.assert_allclose(per_case["ltpr_1fp"], [1.0, 0.5])
+    assert block["verdict"]["thresholds"] == [0.01, 0.02] and block["verdict"]["sensitivity_pooled"] == 5 / 6
+    assert block["verdict"]["chosen_on"].startswith("validation where")
+    block, per_case = froc.summary(froc.curve([a, b]), verdict_thresholds=[1.0, 1.0])
+    np.testing.assert_allclose(per_case["ltpr_1fp"], [0.5, 0.0])
+    assert block["verdict"]["chosen_on"] == "validation"
+
+
+def test_the_validation_point():
+    a = np.tile([2, 4, 0], (103, 1))
+    a[:2] = [[4, 4, 6], [3, 4, 1]]
+    assert froc.validation_point([a])["threshold"] == 0.02  # 3/4 at 1 false lesion
+    assert froc.validation_point([])["threshold"] is None  # no validation case
+    assert froc.validation_point([np.tile([0, 0, 2], (103, 1))])["threshold"] is None  # none with a lesion
+    always = froc.validation_point([np.tile([1, 2, 5], (103, 1))])  # 5 false lesions at every threshold
+    assert always["threshold"] == 1.0 and always["validation_fp_per_scan"] == 5
+
+
+def test_verdict_thresholds_are_checked(tmp_path):
+    from lesionseg.errors import LesionsegError
+
+    with pytest.raises(LesionsegError, match="one per case"):
+        froc.check_verdict_thresholds([0.5], 2)
+    with pytest.raises(LesionsegError, match="0.505"):
+        froc.check_verdict_thresholds([0.5, 0.505], 2)
+    froc.check_verdict_thresholds([0.5, None, 0.9999], 3)

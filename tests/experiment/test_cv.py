@@ -44,7 +44,9 @@ def hand_made_fold_run(run_dir, cfg, seed):
         nib.save(nib.Nifti1Image(prob.astype(np.float32), label.affine), str(path))
         cases.append((entry["case"], path, entry["label"]))
     thresholds = {"dsc": float(rng.uniform(0.4, 0.6)), "f2": float(rng.uniform(0.3, 0.5))}
-    (run_dir / "thresholds.json").write_text(json.dumps({m: {"threshold": t} for m, t in thresholds.items()}))
+    froc_threshold = [0.3, 0.6, 0.9][seed % 3]  # where the fold's validation found 1 false lesion per scan
+    (run_dir / "thresholds.json").write_text(json.dumps({**{m: {"threshold": t} for m, t in thresholds.items()},
+                                                         "froc": {"threshold": froc_threshold}}))
     evaluate_cases_at(cases, {run_dir / "metrics": 0.5,
                               **{run_dir / f"metrics-tuned-{m}": t for m, t in thresholds.items()}}, progress=False)
     mark_done(run_dir)
@@ -74,11 +76,15 @@ def test_the_folds_of_a_configuration_are_merged_and_every_case_scored_once(cv_s
     # metrics/: the out-of-fold predictions evaluated together — what the evaluator gives on the same pairs
     pairs = [c for rid, _ in groups["beta=0.7"] for c in made[rid][0]]
     assert sorted(case for case, _, _ in pairs) == sorted(training)
-    by_hand = evaluate_cases(pairs, tmp_path / "by-hand", threshold=0.5, progress=False,
+    at_1fp = [json.loads((sweep_dir / "runs" / rid / "thresholds.json").read_text())["froc"]["threshold"]
+              for rid, _ in groups["beta=0.7"] for _ in made[rid][0]]  # each case at its own fold's choice
+    by_hand = evaluate_cases(pairs, tmp_path / "by-hand", threshold=0.5, progress=False, froc_thresholds=at_1fp,
                              brains=[cfg.data.datalist.parent / "masks" / f"{c}.nii.gz" for c, _, _ in pairs])
     assert (out / "metrics" / "cases.csv").read_text() == (tmp_path / "by-hand" / "cases.csv").read_text()
     summary = json.loads((out / "metrics" / "summary.json").read_text())
     assert summary["pooled"]["apr"] == pytest.approx(by_hand["pooled"]["apr"])  # one curve over all voxels
+    assert summary["froc"]["verdict"]["chosen_on"] == "validation" and summary["froc"]["verdict"]["thresholds"] == [
+        0.3, 0.6, 0.9]
     # metrics-tuned-dsc/: each case at its own fold's threshold; the thresholds and their mean
     rows = []
     for rid, _ in groups["beta=0.7"]:
