@@ -66,6 +66,19 @@ def check(config: Config | str | Path, overrides: Sequence[str] = (),
     return [] if cfg.sweep else evaluation_problems(cfg, load_datalist(cfg))
 
 
+def store(config: Config | str | Path, overrides: Sequence[str] = (), progress: bool = True) -> list[Path]:
+    """`lesionseg check --store`: the preprocessed store of the training cases of every run of the config
+    (or of its sweep), built ahead of training where it is missing (`data.store`); the entries, returned."""
+    from lesionseg.config import expand_sweep
+    from lesionseg.data.preprocessing import build_store, load_datalist
+
+    cfg = load(config, overrides)
+    entries: dict[Path, None] = {}
+    for _, run_cfg in (expand_sweep(cfg) if cfg.sweep else [(cfg.name, cfg)]):
+        entries.update(dict.fromkeys(build_store(load_datalist(run_cfg)["training"], run_cfg, progress)))
+    return list(entries)
+
+
 def train(config: Config | str | Path, overrides: Sequence[str] = (), force: bool = False,
           progress: bool = True) -> Path:
     """`lesionseg train`: one run into `<output_dir>/<name>/` (returned), checked first; an interrupted run

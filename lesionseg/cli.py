@@ -28,6 +28,8 @@ def _count(n: int, noun: str) -> str:
 def _check(args: argparse.Namespace) -> None:
     from lesionseg import api
     from lesionseg.config import expand_sweep, load_config
+    from lesionseg.data.preprocessing import load_datalist
+    from lesionseg.data.store import cohort_text, store_root
 
     cfg = load_config(args.config, args.overrides)
     # A config with a sweep: block is run by `lesionseg sweep`, which also evaluates: its checks; else train's.
@@ -36,6 +38,11 @@ def _check(args: argparse.Namespace) -> None:
               + "\n  ".join(notes))
     what = f"{_count(len(expand_sweep(cfg)), 'sweep run')} checked" if cfg.sweep else "the run checked"
     print(f"\nconfig {args.config}: valid, {what}; dataset {cfg.data.datalist}: every file read, no problem found")
+    print(cohort_text(load_datalist(cfg)["training"], cfg))
+    if args.store:
+        entries = api.store(cfg, progress=_bars(args))
+        print(f"the preprocessed store {store_root(cfg)}: {_count(len(entries), 'entry')} for this config's "
+              "training cases, each built where it was missing".replace("entrys", "entries"))
 
 
 def _bars(args: argparse.Namespace) -> bool:
@@ -133,6 +140,9 @@ def _add_with_config(sub, name: str, help_text: str, func) -> argparse.ArgumentP
     p.add_argument("config", type=Path, help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. loss.beta=0.7")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (shown only on a terminal anyway)")
+    if name == "check":
+        p.add_argument("--store", action="store_true",
+                       help="also build the preprocessed store of the training cases (data.store) ahead of training")
     if name in ("train", "sweep"):
         p.add_argument("--force", action="store_true",
                        help="start over: move an existing folder of that name aside (never deleted)")

@@ -11,7 +11,7 @@ from helpers import REPO
 # Lowest first; the parts of one entry may not import each other.
 LAYERS = [
     ("errors",),
-    ("config", "devices", "files", "grid"),
+    ("config", "devices", "files", "grid", "memory"),
     ("evaluation",),
     ("data",),
     ("model", "runs"),

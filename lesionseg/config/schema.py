@@ -35,7 +35,10 @@ class DataConfig(Section):
     fold: int | None = Field(None, ge=0, description="the fold this run is tested on, 0 … folds - 1")
     fold_seed: int = Field(0, ge=0, lt=2**32, description="seeds the fold assignment (not `seed`: repeats keep "
                                                            "the folds)")
-    cache: bool = Field(True, description="preprocess each training case once and keep it (else on every draw)")
+    cache: Literal["auto", "memory", "disk", "off"] = Field(
+        "auto", description="where the preprocessed training cases are kept: memory, disk (the store), off "
+                            "(preprocessed at every draw); auto: memory when they fit, else disk")
+    store: Path | None = Field(None, description="the preprocessed store (data/store.py); null: <output_dir>/store")
     cache_device: str = Field("auto", description="auto | cpu | cuda | cuda:N: where cached training volumes live")
 
     @field_validator("patch_size")
@@ -46,6 +49,11 @@ class DataConfig(Section):
         return v
 
     _cache_device_known = field_validator("cache_device")(check_device_name)
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_was_a_switch(cls, v: Any) -> Any:
+        return {True: "memory", False: "off"}.get(v, v) if isinstance(v, bool) else v  # configs before `disk`
 
     @model_validator(mode="after")
     def _fold_of_folds(self) -> DataConfig:

@@ -14,7 +14,7 @@ of every step from them in torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,10 @@ from monai.transforms import (
     SpatialPadd,
 )
 from monai.transforms.utils import map_binary_to_indices
+from tqdm import tqdm
 
 from lesionseg.config import Config
+from lesionseg.data import store
 from lesionseg.data.batches import BatchSampler, Volume
 from lesionseg.data.checks import check_data_settings, inspect_dataset, raise_problems, require_datalist
 from lesionseg.data.folds import with_fold
@@ -195,7 +197,7 @@ def _volume(item: dict) -> Volume:
 
 
 class _OnDemandVolumes(Sequence):
-    """`data.cache: false`: each case is preprocessed again whenever a batch draws it (memory stays flat)."""
+    """`data.cache: off`: each case is preprocessed again whenever a batch draws it (memory stays flat)."""
 
     def __init__(self, entries: list[dict], transform: Compose) -> None:
         self.entries, self.transform = entries, transform
@@ -220,21 +222,41 @@ def cache_device(cfg: Config, nbytes: int, device: torch.device) -> torch.device
     return torch.device("cpu")
 
 
-def train_batches(entries: list[dict], cfg: Config, device: torch.device | str = "cpu") -> BatchSampler:
+def build_store(entries: list[dict], cfg: Config, progress: bool = False) -> list[Path]:
+    """The store entries of `entries` under `cfg` (`store`), each built unless it is there already."""
+    pre = preprocessing(cfg, with_label=True, with_indices=True)
+    root = store.store_root(cfg)
+    return [store.build_case(e, cfg, lambda e: _volume(pre({"image": e["image"], "label": e["label"], **_mask(e)})),
+                             root)
+            for e in tqdm(entries, desc="store", unit="case", disable=not progress)]
+
+
+def train_batches(entries: list[dict], cfg: Config, device: torch.device | str = "cpu",
+                  say: Callable[[str], None] | None = None) -> BatchSampler:
     """The training batches: `sampler(it)` is batch `it` (see `batches.py`), on `device`.
 
-    With `data.cache` (the default) every case is preprocessed once here and its tensors are moved to the
-    cache device; without it, cases are preprocessed when a batch draws them.
+    `data.cache` (`store.cache_mode`): `memory` — every case preprocessed once here and its tensors moved to the
+    cache device; `disk` — every case from the preprocessed store (`store`, built here where missing), read
+    as memory maps; `off` — cases preprocessed when a batch draws them. The same batches, bit for bit, from
+    each. `say`: where the choice and its reason are told (the run's log).
     """
     device = torch.device(device)
     pre = preprocessing(cfg, with_label=True, with_indices=True)
     data = [{"image": e["image"], "label": e["label"], **_mask(e)} for e in entries]
-    if cfg.data.cache:
+    mode, why = store.cache_mode(entries, cfg)
+    if mode == "memory":
         volumes: Sequence[Volume] = [_volume(pre(item)) for item in data]
         where = cache_device(cfg, sum(v.nbytes for v in volumes), device)
         volumes = [Volume(v.image.to(where), v.label.to(where), v.lesion, v.brain) for v in volumes]
+        told = f"in memory ({where})"
+    elif mode == "disk":
+        volumes = [store.open_case(path) for path in build_store(entries, cfg)]
+        told = f"from the preprocessed store {store.store_root(cfg)} (memory maps)"
     else:
         volumes = _OnDemandVolumes(data, pre)
+        told = "preprocessed at every draw"
+    if say is not None:
+        say(f"training cases {told} ({why})")
     return BatchSampler(
         volumes,
         seed=cfg.seed,
@@ -252,9 +274,11 @@ def train_batches(entries: list[dict], cfg: Config, device: torch.device | str =
 
 
 def volume_dataset(entries: list[dict], cfg: Config, with_label: bool) -> Dataset:
-    """Whole preprocessed volumes (validation, prediction), each with its case id."""
+    """Whole preprocessed volumes (validation, prediction), each with its case id; kept in memory once read
+    when `data.cache` is `memory` (or `auto` and they fit)."""
     data = [
         {"case": e["case"], "image": e["image"], **({"label": e["label"]} if with_label else {}), **_mask(e)}
         for e in entries
     ]
-    return _dataset(data, preprocessing(cfg, with_label=with_label), cfg.data.cache)
+    keep = cfg.data.cache == "memory" or (cfg.data.cache == "auto" and store.cache_mode(entries, cfg)[0] == "memory")
+    return _dataset(data, preprocessing(cfg, with_label=with_label), keep)
