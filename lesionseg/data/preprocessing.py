@@ -250,7 +250,7 @@ def train_batches(entries: list[dict], cfg: Config, device: torch.device | str =
         volumes = [Volume(v.image.to(where), v.label.to(where), v.lesion, v.brain) for v in volumes]
         told = f"in memory ({where})"
     elif mode == "disk":
-        volumes = [store.open_case(path) for path in build_store(entries, cfg)]
+        volumes = store.StoredVolumes(build_store(entries, cfg))
         told = f"from the preprocessed store {store.store_root(cfg)} (memory maps)"
     else:
         volumes = _OnDemandVolumes(data, pre)

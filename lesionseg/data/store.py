@@ -31,10 +31,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -72,14 +74,10 @@ def case_key(entry: dict, cfg: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def entry_dir(root: Path, key: str) -> Path:
-    return root / key
-
-
 def build_case(entry: dict, cfg: Config, preprocess: Callable[[dict], Volume], root: Path) -> Path:
     """The store entry of `entry`, built with `preprocess` (the case → its `Volume`) unless it is there."""
     key = case_key(entry, cfg)
-    final = entry_dir(root, key)
+    final = root / key
     if (final / "case.json").is_file():
         return final
     volume = preprocess(entry)
@@ -106,20 +104,64 @@ def build_case(entry: dict, cfg: Config, preprocess: Callable[[dict], Volume], r
     return final
 
 
-def open_case(path: Path) -> Volume:
-    """A store entry as a `Volume` whose tensors are memory maps of its files (copy-on-write: a patch read
-    from it never writes back). LesionsegError naming the entry when it is incomplete or damaged."""
+def _mapped(path: Path) -> tuple[np.ndarray, mmap.mmap]:
+    """A `.npy` file as a read-only array over a shared memory map of it, and the map. Shared and read-only:
+    a private writable map would count against the process's data limit (`RLIMIT_DATA`) as if it were memory."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        shape, fortran, dtype = read_header[version](f)
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        array = np.frombuffer(mapped, dtype, count=math.prod(shape), offset=f.tell())
+    return array.reshape(shape, order="F" if fortran else "C"), mapped
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over a read-only array, without copying it; the batches only ever read it (they slice,
+    resample and copy), which is what makes the sharing safe."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def open_case(path: Path) -> tuple[Volume, list[mmap.mmap]]:
+    """A store entry as a `Volume` whose tensors are read-only memory maps of its files, and the maps.
+    LesionsegError naming the entry when it is incomplete or damaged."""
     try:
         about = json.loads((path / "case.json").read_text(encoding="utf-8"))
-        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="c") for name in ARRAYS}
-    except (OSError, ValueError) as err:
+        arrays, maps = {}, []
+        for name in ARRAYS:
+            arrays[name], mapped = _mapped(path / f"{name}.npy")
+            maps.append(mapped)
+    except (OSError, ValueError, KeyError) as err:
         raise LesionsegError(f"store entry {path} cannot be read ({err}); delete that folder and run again: "
                              "lesionseg builds it anew") from None
     shapes = {name: list(a.shape) for name, a in arrays.items()}
     if shapes != about.get("shapes"):
         raise LesionsegError(f"store entry {path} is damaged (arrays {shapes}, case.json says {about.get('shapes')}); "
                              "delete that folder and run again: lesionseg builds it anew")
-    return Volume(**{name: torch.from_numpy(a) for name, a in arrays.items()})
+    return Volume(**{name: _tensor(a) for name, a in arrays.items()}), maps
+
+
+class StoredVolumes(Sequence):
+    """The training volumes from the store, for `BatchSampler`: each entry opened once as memory maps. Drawing
+    a volume gives the pages read from the one drawn before back to the kernel (`MADV_DONTNEED`; they stay in
+    the page cache, and a later read maps them again), so the process holds about one volume's pages, however
+    many cases there are, and its memory stays flat in the size of the cohort."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.volumes, self.maps = zip(*(open_case(p) for p in paths)) if paths else ((), ())
+        self.last: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, index: int) -> Volume:
+        if self.last is not None and self.last != index:
+            for mapped in self.maps[self.last]:
+                mapped.madvise(mmap.MADV_DONTNEED)
+        self.last = index
+        return self.volumes[index]
 
 
 def estimated_bytes(entries: list[dict], cfg: Config) -> int:

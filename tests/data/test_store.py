@@ -135,7 +135,8 @@ def test_two_processes_build_the_same_store_at_once(tiny_config, tiny_dataset, t
     entries = sorted(p.name for p in root.iterdir())
     assert len(entries) == int(outs[0][0].split()[0]) and not [n for n in entries if n.startswith(".tmp")]
     for name in entries:
-        store.open_case(root / name)
+        volume, _ = store.open_case(root / name)
+        assert volume.image.ndim == 4
 
 
 def test_auto_takes_the_store_when_the_cohort_does_not_fit(tiny_config, monkeypatch):
