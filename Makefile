@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := data/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo-data sweep-beta train test test-fast tensorboard bench docs clean-venv
+.PHONY: help install demo-data sweep-beta train test test-fast tensorboard bench bench-gpu docs clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,8 +48,11 @@ tensorboard: $(STAMP) ## watch experiments/ in TensorBoard (http://localhost:600
 	$(BIN)/tensorboard --logdir experiments
 
 bench: $(STAMP) ## run the benchmarks in bench/ (figures, not tests; bench_robust.py, hours, is run in parts by hand)
-	@for script in bench/bench_*.py; do [ $$script = bench/bench_robust.py ] && continue; \
+	@for script in bench/bench_*.py; do case $$script in bench/bench_robust.py|bench/bench_gpu.py) continue;; esac; \
 	  echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+bench-gpu: $(STAMP) ## on a CUDA machine: CUDA tests, bf16 throughput and MFU (GPU cache, store), evaluator, a sweep; < 8 min
+	$(BIN)/python bench/bench_gpu.py --out bench/gpu-latest.md
 
 docs: $(STAMP) ## build the documentation site into site/ (mkdocs build --strict)
 	$(BIN)/mkdocs build --strict

@@ -62,9 +62,10 @@ REALISTIC = ["data.modalities=[flair,t1,t2,pd]", "data.patch_size=[128,128,128]"
              "model.channels=[32,64,128,256,320,320]", "model.strides=[1,2,2,2,2]"]
 
 
-def write_data(folder: Path, realistic: bool) -> Path:
+def write_data(folder: Path, realistic: bool, cases: int | None = None, size: int | None = None) -> Path:
     """Phantoms (64³-ish demo size, or 160³ for --realistic); --realistic adds a fourth channel ("pd")."""
-    datalist = write_demo_dataset(folder, cases=8 if realistic else 12, size=160 if realistic else 64, seed=0)
+    datalist = write_demo_dataset(folder, cases=cases or (8 if realistic else 12),
+                                  size=size or (160 if realistic else 64), seed=0)
     if realistic:
         raw = json.loads(datalist.read_text())
         raw["modalities"] = [*raw["modalities"], "pd"]

@@ -159,7 +159,10 @@ def _tests_said(tested: list[dict], mark: dict[str, str], kind: str) -> str:
             if not c["verdict"].startswith(("higher", "lower", "no test"))]
     if rest:
         said.append(f"no significant difference with {', '.join(rest)}")
-    untested = [mark.get(c["label"], c["label"]) for c in tested if c["verdict"].startswith("no test")]
+    same = [c for c in tested if c["verdict"].startswith("no test") and c.get("ci_low") == c.get("ci_high") == 0]
+    if same:
+        said.append(f"the same on every {kind} case with {', '.join(mark.get(c['label'], c['label']) for c in same)}")
+    untested = [mark.get(c["label"], c["label"]) for c in tested if c["verdict"].startswith("no test") and c not in same]
     if untested:
         said.append(f"no test possible with {', '.join(untested)} ({tested[0]['n']} paired {kind} "
                     f"case{'s' if tested[0]['n'] != 1 else ''}; a test needs at least {MIN_PAIRS} with "

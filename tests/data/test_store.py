@@ -208,3 +208,16 @@ def test_check_says_where_training_keeps_the_cases_and_builds_the_store(tiny_dat
     said = lesionseg(*args, "data.cache=disk", "--store", cwd=tmp_path).stdout
     entries = list((tmp_path / "store").iterdir())
     assert f"the preprocessed store {tmp_path / 'store'}: {len(entries)} entries" in said and len(entries) >= 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_from_the_store_equal_those_from_a_cuda_cache(tiny_config):
+    """On a GPU: the store's patches are cut on the CPU and copied through pinned memory; the volumes cached on
+    the GPU are cut there. The same batches."""
+    cfg = tiny_config("data.cache=disk", "train.device=cuda")
+    on_gpu = train_batches(training(cfg), tiny_config("data.cache=memory", "data.cache_device=cuda"), "cuda")
+    from_disk = train_batches(training(cfg), cfg, "cuda")
+    for it in (1, 5):
+        a, b = on_gpu(it), from_disk(it)
+        assert a["image"].device.type == b["image"].device.type == "cuda"
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])

@@ -523,3 +523,20 @@ def test_the_answer_gives_the_lesion_level_verdict_and_the_froc_figure(tmp_path)
         (run / "metrics" / "froc.csv").unlink()
     write_report(sweep_dir, n_boot=200)
     assert (sweep_dir / "report" / "froc.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_lesion_sentence_says_when_every_case_is_the_same():
+    """Comparisons no test can be run on: identical on every case (all differences 0) is said as such; too few
+    differing cases otherwise."""
+    from lesionseg.reporting.answer import lesion_sentence
+
+    rows = [{"cpm": 0.8}, {"cpm": 0.82}, {"cpm": 0.81}]
+    comparisons = [
+        {"metric": "ltpr_1fp", "label": "β = 0.7", "baseline": "β = 0.5", "n": 10, "ci_low": 0.0, "ci_high": 0.0,
+         "verdict": "no test (too few pairs for a test: 0 non-zero differences of 10 cases (at least 6 needed))"},
+        {"metric": "ltpr_1fp", "label": "β = 0.9", "baseline": "β = 0.5", "n": 10, "ci_low": -0.02, "ci_high": 0.05,
+         "verdict": "no test (too few pairs for a test: 3 non-zero differences of 10 cases (at least 6 needed))"}]
+    [text] = lesion_sentence(rows, ["β = 0.5", "β = 0.7", "β = 0.9"], {"comparisons": comparisons},
+                             chosen_on={"validation"})
+    assert "CPM best with β = 0.7 (0.820)" in text and "where its validation cases have at most that many" in text
+    assert "the same on every test case with β = 0.7; no test possible with β = 0.9 (10 paired test cases" in text
