@@ -21,9 +21,8 @@ Outputs (written atomically into `out_dir`):
   threshold `inf`). At most `pr_curve_max_points` rows: points of the exact curve, never interpolated.
 - `threshold_curves.csv` — DSC, F2, sensitivity and precision at the thresholds 0.01, 0.02, … 0.99: the
   mean over cases of the per-case values, then the pooled ones (`<metric>_pooled`); `operating_points`.
-- `froc.csv` — lesion sensitivity against false-positive lesions per scan at the same thresholds, under the
-  lesion definition (`lesionseg.evaluation.froc`); `summary.json`'s **froc**: the operating points at 1/8 … 8
-  false positives per scan and the CPM (per case: the `cpm` and `ltpr_1fp` columns of `cases.csv`).
+- `froc.csv` — lesion sensitivity against false-positive lesions per scan (`lesionseg.evaluation.froc`, which
+  also gives `summary.json`'s **froc** and the `cpm` and `ltpr_1fp` columns of `cases.csv`).
 - `calibration.csv` — the pooled reliability diagram (`bin_low, bin_high, n_voxels, confidence,
   observed`) over the brain voxels; the per-case ECE is the `ece` column of `cases.csv` and the pooled
   one `pooled.ece` of `summary.json` (`lesionseg.evaluation.calibration`: equal-width bins).
@@ -123,7 +122,7 @@ def evaluate_cases(
     return evaluate_cases_at(cases, {Path(out_dir): threshold}, device, progress, **options)[Path(out_dir)]
 
 
-def evaluate_cases_at(  # over 60 lines: 38 are the docstring of the evaluator's public arguments
+def evaluate_cases_at(  # over 60 lines: 34 are the docstring of the evaluator's public arguments
     cases: Sequence[tuple[str, Path, Path]],
     thresholds: Mapping[Path, float],
     device: str = "cpu",
@@ -165,23 +164,16 @@ def evaluate_cases_at(  # over 60 lines: 38 are the docstring of the evaluator's
         brains: one image (or None) per case whose non-zero voxels are the brain (a brain mask or a
             skull-stripped image, on the reference's grid): the voxels of the calibration figures when the
             case has no `masks` entry. Neither: every voxel.
-        froc_thresholds: one threshold (or None) per case at which its `ltpr_1fp` is read: the one its run
-            chose on validation for one false-positive lesion per scan (`froc.validation_point`); None: the
-            operating point of these cases' own FROC (`lesionseg.evaluation.froc`).
+        froc_thresholds: per case, where its `ltpr_1fp` is read — its run's validation choice of 1 false
+            positive per scan (`froc.validation_point`); None: these cases' own FROC point (`froc.summary`).
 
-    Columns after `case, dsc, f2, sensitivity, precision, specificity, apr`: `iou`, [`f<β>`],
-    `tp, fp, fn, tn`, `vol_ref_ml, vol_pred_ml, avd_ml, rvd`, `hd95_mm, assd_mm`, `n_ref_lesions,
-    n_pred_lesions, n_detected, n_pred_tp, ltpr, lfdr, lesion_f1`, `ece, prob_sd`, then `n_ref_<bin>,
-    n_detected_<bin>, ltpr_<bin>` per size bin. per_case statistics weigh every patient once; pooled
-    figures treat all voxels (and all lesions) as one case; surface distances have no pooled value.
-    LesionsegError for bad inputs, naming the files.
-    """
+    Columns: `outputs.case_columns` (the registry's, by group; [`f<β>`]; per size bin `n_ref_`, `n_detected_`,
+    `ltpr_<bin>` last). LesionsegError for bad inputs, naming the files."""
     bins_in_voxels = size_bins_voxels is not None
     size_bins = list(size_bins_voxels if bins_in_voxels else options.size_bins_ml)
     thresholds = {Path(folder): t for folder, t in thresholds.items()}
     check_arguments(cases, thresholds, f_beta, options, size_bins)
-    if froc_thresholds is not None:
-        froc.check_verdict_thresholds(froc_thresholds, len(cases))
+    froc.check_verdict_thresholds(froc_thresholds, len(cases))
     if ref_label is not None:  # before hours of metrics against references that are all empty
         require_label([(pred, ref) for _, pred, ref in cases], ref_label)
     masks = per_case_paths(masks, cases, "masks", "brain mask")
@@ -192,12 +184,11 @@ def evaluate_cases_at(  # over 60 lines: 38 are the docstring of the evaluator's
                           progress)
 
     columns = case_columns(extra_f, surface, size_bins, bins_in_voxels)
-    froc_curve = froc.curve(scored.froc_counts)
-    froc_block, froc_per_case = froc.summary(froc_curve, verdict_thresholds=froc_thresholds)
+    froc_rows, froc_block = froc.add_to_rows(scored.froc_counts, scored.rows.values(), froc_thresholds)
     shared = {  # the same in every folder
         "pr_curve.csv": pr_curve_csv(scored.pooled_table, pr_curve_max_points),
         "threshold_curves.csv": threshold_curves_csv(scored.curve_counts),
-        "froc.csv": csv_text(froc.COLUMNS, froc.froc_csv_rows(froc_curve)),
+        "froc.csv": csv_text(froc.COLUMNS, froc_rows),
         "calibration.csv": csv_text(["bin_low", "bin_high", "n_voxels", "confidence", "observed"],
                                      calibration.reliability_rows(scored.total_bins)),
     }
@@ -206,10 +197,7 @@ def evaluate_cases_at(  # over 60 lines: 38 are the docstring of the evaluator's
     summaries = {}
     for folder, threshold in thresholds.items():
         these = scored.rows[folder]
-        for i, row in enumerate(these):  # the FROC's figures need every case: added once all are scored
-            row.update({name: float(values[i]) for name, values in froc_per_case.items()})
-        pooled = _pooled(scored, folder, apr, f_beta if extra_f else None)
-        pooled.update(cpm=froc_block["cpm_pooled"], ltpr_1fp=froc_block["verdict"]["sensitivity_pooled"])
+        pooled = {**_pooled(scored, folder, apr, f_beta if extra_f else None), **froc.pooled(froc_block)}
         summaries[folder] = {
             "threshold": threshold,
             "n_cases": len(these),

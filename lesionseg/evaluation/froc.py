@@ -217,8 +217,10 @@ def summary(froc: dict[str, np.ndarray], rates: Sequence[float] = FP_RATES,
     return block, {"cpm": np.mean(per_rate, axis=0), "ltpr_1fp": ltpr}
 
 
-def check_verdict_thresholds(values: Sequence[float | None], n_cases: int) -> None:
-    """LesionsegError unless `values` has one entry per case, each None or one of `THRESHOLDS`."""
+def check_verdict_thresholds(values: Sequence[float | None] | None, n_cases: int) -> None:
+    """LesionsegError unless `values` is None or has one entry per case, each None or one of `THRESHOLDS`."""
+    if values is None:
+        return
     if len(values) != n_cases:
         raise LesionsegError(f"froc_thresholds: one per case is needed, got {len(values)} for {n_cases} cases.")
     stray = sorted({v for v in values if v is not None and not np.isclose(THRESHOLDS, v).any()})
@@ -241,6 +243,23 @@ def validation_point(case_counts_list: Sequence[np.ndarray], rate: float = VERDI
     i = len(THRESHOLDS) - 1 if i is None else i
     return {**out, "threshold": float(THRESHOLDS[i]), "validation_sensitivity": float(validation["sensitivity"][i]),
             "validation_fp_per_scan": float(validation["fp_per_scan"][i])}
+
+
+def add_to_rows(case_counts_list: Sequence[np.ndarray], rows_per_folder, verdict_thresholds=None
+                ) -> tuple[list[dict], dict]:
+    """The evaluator's FROC: each case's `cpm` and `ltpr_1fp` added to its row in every output folder (they need
+    every case, so they come once all are scored), and (`froc.csv`'s rows, `summary.json`'s `froc` block)."""
+    froc = curve(case_counts_list)
+    block, per_case = summary(froc, verdict_thresholds=verdict_thresholds)
+    for rows in rows_per_folder:
+        for i, row in enumerate(rows):
+            row.update({name: float(values[i]) for name, values in per_case.items()})
+    return froc_csv_rows(froc), block
+
+
+def pooled(block: dict) -> dict[str, float]:
+    """The pooled `cpm` and `ltpr_1fp` (all lesions as one set) from `summary`'s block."""
+    return {"cpm": block["cpm_pooled"], "ltpr_1fp": block["verdict"]["sensitivity_pooled"]}
 
 
 def froc_csv_rows(froc: dict[str, np.ndarray]) -> list[dict]:
