@@ -159,7 +159,8 @@ def _tests_said(tested: list[dict], mark: dict[str, str], kind: str) -> str:
             if not c["verdict"].startswith(("higher", "lower", "no test"))]
     if rest:
         said.append(f"no significant difference with {', '.join(rest)}")
-    same = [c for c in tested if c["verdict"].startswith("no test") and c.get("ci_low") == c.get("ci_high") == 0]
+    same = [c for c in tested if c["verdict"].startswith("no test") and c["n"] >= MIN_PAIRS
+            and c.get("ci_low") == c.get("ci_high") == 0]  # identical on enough cases to say so
     if same:
         said.append(f"the same on every {kind} case with {', '.join(mark.get(c['label'], c['label']) for c in same)}")
     untested = [mark.get(c["label"], c["label"]) for c in tested if c["verdict"].startswith("no test") and c not in same]
