@@ -21,19 +21,21 @@ and so a new entry; the old one stays until removed by hand (`rm -r` of the fold
 
 **Writes are atomic and safe when processes race**: an entry is written into `.tmp-<key>-<pid>-<random>/`
 and renamed to `<key>/` when complete; a process that loses the race to another finds `<key>/` there and
-drops its copy. A killed build leaves only a `.tmp-*` folder, which no reader opens (and the next build of
-that key ignores). Entries are read as memory maps: a batch reads its patches' pages, not whole volumes, so a
+drops its copy. A killed build leaves only a `.tmp-*` folder, which no reader opens; the next build of that
+key removes it once it is a day old (younger, it could be another node's build in progress). Entries are read as memory maps: a batch reads its patches' pages, not whole volumes, so a
 run's memory does not grow with the number of cases.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import mmap
 import os
 import shutil
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
@@ -52,6 +54,7 @@ from lesionseg.memory import usable_memory
 STORE_VERSION = 1
 KEYED_SETTINGS = ("orientation", "spacing", "normalize", "clip_percentiles", "patch_size")
 ARRAYS = ("image", "label", "lesion", "brain")
+STALE_SECONDS = 24 * 3600  # a temporary folder this old is a killed build's, not one in progress
 
 
 def store_root(cfg: Config) -> Path:
@@ -80,6 +83,10 @@ def build_case(entry: dict, cfg: Config, preprocess: Callable[[dict], Volume], r
     final = root / key
     if (final / "case.json").is_file():
         return final
+    for stale in root.glob(f".tmp-{key}-*"):  # left by a killed build; a day old, so no live builder's (any node)
+        with contextlib.suppress(FileNotFoundError):  # another process may remove it first
+            if time.time() - stale.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(stale, ignore_errors=True)
     volume = preprocess(entry)
     tmp = root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

@@ -97,8 +97,11 @@ def test_a_failed_or_killed_build_leaves_no_entry(tiny_config, monkeypatch):
         train_batches([entry], cfg)
     assert sorted(p.name for p in root.iterdir()) == [f".tmp-{key}-999-dead"]  # ours removed, no entry
     monkeypatch.undo()
+    (root / f".tmp-{key}-998-older").mkdir()
+    os.utime(root / f".tmp-{key}-998-older", (1, 1))  # a day old and more: a killed build's, removed
     sampler = train_batches([entry], cfg)
     assert (root / key / "case.json").is_file() and sampler(1)["image"].shape[0] == 2
+    assert sorted(p.name for p in root.iterdir()) == [f".tmp-{key}-999-dead", key]  # the young one is kept
 
 
 def test_a_damaged_entry_is_named(tiny_config):
