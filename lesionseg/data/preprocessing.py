@@ -174,6 +174,11 @@ def _mask(entry: dict) -> dict:
     return {"mask": entry["mask"]} if entry.get("mask") else {}
 
 
+def _labelled(entry: dict) -> dict:
+    """A training case as the preprocessing takes it: its images, label and brain mask (where it has one)."""
+    return {"image": entry["image"], "label": entry["label"], **_mask(entry)}
+
+
 def _dataset(entries: list[dict], transform: Compose, cache: bool) -> Dataset:
     if cache:
         # One caching thread: with several, LoadImaged now and then stacked a multi-file case into one
@@ -226,8 +231,7 @@ def build_store(entries: list[dict], cfg: Config, progress: bool = False) -> lis
     """The store entries of `entries` under `cfg` (`store`), each built unless it is there already."""
     pre = preprocessing(cfg, with_label=True, with_indices=True)
     root = store.store_root(cfg)
-    return [store.build_case(e, cfg, lambda e: _volume(pre({"image": e["image"], "label": e["label"], **_mask(e)})),
-                             root)
+    return [store.build_case(e, cfg, lambda e: _volume(pre(_labelled(e))), root)
             for e in tqdm(entries, desc="store", unit="case", disable=not progress)]
 
 
@@ -242,7 +246,7 @@ def train_batches(entries: list[dict], cfg: Config, device: torch.device | str =
     """
     device = torch.device(device)
     pre = preprocessing(cfg, with_label=True, with_indices=True)
-    data = [{"image": e["image"], "label": e["label"], **_mask(e)} for e in entries]
+    data = [_labelled(e) for e in entries]
     mode, why = store.cache_mode(entries, cfg)
     if mode == "memory":
         volumes: Sequence[Volume] = [_volume(pre(item)) for item in data]

@@ -88,7 +88,7 @@ def case_counts(prob: torch.Tensor, ref: torch.Tensor, voxel_ml: float, options:
         alive = voxel_level > k
         pred = _lesions(level, coords[alive], k, post, least, faces_only)
         table = _overlaps(ref_at[alive], ref_sizes, pred)
-        detected, true = _match(table, options)
+        detected, true = lesionwise.match_table(table, options.lesion_matching, options.lesion_min_overlap)
         out[k, 0], out[k, 2] = detected.sum(), true.size - true.sum()
     return out
 
@@ -115,12 +115,7 @@ def _lesions(level: np.ndarray, points: np.ndarray, k: int, post: int, least: in
         pred[tuple(c[small] for c in local)] = False
     labels, n = lesionwise._label_fast(pred, faces_only)
     at = labels[local].astype(np.int64)
-    sizes = np.bincount(at, minlength=n + 1)
-    keep = sizes >= least
-    keep[0] = False
-    renumber = np.zeros(n + 1, dtype=np.int64)
-    renumber[keep] = np.arange(1, int(keep.sum()) + 1)
-    return renumber[at]
+    return lesionwise.kept_numbers(np.bincount(at, minlength=n + 1), least)[at]
 
 
 def _overlaps(ref_at: np.ndarray, ref_sizes: np.ndarray, pred_at: np.ndarray) -> np.ndarray:
@@ -131,17 +126,6 @@ def _overlaps(ref_at: np.ndarray, ref_sizes: np.ndarray, pred_at: np.ndarray) ->
     table = table.reshape(n_ref + 1, n_pred + 1)
     table[1:, 0] = ref_sizes[1:] - table[1:, 1:].sum(axis=1)
     return table
-
-
-def _match(table: np.ndarray, options: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(detected per reference lesion, true per predicted lesion) from an overlap table, by the rule of
-    `options.lesion_matching` (ISBI 2015: covered on max(1, min_overlap × size) voxels, as `lesionwise`)."""
-    if options.lesion_matching != "isbi2015":
-        return getattr(matching_rules, options.lesion_matching)(table)
-    ref_sizes, pred_sizes = table.sum(axis=1)[1:], table.sum(axis=0)[1:]
-    least = options.lesion_min_overlap
-    return (table[1:, 1:].sum(axis=1) >= np.maximum(1.0, least * ref_sizes),
-            table[1:, 1:].sum(axis=0) >= np.maximum(1.0, least * pred_sizes))
 
 
 def curve(case_counts_list: Sequence[np.ndarray]) -> dict[str, np.ndarray]:

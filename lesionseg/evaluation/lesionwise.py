@@ -85,13 +85,20 @@ def components(mask: np.ndarray, min_voxels: int, faces_only: bool = False, fast
         labels, n = (ndimage.label(mask) if faces_only else label_lesions(mask))
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     if min_voxels > 1 and n:
-        keep = sizes >= min_voxels
-        keep[0] = False
-        relabel = np.zeros(n + 1, dtype=labels.dtype)
-        relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
+        relabel = kept_numbers(sizes, min_voxels).astype(labels.dtype)
         labels = relabel[labels]
-        sizes = np.concatenate([[0], sizes[keep]])
+        sizes = np.concatenate([[0], sizes[relabel > 0]])
     return labels, sizes, labels > 0
+
+
+def kept_numbers(sizes: np.ndarray, min_voxels: int) -> np.ndarray:
+    """New numbers (int64; 0: dropped) of components 0..n of `sizes` voxels: those of at least `min_voxels`
+    renumbered 1..m in their order, the background and smaller ones 0."""
+    keep = sizes >= min_voxels
+    keep[0] = False
+    relabel = np.zeros(sizes.size, dtype=np.int64)
+    relabel[keep] = np.arange(1, int(keep.sum()) + 1)
+    return relabel
 
 
 def min_component_voxels(min_ml: float, voxel_ml: float) -> int:
@@ -139,12 +146,6 @@ def scored_prediction(prob: torch.Tensor, ref: torch.Tensor, threshold: float, m
     return scored[0] if isinstance(min_voxels, int) else scored
 
 
-def _hits(labels: np.ndarray, sizes: np.ndarray, other: np.ndarray, min_overlap: float) -> np.ndarray:
-    """Bool per component (1..n): does `other` cover at least max(1, min_overlap × size) of it?"""
-    overlap = np.bincount(labels[other], minlength=sizes.size)[1:]
-    return overlap >= np.maximum(1.0, min_overlap * sizes[1:])
-
-
 def lesion_rule(matching: str, min_voxels: int, voxel_ml: float) -> tuple[int, bool]:
     """`(fewest voxels of a lesion, 6-connected?)` under a definition: ISBI 2015 26-connected components of
     `min_voxels`, msseg 6-connected ones of more than 3 mm³, panoptica 26-connected ones of any size."""
@@ -157,12 +158,20 @@ def match_lesions(ref_lesions: tuple, pred_lesions: tuple, matching: str, min_ov
                                                                                                       np.ndarray]:
     """(detected per reference lesion, true per predicted lesion) of two masks' lesions, each `(labels,
     sizes, kept mask)` as `components` gives them under `lesion_rule`, by the rule of `matching`."""
-    (ref_labels, ref_sizes, ref_kept), (pred_labels, pred_sizes, pred_kept) = ref_lesions, pred_lesions
-    if matching == "isbi2015":
-        return (_hits(ref_labels, ref_sizes, pred_kept, min_overlap),
-                _hits(pred_labels, pred_sizes, ref_kept, min_overlap))
+    (ref_labels, ref_sizes, _), (pred_labels, pred_sizes, _) = ref_lesions, pred_lesions
     table = matching_rules.overlap_table(ref_labels, ref_sizes.size - 1, pred_labels, pred_sizes.size - 1)
-    return getattr(matching_rules, matching)(table)
+    return match_table(table, matching, min_overlap)
+
+
+def match_table(table: np.ndarray, matching: str, min_overlap: float) -> tuple[np.ndarray, np.ndarray]:
+    """(detected per reference lesion, true per predicted lesion) from an overlap table (`matching.overlap_table`:
+    row and column 0 background) by the rule of `matching`; ISBI 2015: a lesion covered by the other mask's
+    lesions on at least max(1, `min_overlap` × its size) voxels."""
+    if matching != "isbi2015":
+        return getattr(matching_rules, matching)(table)
+    ref_sizes, pred_sizes = table.sum(axis=1)[1:], table.sum(axis=0)[1:]
+    return (table[1:, 1:].sum(axis=1) >= np.maximum(1.0, min_overlap * ref_sizes),
+            table[1:, 1:].sum(axis=0) >= np.maximum(1.0, min_overlap * pred_sizes))
 
 
 def lesion_counts(

@@ -88,19 +88,16 @@ def merge_configuration(sweep_dir: Path, cid: str, members: list[tuple[str, Conf
         raise LesionsegError("eval.min_component_ml: tune chooses a size per fold; with data.folds give a size")
     fold_dirs = [SweepPaths(sweep_dir).run(rid) for rid, _ in members]
     device = resolve_device(cfg.train.device)
-    cases, entries = [], []
-    for (rid, run_cfg), fold_dir in zip(members, fold_dirs):
+    cases, entries, froc_thresholds = [], [], []
+    fold_thresholds = [read_json(RunPaths(d).thresholds) for d in fold_dirs]
+    for (rid, run_cfg), fold_dir, chosen in zip(members, fold_dirs, fold_thresholds):
         test = load_datalist(run_cfg)["test"]  # this fold's cases
         entries += test
         cases += [(e["case"], RunPaths(fold_dir).predictions / f"{e['case']}.nii.gz", Path(e["label"])) for e in test]
+        froc_thresholds += [chosen.get("froc", {}).get("threshold")] * len(test)  # each at its fold's choice
     options = evaluation_options(cfg, entries, device, progress, cfg.eval.min_component_ml)
-    froc_thresholds = []  # each case's ltpr_1fp at its own fold's validation choice
-    for (rid, run_cfg), fold_dir in zip(members, fold_dirs):
-        chosen = read_json(RunPaths(fold_dir).thresholds).get("froc", {}).get("threshold")
-        froc_thresholds += [chosen] * len(load_datalist(run_cfg)["test"])
     evaluate_cases_at(cases, {paths.metrics: cfg.eval.threshold}, froc_thresholds=froc_thresholds, **options)
-    tuned = {m: [read_json(RunPaths(d).thresholds)[m]["threshold"] for d in fold_dirs]
-             for m in operating_points.TUNED_METRICS}
+    tuned = {m: [chosen[m]["threshold"] for chosen in fold_thresholds] for m in operating_points.TUNED_METRICS}
     for m, values in tuned.items():
         if all(math.isfinite(v) for v in values):
             _merge_tuned(fold_dirs, m, values, out)
