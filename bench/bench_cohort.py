@@ -36,11 +36,12 @@ CHILD = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from lesionseg.config import load_config
-    from lesionseg.data.preprocessing import load_datalist, split_train_val, train_batches
+    from lesionseg.data.cache import train_batches
+    from lesionseg.data.preprocessing import load_datalist, split_train_val
     from lesionseg.devices import amp_dtype
     from lesionseg.model import build_model
-    from lesionseg.training.losses import build_loss
     from lesionseg.training.loop import train_step
+    from lesionseg.training.losses import build_loss
 
     repo, datalist, out, cache, iterations = sys.argv[1:6]
     cfg = load_config(f"{repo}/configs/demo.yaml", [f"data.datalist={datalist}", f"output_dir={out}",

@@ -37,8 +37,9 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from bench_train import REALISTIC, peak_tflops, sync, write_data  # noqa: E402
 
 from lesionseg.config import load_config  # noqa: E402
+from lesionseg.data.cache import train_batches  # noqa: E402
 from lesionseg.data.demo_data import write_demo_dataset  # noqa: E402
-from lesionseg.data.preprocessing import load_datalist, split_train_val, train_batches  # noqa: E402
+from lesionseg.data.preprocessing import load_datalist, split_train_val  # noqa: E402
 from lesionseg.devices import amp_dtype  # noqa: E402
 from lesionseg.model import build_model  # noqa: E402
 from lesionseg.training.loop import train_step  # noqa: E402

@@ -45,8 +45,9 @@ from monai.transforms import (
 )
 
 from lesionseg.config import Config, load_config
+from lesionseg.data.cache import train_batches
 from lesionseg.data.demo_data import write_demo_dataset
-from lesionseg.data.preprocessing import load_datalist, preprocessing, split_train_val, train_batches
+from lesionseg.data.preprocessing import load_datalist, preprocessing, split_train_val
 from lesionseg.devices import amp_dtype, resolve_device
 from lesionseg.model import build_model
 from lesionseg.training.loop import seed_everything, to_memory_format, train_step

@@ -70,7 +70,8 @@ def store(config: Config | str | Path, overrides: Sequence[str] = (), progress: 
     """`lesionseg check --store`: the preprocessed store of the training cases of every run of the config
     (or of its sweep), built ahead of training where it is missing (`data.store`); the entries, returned."""
     from lesionseg.config import expand_sweep
-    from lesionseg.data.preprocessing import build_store, load_datalist
+    from lesionseg.data.cache import build_store
+    from lesionseg.data.preprocessing import load_datalist
 
     cfg = load(config, overrides)
     entries: dict[Path, None] = {}

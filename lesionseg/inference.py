@@ -19,9 +19,10 @@ from monai.inferers import sliding_window_inference
 from tqdm import tqdm
 
 from lesionseg.config import Config, load_config
+from lesionseg.data.cache import volume_dataset
 from lesionseg.data.checks import check_prediction_inputs
 from lesionseg.data.layouts import case_id_from_path
-from lesionseg.data.preprocessing import load_datalist, preprocessing, volume_dataset
+from lesionseg.data.preprocessing import load_datalist, preprocessing
 from lesionseg.devices import amp_dtype, autocast, resolve_device
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation import froc

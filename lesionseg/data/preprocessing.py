@@ -1,4 +1,4 @@
-"""Datalists, MONAI preprocessing, the training-volume cache and whole-volume datasets.
+"""Datalists and MONAI preprocessing.
 
 A dataset is a Medical Segmentation Decathlon datalist JSON, an nnU-Net raw folder or a folder of patient
 folders (`layouts.py`), read into `{"training": [...], "test": [...]}` entries with one image per configured
@@ -6,21 +6,19 @@ modality (`data.modalities`, a subset of the dataset's channels in any order), a
 brain mask. `checks.py` checks its files.
 
 Preprocessing is deterministic (load, channel-first, reorient, optional resampling, pad to the patch size,
-lesion/brain voxel indices, z-score inside the brain) and runs once per training case: the results are
-held as tensors on the cache device (`data.cache_device`), and `batches.py` cuts and augments the patches
-of every step from them in torch.
+lesion/brain voxel indices, z-score inside the brain); `cache.py` decides where its results are kept
+(`data.cache`) and `batches.py` cuts and augments the patches of every step from them in torch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, Dataset, MetaTensor
+from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -31,15 +29,11 @@ from monai.transforms import (
     SpatialPadd,
 )
 from monai.transforms.utils import map_binary_to_indices
-from tqdm import tqdm
 
 from lesionseg.config import Config
-from lesionseg.data import store
-from lesionseg.data.batches import BatchSampler, Volume
 from lesionseg.data.checks import check_data_settings, inspect_dataset, raise_problems, require_datalist
 from lesionseg.data.folds import with_fold
 from lesionseg.data.layouts import Lists, duplicate_problems, read_layout
-from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
 
 
@@ -167,122 +161,3 @@ def preprocessing(cfg: Config, with_label: bool, with_indices: bool = False) -> 
         EnsureTyped(keys=keys, dtype=np.float32, track_meta=not with_indices),
     ]
     return Compose(steps)
-
-
-def _mask(entry: dict) -> dict:
-    """`{"mask": path}` for a case with a brain mask, else nothing (the transforms skip a missing mask)."""
-    return {"mask": entry["mask"]} if entry.get("mask") else {}
-
-
-def _labelled(entry: dict) -> dict:
-    """A training case as the preprocessing takes it: its images, label and brain mask (where it has one)."""
-    return {"image": entry["image"], "label": entry["label"], **_mask(entry)}
-
-
-def _dataset(entries: list[dict], transform: Compose, cache: bool) -> Dataset:
-    if cache:
-        # One caching thread: with several, LoadImaged now and then stacked a multi-file case into one
-        # channel (seen with MONAI 1.6.1, 1 case in ~75), a race we cannot afford in training data.
-        return CacheDataset(entries, transform=transform, num_workers=1, progress=False)
-    return Dataset(entries, transform=transform)
-
-
-# The cache goes on the GPU when it takes at most this share of the GPU's free memory (the rest is for the
-# network's activations); otherwise it stays in host memory and batches are copied from pinned memory.
-GPU_CACHE_SHARE = 0.5
-
-
-def _volume(item: dict) -> Volume:
-    """A preprocessed training case (`preprocessing(..., with_indices=True)` output) as CPU tensors."""
-    image = torch.as_tensor(item["image"], dtype=torch.float32).contiguous()
-    label = (torch.as_tensor(item["label"]) > 0.5).to(torch.uint8).contiguous()
-    index_dtype = torch.int32 if image[0].numel() < 2**31 else torch.int64
-    lesion, brain = (torch.as_tensor(item[k]).to(index_dtype) for k in ("label_fg_indices", "label_bg_indices"))
-    return Volume(image=image, label=label, lesion=lesion, brain=brain)
-
-
-class _OnDemandVolumes(Sequence):
-    """`data.cache: off`: each case is preprocessed again whenever a batch draws it (memory stays flat)."""
-
-    def __init__(self, entries: list[dict], transform: Compose) -> None:
-        self.entries, self.transform = entries, transform
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> Volume:
-        return _volume(self.transform(self.entries[index]))
-
-
-def cache_device(cfg: Config, nbytes: int, device: torch.device) -> torch.device:
-    """Where the training volumes live: `data.cache_device`, or for `auto` the training device when the
-    cache takes at most `GPU_CACHE_SHARE` of its free memory, else the CPU."""
-    setting = cfg.data.cache_device
-    if setting != "auto":
-        return resolve_device(setting, "data.cache_device")
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if nbytes <= GPU_CACHE_SHARE * free:
-            return device
-    return torch.device("cpu")
-
-
-def build_store(entries: list[dict], cfg: Config, progress: bool = False) -> list[Path]:
-    """The store entries of `entries` under `cfg` (`store`), each built unless it is there already."""
-    pre = preprocessing(cfg, with_label=True, with_indices=True)
-    root = store.store_root(cfg)
-    return [store.build_case(e, cfg, lambda e: _volume(pre(_labelled(e))), root)
-            for e in tqdm(entries, desc="store", unit="case", disable=not progress)]
-
-
-def train_batches(entries: list[dict], cfg: Config, device: torch.device | str = "cpu",
-                  say: Callable[[str], None] | None = None) -> BatchSampler:
-    """The training batches: `sampler(it)` is batch `it` (see `batches.py`), on `device`.
-
-    `data.cache` (`store.cache_mode`): `memory` — every case preprocessed once here and its tensors moved to the
-    cache device; `disk` — every case from the preprocessed store (`store`, built here where missing), read
-    as memory maps; `off` — cases preprocessed when a batch draws them. The same batches, bit for bit, from
-    each. `say`: where the choice and its reason are told (the run's log).
-    """
-    device = torch.device(device)
-    pre = preprocessing(cfg, with_label=True, with_indices=True)
-    data = [_labelled(e) for e in entries]
-    mode, why = store.cache_mode(entries, cfg)
-    if mode == "memory":
-        volumes: Sequence[Volume] = [_volume(pre(item)) for item in data]
-        where = cache_device(cfg, sum(v.nbytes for v in volumes), device)
-        volumes = [Volume(v.image.to(where), v.label.to(where), v.lesion, v.brain) for v in volumes]
-        told = f"in memory ({where})"
-    elif mode == "disk":
-        volumes = store.StoredVolumes(build_store(entries, cfg))
-        told = f"from the preprocessed store {store.store_root(cfg)} (memory maps)"
-    else:
-        volumes = _OnDemandVolumes(data, pre)
-        told = "preprocessed at every draw"
-    if say is not None:
-        say(f"training cases {told} ({why})")
-    return BatchSampler(
-        volumes,
-        seed=cfg.seed,
-        patch_size=cfg.data.patch_size,
-        batch_size=cfg.train.batch_size,
-        samples_per_volume=cfg.data.samples_per_volume,
-        pos_fraction=cfg.data.pos_fraction,
-        rotate_degrees=cfg.data.rotate_degrees,
-        scale_fraction=cfg.data.scale_fraction,
-        spatial_prob=cfg.data.spatial_prob,
-        intensity_scale=cfg.data.intensity_scale,
-        intensity_shift=cfg.data.intensity_shift,
-        device=device,
-    )
-
-
-def volume_dataset(entries: list[dict], cfg: Config, with_label: bool) -> Dataset:
-    """Whole preprocessed volumes (validation, prediction), each with its case id; kept in memory once read
-    when `data.cache` is `memory` (or `auto` and they fit)."""
-    data = [
-        {"case": e["case"], "image": e["image"], **({"label": e["label"]} if with_label else {}), **_mask(e)}
-        for e in entries
-    ]
-    keep = cfg.data.cache == "memory" or (cfg.data.cache == "auto" and store.cache_mode(entries, cfg)[0] == "memory")
-    return _dataset(data, preprocessing(cfg, with_label=with_label), keep)

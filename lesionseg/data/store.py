@@ -5,7 +5,7 @@ read by every run that needs it (`data.cache: disk`, or `auto` when the cohort d
 ```
 <data.store>/                    default <output_dir>/store/
     <key>/                       one case under one set of preprocessing settings
-        image.npy                (C, D, H, W) float32 — the arrays of `preprocessing.train_batches`' cache, as they
+        image.npy                (C, D, H, W) float32 — the arrays of `cache.train_batches`' memory cache, as they
         label.npy                (1, D, H, W) uint8     are: batches from the store are those from memory, bit for bit
         lesion.npy brain.npy     flat indices of the patch centres (int32, or int64 past 2³¹ voxels)
         case.json                the case, its files, the settings and the arrays' shapes; written last

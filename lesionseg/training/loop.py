@@ -21,7 +21,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from lesionseg.config import Config
-from lesionseg.data.preprocessing import load_datalist, split_train_val, train_batches, volume_dataset
+from lesionseg.data.cache import train_batches, volume_dataset
+from lesionseg.data.preprocessing import load_datalist, split_train_val
 from lesionseg.devices import amp_dtype, autocast, resolve_device
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation import collapse, registry

@@ -5,16 +5,8 @@ import pytest
 import torch
 
 from lesionseg.data.batches import BatchSampler, Volume, batch_seed, crop_box
-from lesionseg.data.preprocessing import (
-    BrainIndicesd,
-    BrainZScored,
-    cache_device,
-    load_datalist,
-    read_datalist,
-    split_train_val,
-    train_batches,
-    volume_dataset,
-)
+from lesionseg.data.cache import cache_device, train_batches, volume_dataset
+from lesionseg.data.preprocessing import BrainIndicesd, BrainZScored, load_datalist, read_datalist, split_train_val
 from lesionseg.errors import LesionsegError
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from helpers import AFFINE, SHAPE, config, save
 
+from lesionseg.data.cache import volume_dataset
 from lesionseg.data.checks import check_dataset
-from lesionseg.data.preprocessing import load_datalist, read_datalist, volume_dataset
+from lesionseg.data.preprocessing import load_datalist, read_datalist
 from lesionseg.errors import LesionsegError
 
 

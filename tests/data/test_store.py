@@ -16,8 +16,9 @@ import pytest
 import torch
 from helpers import REPO
 
-from lesionseg.data import preprocessing, store
-from lesionseg.data.preprocessing import load_datalist, split_train_val, train_batches
+from lesionseg.data import cache, preprocessing, store
+from lesionseg.data.cache import train_batches
+from lesionseg.data.preprocessing import load_datalist, split_train_val
 from lesionseg.errors import LesionsegError
 from lesionseg.memory import cgroup_room, usable_memory
 
@@ -70,7 +71,7 @@ def test_an_entry_is_built_once_and_reused(tiny_config):
     def preprocess(e):
         built.append(e["case"])
         item = {"image": e["image"], "label": e["label"], "mask": e["mask"]}
-        return preprocessing._volume(preprocessing.preprocessing(cfg, True, True)(item))
+        return cache._volume(preprocessing.preprocessing(cfg, True, True)(item))
 
     root = store.store_root(cfg)
     first = store.build_case(entry, cfg, preprocess, root)
@@ -122,7 +123,8 @@ def test_two_processes_build_the_same_store_at_once(tiny_config, tiny_dataset, t
         sys.path.insert(0, {str(REPO / "tests")!r})
         from helpers import REPO, TINY
         from lesionseg.config import load_config
-        from lesionseg.data.preprocessing import load_datalist, split_train_val, train_batches
+        from lesionseg.data.cache import train_batches
+        from lesionseg.data.preprocessing import load_datalist, split_train_val
         cfg = load_config(REPO / "configs" / "demo.yaml", [f"data.datalist={tiny_dataset}",
                           "output_dir={tmp_path / 'shared'}", *TINY, "data.cache=disk"])
         cases = load_datalist(cfg)["training"]

@@ -139,7 +139,8 @@ class Echo(torch.nn.Module):
 
 
 def test_a_run_tunes_the_size_on_its_validation_cases_as_by_hand(tiny_config, tmp_path):
-    from lesionseg.data.preprocessing import load_datalist, split_train_val, volume_dataset
+    from lesionseg.data.cache import volume_dataset
+    from lesionseg.data.preprocessing import load_datalist, split_train_val
     from lesionseg.evaluation.operating_points import COMPONENT_SIZES_ML
     from lesionseg.experiment.run import tune_thresholds
     from lesionseg.inference import infer_volume

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lesionseg.config import Config
-from lesionseg.data.preprocessing import load_datalist, split_train_val, train_batches
+from lesionseg.data.cache import train_batches
+from lesionseg.data.preprocessing import load_datalist, split_train_val
 from lesionseg.runs import start_run_dir
 from lesionseg.training.loop import _build, train_run
 from lesionseg.training.offset import CEILING, FLOOR, SHARE_BATCHES, lesion_share, starting_prior
