@@ -8,8 +8,11 @@ steps of the demo network from them. Printed per child: its peak resident memory
 to ready the cases, and the seconds per training iteration; then the ratios that issue 25 asks about.
 Last, a child confined with `RLIMIT_DATA` (as `prlimit --data` would) below what the largest cohort needs in
 memory trains with `data.cache: auto`: it must choose the store by itself and train to the end.
+Then validation's reading of a whole volume (`cache.volume_dataset`, in this process, one thread) at the size
+of a real 1 mm scan (182×218×182): preprocessed from its files (what every validation of a run did when the
+cases were not kept in memory) against read from the store (the same arrays, tested bit for bit).
 
-    .venv/bin/python bench/bench_cohort.py [--sizes 20 40 80] [--size 80] [--iterations 20]
+    .venv/bin/python bench/bench_cohort.py [--sizes 20 40 80] [--size 80] [--iterations 20] [--validation-cases 4]
 """
 
 from __future__ import annotations
@@ -96,11 +99,39 @@ def measured(datalist: Path, out: Path, cache: str, iterations: int, data_limit:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def validation_reading(tmp: Path, cases: int) -> None:
+    """Seconds per validation volume of 182×218×182 at 1 mm (3 channels), from the files and from the store."""
+    import torch
+
+    from lesionseg.config import load_config
+    from lesionseg.data.cache import build_store, volume_dataset
+    from lesionseg.data.preprocessing import load_datalist
+
+    torch.set_num_threads(1)
+    datalist = write_demo_dataset(tmp / "validation", cases=round(cases / 0.75) + 1, size=182, seed=1, spacing=1.0)
+    overrides = [f"data.datalist={datalist}", f"output_dir={tmp / 'validation-out'}"]
+    cfg = {c: load_config(REPO / "configs" / "demo.yaml", [*overrides, f"data.cache={c}"]) for c in ("off", "disk")}
+    entries = load_datalist(cfg["disk"])["training"][:cases]
+    t0 = time.perf_counter()
+    build_store(entries, cfg["disk"])
+    built = (time.perf_counter() - t0) / len(entries)
+    seconds = {}
+    for name, c in cfg.items():
+        t0 = time.perf_counter()
+        for item in volume_dataset(entries, c, with_label=True):
+            float(item["image"][0, 0, 0, 0])
+        seconds[name] = (time.perf_counter() - t0) / len(entries)
+    print(f"\na validation volume of 182×218×182 × 3 channels at 1 mm, {len(entries)} cases: preprocessed from its files "
+          f"{seconds['off']:.2f} s, read from the store {seconds['disk']:.3f} s (×{seconds['off'] / seconds['disk']:.0f}); "
+          f"the store entry built once in {built:.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20, 40, 80], help="training cases per cohort")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[20, 40, 80], help="training cases per cohort (none: skip)")
     parser.add_argument("--size", type=int, default=80, help="phantom voxels along the first axis (1 mm)")
     parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--validation-cases", type=int, default=4, help="182×218×182 cases for validation's reading; 0: skip")
     parser.add_argument("--keep", type=Path, default=None, help="write the cohorts here (default: a temporary folder)")
     args = parser.parse_args()
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="bench_cohort_"))
@@ -147,6 +178,8 @@ def main() -> None:
                 print(f"  data.cache {cache}: " + (f"failed: {r['failed'][:160]}" if "failed" in r else
                                                    f"{r['told']}; trained {args.iterations} iterations, peak RSS "
                                                    f"{r['peak_rss_mib']:.0f} MiB"))
+        if args.validation_cases:
+            validation_reading(tmp, args.validation_cases)
     finally:
         if args.keep is None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -86,15 +86,21 @@ def build_store(entries: list[dict], cfg: Config, progress: bool = False) -> lis
     """The store entries of `entries` under `cfg` (`store`), each built unless it is there already."""
     pre = preprocessing(cfg, with_label=True, with_indices=True)
     root = store.store_root(cfg)
-    return [store.build_case(e, cfg, lambda e: _volume(pre(_labelled(e))), root)
+
+    def preprocessed(entry: dict) -> tuple[Volume, dict]:
+        item = pre(_labelled(entry))
+        return _volume(item), item["grid"]
+
+    return [store.build_case(e, cfg, preprocessed, root)
             for e in tqdm(entries, desc="store", unit="case", disable=not progress)]
 
 
 def train_batches(entries: list[dict], cfg: Config, device: torch.device | str = "cpu",
-                  say: Callable[[str], None] | None = None) -> BatchSampler:
+                  say: Callable[[str], None] | None = None, cohort: list[dict] | None = None) -> BatchSampler:
     """The training batches: `sampler(it)` is batch `it` (see `batches.py`), on `device`.
 
-    `data.cache` (`store.cache_mode`): `memory` — every case preprocessed once here and its tensors moved to the
+    `data.cache` (`store.cache_mode`; `auto` from the size of `cohort`, the run's training and validation
+    cases, default `entries`): `memory` — every case preprocessed once here and its tensors moved to the
     cache device; `disk` — every case from the preprocessed store (`store`, built here where missing), read
     as memory maps; `off` — cases preprocessed when a batch draws them. The same batches, bit for bit, from
     each. `say`: where the choice and its reason are told (the run's log).
@@ -102,7 +108,7 @@ def train_batches(entries: list[dict], cfg: Config, device: torch.device | str =
     device = torch.device(device)
     pre = preprocessing(cfg, with_label=True, with_indices=True)
     data = [_labelled(e) for e in entries]
-    mode, why = store.cache_mode(entries, cfg)
+    mode, why = store.cache_mode(entries if cohort is None else cohort, cfg)
     if mode == "memory":
         volumes: Sequence[Volume] = [_volume(pre(item)) for item in data]
         where = cache_device(cfg, sum(v.nbytes for v in volumes), device)
@@ -132,12 +138,16 @@ def train_batches(entries: list[dict], cfg: Config, device: torch.device | str =
     )
 
 
-def volume_dataset(entries: list[dict], cfg: Config, with_label: bool) -> Dataset:
-    """Whole preprocessed volumes (validation, prediction), each with its case id; kept in memory once read
-    when `data.cache` is `memory` (or `auto` and they fit)."""
+def volume_dataset(entries: list[dict], cfg: Config, with_label: bool, cohort: list[dict] | None = None) -> Dataset:
+    """Whole preprocessed volumes (validation), each with its case id, kept as the training cases are
+    (`store.cache_mode`; `auto` from the size of `cohort`, default `entries`): in memory once read (`memory`),
+    read from the preprocessed store (`disk`, labelled volumes: the entries training uses, built where missing,
+    cropped to the unpadded volume — the same arrays bit for bit), or preprocessed at every reading."""
+    mode = store.cache_mode(entries if cohort is None else cohort, cfg)[0]
+    if with_label and mode == "disk":
+        return store.StoredCases([e["case"] for e in entries], build_store(entries, cfg))
     data = [
         {"case": e["case"], "image": e["image"], **({"label": e["label"]} if with_label else {}), **_mask(e)}
         for e in entries
     ]
-    keep = cfg.data.cache == "memory" or (cfg.data.cache == "auto" and store.cache_mode(entries, cfg)[0] == "memory")
-    return _dataset(data, preprocessing(cfg, with_label=with_label), keep)
+    return _dataset(data, preprocessing(cfg, with_label=with_label), mode == "memory")

@@ -26,6 +26,7 @@ from monai.transforms import (
     LoadImaged,
     Orientationd,
     Spacingd,
+    SpatialPad,
     SpatialPadd,
 )
 from monai.transforms.utils import map_binary_to_indices
@@ -95,6 +96,21 @@ class BrainIndicesd:
         return d
 
 
+class Gridd:
+    """Keep the volume's grid before it is padded to the patch size, `d["grid"]`: its affine and the box it
+    will take in the padded arrays (`[[start, stop]]` per axis, MONAI's symmetric padding), so that the store
+    can give validation the unpadded volume (`store.StoredCases`)."""
+
+    def __init__(self, patch_size: list[int]) -> None:
+        self.pad = SpatialPad(patch_size)
+
+    def __call__(self, data: dict) -> dict:
+        image = data["image"]
+        widths = self.pad.compute_pad_width(image.shape[1:])[1:]
+        box = [[before, before + n] for (before, _), n in zip(widths, image.shape[1:])]
+        return {**data, "grid": {"affine": image.affine.tolist(), "box": box}}
+
+
 class BrainZScored:
     """Normalise each image channel over the brain, optionally after clipping it to percentiles of the brain.
 
@@ -153,7 +169,8 @@ def preprocessing(cfg: Config, with_label: bool, with_indices: bool = False) -> 
         steps.append(Spacingd(keys=loaded, pixdim=cfg.data.spacing, mode=modes, allow_missing_keys=True))
     if with_indices:
         # Pad first so that every patch fits.
-        steps += [SpatialPadd(keys=loaded, spatial_size=cfg.data.patch_size, allow_missing_keys=True), BrainIndicesd()]
+        steps += [Gridd(cfg.data.patch_size),
+                  SpatialPadd(keys=loaded, spatial_size=cfg.data.patch_size, allow_missing_keys=True), BrainIndicesd()]
     check_data_settings(cfg)
     clip = cfg.data.clip_percentiles
     steps += [

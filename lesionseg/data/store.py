@@ -1,6 +1,7 @@
 """The preprocessed store: each training case preprocessed once per dataset and setting, kept on disk, and
-read by every run that needs it (`data.cache: disk`, or `auto` when the cohort does not fit in memory:
-`cache_mode` decides, from the cohort's size and what this process may use, `lesionseg.memory`).
+read by every run that needs it, for its training batches and as a validation volume (`data.cache: disk`, or
+`auto` when the cohort does not fit in memory: `cache_mode` decides, from the cohort's size and what this
+process may use, `lesionseg.memory`).
 
 ```
 <data.store>/                    default <output_dir>/store/
@@ -8,7 +9,8 @@ read by every run that needs it (`data.cache: disk`, or `auto` when the cohort d
         image.npy                (C, D, H, W) float32 — the arrays of `cache.train_batches`' memory cache, as they
         label.npy                (1, D, H, W) uint8     are: batches from the store are those from memory, bit for bit
         lesion.npy brain.npy     flat indices of the patch centres (int32, or int64 past 2³¹ voxels)
-        case.json                the case, its files, the settings and the arrays' shapes; written last
+        case.json                the case, its files, the settings, the arrays' shapes and the grid before padding
+                                 (affine, box: validation reads the unpadded volume); written last
 ```
 
 **The key** is a SHA-256 of `STORE_VERSION` (raised whenever the preprocessing code changes what it writes),
@@ -44,6 +46,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from monai.data import MetaTensor
 
 from lesionseg.config import Config
 from lesionseg.data.batches import Volume
@@ -51,7 +54,7 @@ from lesionseg.errors import LesionsegError
 from lesionseg.files import disk_error
 from lesionseg.memory import usable_memory
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: case.json keeps the grid before padding (validation reads the store)
 KEYED_SETTINGS = ("orientation", "spacing", "normalize", "clip_percentiles", "patch_size")
 ARRAYS = ("image", "label", "lesion", "brain")
 STALE_SECONDS = 24 * 3600  # a temporary folder this old is a killed build's, not one in progress
@@ -77,8 +80,9 @@ def case_key(entry: dict, cfg: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def build_case(entry: dict, cfg: Config, preprocess: Callable[[dict], Volume], root: Path) -> Path:
-    """The store entry of `entry`, built with `preprocess` (the case → its `Volume`) unless it is there."""
+def build_case(entry: dict, cfg: Config, preprocess: Callable[[dict], tuple[Volume, dict]], root: Path) -> Path:
+    """The store entry of `entry`, built with `preprocess` (the case → its `Volume` and its grid before padding,
+    `preprocessing.Gridd`) unless it is there."""
     key = case_key(entry, cfg)
     final = root / key
     if (final / "case.json").is_file():
@@ -87,7 +91,7 @@ def build_case(entry: dict, cfg: Config, preprocess: Callable[[dict], Volume], r
         with contextlib.suppress(FileNotFoundError):  # another process may remove it first
             if time.time() - stale.stat().st_mtime > STALE_SECONDS:
                 shutil.rmtree(stale, ignore_errors=True)
-    volume = preprocess(entry)
+    volume, grid = preprocess(entry)
     tmp = root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir(parents=True)
@@ -97,7 +101,7 @@ def build_case(entry: dict, cfg: Config, preprocess: Callable[[dict], Volume], r
                                                    "mask": entry.get("mask")},
                  "settings": {name: getattr(cfg.data, name) for name in KEYED_SETTINGS},
                  "version": STORE_VERSION,
-                 "shapes": {name: list(getattr(volume, name).shape) for name in ARRAYS}}
+                 "shapes": {name: list(getattr(volume, name).shape) for name in ARRAYS}, "grid": grid}
         (tmp / "case.json").write_text(json.dumps(about, indent=1, default=str), encoding="utf-8")
         try:
             tmp.rename(final)
@@ -131,9 +135,9 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def open_case(path: Path) -> tuple[Volume, list[mmap.mmap]]:
-    """A store entry as a `Volume` whose tensors are read-only memory maps of its files, and the maps.
-    LesionsegError naming the entry when it is incomplete or damaged."""
+def open_case(path: Path) -> tuple[Volume, list[mmap.mmap], dict]:
+    """A store entry as a `Volume` whose tensors are read-only memory maps of its files, the maps and its
+    `case.json`. LesionsegError naming the entry when it is incomplete or damaged."""
     try:
         about = json.loads((path / "case.json").read_text(encoding="utf-8"))
         arrays, maps = {}, []
@@ -147,7 +151,7 @@ def open_case(path: Path) -> tuple[Volume, list[mmap.mmap]]:
     if shapes != about.get("shapes"):
         raise LesionsegError(f"store entry {path} is damaged (arrays {shapes}, case.json says {about.get('shapes')}); "
                              "delete that folder and run again: lesionseg builds it anew")
-    return Volume(**{name: _tensor(a) for name, a in arrays.items()}), maps
+    return Volume(**{name: _tensor(a) for name, a in arrays.items()}), maps, about
 
 
 class StoredVolumes(Sequence):
@@ -157,7 +161,7 @@ class StoredVolumes(Sequence):
     many cases there are, and its memory stays flat in the size of the cohort."""
 
     def __init__(self, paths: list[Path]) -> None:
-        self.volumes, self.maps = zip(*(open_case(p) for p in paths)) if paths else ((), ())
+        self.volumes, self.maps, _ = zip(*(open_case(p) for p in paths)) if paths else ((), (), ())
         self.last: int | None = None
 
     def __len__(self) -> int:
@@ -169,6 +173,26 @@ class StoredVolumes(Sequence):
                 mapped.madvise(mmap.MADV_DONTNEED)
         self.last = index
         return self.volumes[index]
+
+
+class StoredCases(Sequence):
+    """Whole labelled volumes from the store, for validation: each entry opened when read and cropped to the
+    volume before padding (`case.json`'s `grid`), `{"case", "image", "label"}` as `cache.volume_dataset` gives
+    them from the files — the image a MetaTensor with the network grid's affine, the label float32 — equal bit
+    for bit. The item is a copy: its maps are released with it, so memory holds one volume at a time."""
+
+    def __init__(self, cases: list[str], paths: list[Path]) -> None:
+        self.cases, self.paths = cases, paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        volume, _, about = open_case(self.paths[index])
+        box = (slice(None), *(slice(start, stop) for start, stop in about["grid"]["box"]))
+        affine = torch.tensor(about["grid"]["affine"], dtype=torch.float64)
+        return {"case": self.cases[index], "image": MetaTensor(volume.image[box].clone(), affine=affine),
+                "label": volume.label[box].to(torch.float32)}
 
 
 def estimated_bytes(entries: list[dict], cfg: Config) -> int:

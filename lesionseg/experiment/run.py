@@ -100,8 +100,9 @@ def tune_thresholds(model, cfg: Config, lists: dict, run_dir: Path, device, prog
     _, val_cases = split_train_val(lists["training"], cfg)
     tune_size = cfg.eval.min_component_ml == "tune"
     sizes = operating_points.COMPONENT_SIZES_ML if tune_size else ()
-    tables, dsc, froc_counts = (validation_tables(model, cfg, val_cases, device, progress, sizes) if val_cases
-                                else ([], None, []))
+    tables, dsc, froc_counts = ([], None, [])
+    if val_cases:
+        tables, dsc, froc_counts = validation_tables(model, cfg, val_cases, device, progress, sizes, lists["training"])
     if tune_size:
         component = operating_points.tune_component_size(dsc, sizes)
     else:

@@ -181,10 +181,11 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     if start == 1:
         _note_ce_weight(cfg, paths, run_dir.name)
 
-    batches = train_batches(train_cases, cfg, device, say=lambda text: tqdm.write(f"[{run_dir.name}] {text}"))
+    batches = train_batches(train_cases, cfg, device, say=lambda text: tqdm.write(f"[{run_dir.name}] {text}"),
+                            cohort=lists["training"])
     if parts.prior is None:  # a new run (or a checkpoint without it): measured, and set when new
         parts.prior = _start_offset(parts.model, batches, cfg, paths, run_dir.name, fresh=start == 1)
-    val_data = volume_dataset(val_cases, cfg, with_label=True) if val_cases else None
+    val_data = volume_dataset(val_cases, cfg, with_label=True, cohort=lists["training"]) if val_cases else None
     writer = SummaryWriter(log_dir=str(run_dir))
     loss_sum, loss_count = torch.zeros((), device=device), 0
     bar = tqdm(range(start, cfg.train.iterations + 1), desc=f"train {run_dir.name}", disable=not progress,

@@ -17,7 +17,7 @@ import torch
 from helpers import REPO
 
 from lesionseg.data import cache, preprocessing, store
-from lesionseg.data.cache import train_batches
+from lesionseg.data.cache import train_batches, volume_dataset
 from lesionseg.data.preprocessing import load_datalist, split_train_val
 from lesionseg.errors import LesionsegError
 from lesionseg.memory import cgroup_room, usable_memory
@@ -42,6 +42,41 @@ def test_batches_from_the_store_equal_batches_from_memory(tiny_config, spatial):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
     entries = [p for p in store.store_root(cfg).iterdir()]
     assert len(entries) == len(training(cfg)) and not [p for p in entries if p.name.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("setting", [[], ["data.spacing=[1.5,1.5,1.5]"], ["data.patch_size=[32,32,32]"],
+                                     ["data.orientation=LPS", "data.normalize=median"]])
+@pytest.mark.parametrize("masked", [True, False])
+def test_validation_volumes_from_the_store_equal_those_from_the_files(tiny_config, setting, masked):
+    """The store keeps volumes padded to the patch size (24³ phantoms, 32³ patches above): validation reads
+    them cropped back, and gets what preprocessing the files gives it, bit for bit, affine included."""
+    cfg = tiny_config("data.cache=disk", *setting)
+    entries = [dict(e, mask=e["mask"] if masked else None) for e in load_datalist(cfg)["training"]]
+    stored = volume_dataset(entries, cfg, with_label=True)
+    files = volume_dataset(entries, tiny_config("data.cache=off", *setting), with_label=True)
+    assert isinstance(stored, store.StoredCases) and len(stored) == len(files) == len(entries)
+    for a, b in zip(stored, files):
+        assert a["case"] == b["case"]
+        assert torch.equal(a["image"].as_tensor(), b["image"].as_tensor())
+        assert torch.equal(a["image"].affine, b["image"].affine) and torch.equal(a["image"].pixdim, b["image"].pixdim)
+        assert a["label"].dtype == b["label"].dtype and torch.equal(torch.as_tensor(a["label"]), b["label"].as_tensor())
+    assert sorted(p.name for p in store.store_root(cfg).iterdir()) == sorted(store.case_key(e, cfg) for e in entries)
+
+
+def test_a_run_validates_from_the_store_with_its_training_cases(tiny_config, monkeypatch):
+    """`auto` decides for the run's whole cohort, training and validation cases together: when it does not
+    fit, both are read from the store (validation no longer preprocesses its volumes at every validation)."""
+    monkeypatch.setattr(store, "usable_memory", lambda: (1, "a test's limit"))
+    cfg = tiny_config()
+    lists = load_datalist(cfg)
+    train, val = split_train_val(lists["training"], cfg)
+    assert store.cache_mode(val, cfg)[0] == "disk"
+    told = []
+    train_batches(train, cfg, say=told.append, cohort=lists["training"])
+    assert "from the preprocessed store" in told[0]
+    assert isinstance(volume_dataset(val, cfg, with_label=True, cohort=lists["training"]), store.StoredCases)
+    monkeypatch.setattr(store, "usable_memory", lambda: (2**40, "plenty"))
+    assert not isinstance(volume_dataset(val, cfg, with_label=True, cohort=lists["training"]), store.StoredCases)
 
 
 def test_keys_follow_what_changes_the_arrays(tiny_config, tmp_path):
@@ -71,7 +106,8 @@ def test_an_entry_is_built_once_and_reused(tiny_config):
     def preprocess(e):
         built.append(e["case"])
         item = {"image": e["image"], "label": e["label"], "mask": e["mask"]}
-        return cache._volume(preprocessing.preprocessing(cfg, True, True)(item))
+        done = preprocessing.preprocessing(cfg, True, True)(item)
+        return cache._volume(done), done["grid"]
 
     root = store.store_root(cfg)
     first = store.build_case(entry, cfg, preprocess, root)
@@ -123,7 +159,7 @@ def test_two_processes_build_the_same_store_at_once(tiny_config, tiny_dataset, t
         sys.path.insert(0, {str(REPO / "tests")!r})
         from helpers import REPO, TINY
         from lesionseg.config import load_config
-        from lesionseg.data.cache import train_batches
+        from lesionseg.data.cache import train_batches, volume_dataset
         from lesionseg.data.preprocessing import load_datalist, split_train_val
         cfg = load_config(REPO / "configs" / "demo.yaml", [f"data.datalist={tiny_dataset}",
                           "output_dir={tmp_path / 'shared'}", *TINY, "data.cache=disk"])
@@ -140,7 +176,7 @@ def test_two_processes_build_the_same_store_at_once(tiny_config, tiny_dataset, t
     entries = sorted(p.name for p in root.iterdir())
     assert len(entries) == int(outs[0][0].split()[0]) and not [n for n in entries if n.startswith(".tmp")]
     for name in entries:
-        volume, _ = store.open_case(root / name)
+        volume, _, _ = store.open_case(root / name)
         assert volume.image.ndim == 4
 
 
