@@ -10,7 +10,8 @@ left (`--budget`, default 450 s) is below what it needs:
    TFLOP/s from `FlopCounterMode` and the share of the GPU's dense bf16 peak (MFU);
 3. the same from the preprocessed store (`data.cache: disk`: patches cut from memory maps on the CPU, copied
    through pinned memory);
-4. the loader's share of a step, both ways: 1 − (a step on a resident batch) / (sampler + step);
+4. the loader's share of a step, both ways: 1 − (a step on a resident batch) / (sampler + step), and with the
+   next batch cut in a background thread meanwhile (`data.prefetch`, on by default on a GPU);
 5. the evaluator on the GPU against the CPU: `evaluate_cases` on synthetic 182×218×182 cases, s/case;
 6. a two-run β sweep end to end (demo phantoms, 200 iterations each, train → predict → evaluate → report).
 
@@ -22,6 +23,7 @@ left (`--budget`, default 450 s) is below what it needs:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -37,6 +39,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from bench_train import REALISTIC, peak_tflops, sync, write_data  # noqa: E402
 
 from lesionseg.config import load_config  # noqa: E402
+from lesionseg.data.batches import Prefetched  # noqa: E402
 from lesionseg.data.cache import train_batches  # noqa: E402
 from lesionseg.data.demo_data import write_demo_dataset  # noqa: E402
 from lesionseg.data.preprocessing import load_datalist, split_train_val  # noqa: E402
@@ -92,12 +95,16 @@ def throughput(datalist: Path, out: Path, device: torch.device, cache: str, size
     for it in range(1, 4):
         train_step(model, sampler(it)["image"], sampler(it)["label"], loss_fn, optimizer, scaler, dtype)
     rates = {}
-    for name, batch in (("sampler + step", None), ("resident step", resident)):
+    last = 10 + iterations - 1
+    for name, fetch in (("sampler + step", contextlib.nullcontext(sampler)),
+                        ("prefetched + step", Prefetched(sampler, last)),  # data.prefetch: the next batch cut meanwhile
+                        ("resident step", contextlib.nullcontext(lambda _: resident))):
         sync(device)
         t = time.perf_counter()
-        for it in range(10, 10 + iterations):
-            b = batch or sampler(it)
-            train_step(model, b["image"], b["label"], loss_fn, optimizer, scaler, dtype)
+        with fetch as get:
+            for it in range(10, last + 1):
+                b = get(it)
+                train_step(model, b["image"], b["label"], loss_fn, optimizer, scaler, dtype)
         sync(device)
         rates[name] = iterations / (time.perf_counter() - t)
     from torch.utils.flop_counter import FlopCounterMode
@@ -110,15 +117,16 @@ def throughput(datalist: Path, out: Path, device: torch.device, cache: str, size
     achieved = flops * rates["sampler + step"] / 1e12
     peak = peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     figures[cache] = rates
-    return (f"{rates['sampler + step']:.2f} it/s ({rates['sampler + step'] * voxels / 1e6:.0f} Mvoxel/s), resident "
-            f"{rates['resident step']:.2f} it/s; {flops / 1e9:.0f} GFLOP/step, {achieved:.1f} TFLOP/s"
+    return (f"{rates['sampler + step']:.2f} it/s ({rates['sampler + step'] * voxels / 1e6:.0f} Mvoxel/s), "
+            f"prefetched {rates['prefetched + step']:.2f} it/s, resident {rates['resident step']:.2f} it/s; "
+            f"{flops / 1e9:.0f} GFLOP/step, {achieved:.1f} TFLOP/s"
             + (f" = MFU {100 * achieved / peak:.1f} % of {peak:.0f}" if peak else "")
             + f", {str(dtype).removeprefix('torch.') if dtype else 'fp32'}")
 
 
 def loader_share(figures: dict) -> str:
-    return "; ".join(f"{cache}: {100 * (1 - r['sampler + step'] / r['resident step']):.1f} % of a step"
-                     for cache, r in figures.items())
+    return "; ".join(f"{cache}: {100 * (1 - r['sampler + step'] / r['resident step']):.1f} % of a step, prefetched "
+                     f"{100 * (1 - r['prefetched + step'] / r['resident step']):.1f} %" for cache, r in figures.items())
 
 
 def evaluator(device: torch.device, n: int, folder: Path) -> str:

@@ -73,7 +73,7 @@ class SweepPaths:
 # Where and how a run executes, never what it computes: a run is the same run whatever these say.
 # (`report` too: how the runs are compared, not what they computed.) A key counts with everything below it.
 EXECUTION_KEYS = frozenset({"name", "output_dir", "sweep", "train.device", "data.cache_device", "data.cache",
-                            "data.store", "train.log_every", "train.val_images_every", "report"})
+                            "data.store", "data.prefetch", "train.log_every", "train.val_images_every", "report"})
 
 
 def is_done(run_dir: Path) -> bool:

@@ -40,6 +40,9 @@ class DataConfig(Section):
                             "(preprocessed at every draw); auto: memory when they fit, else disk")
     store: Path | None = Field(None, description="the preprocessed store (data/store.py); null: <output_dir>/store")
     cache_device: str = Field("auto", description="auto | cpu | cuda | cuda:N: where cached training volumes live")
+    prefetch: bool | Literal["auto"] = Field(
+        "auto", description="cut the next batch in a background thread while a step trains (the same batches); "
+                            "auto: on when training on a GPU")
 
     @field_validator("patch_size")
     @classmethod

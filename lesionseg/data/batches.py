@@ -28,8 +28,9 @@ Rotations act on voxel axes: they suit (near-)isotropic training grids (`data.sp
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -190,3 +191,30 @@ class BatchSampler:
             out[i].copy_(patch)
         # Non-blocking only towards the GPU: a copy back to host memory must be complete when returned.
         return out.to(self.device, non_blocking=self.device.type == "cuda")
+
+
+class Prefetched:
+    """`sampler(it)`, with batch `it + 1` cut in a background thread while the caller trains on batch `it`
+    (`data.prefetch`): on a GPU the host then reads, crops and augments while the device computes. The same
+    batches as `sampler`, whatever the order of the calls — each is a pure function of (seed, it) — so exact
+    resume holds. Nothing is cut past `last`. A context manager: leaving it waits for the thread."""
+
+    def __init__(self, sampler: Callable[[int], dict[str, torch.Tensor]], last: int) -> None:
+        self.sampler, self.last = sampler, last
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lesionseg-batches")
+        self.ahead: tuple[int, Future] | None = None
+
+    def __call__(self, iteration: int) -> dict[str, torch.Tensor]:
+        ahead, self.ahead = self.ahead, None
+        batch = ahead[1].result() if ahead is not None else None  # waited for even when not the one asked for
+        if ahead is None or ahead[0] != iteration:
+            batch = self.sampler(iteration)
+        if iteration < self.last:
+            self.ahead = (iteration + 1, self.pool.submit(self.sampler, iteration + 1))
+        return batch
+
+    def __enter__(self) -> Prefetched:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

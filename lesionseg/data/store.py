@@ -24,8 +24,9 @@ and so a new entry; the old one stays until removed by hand (`rm -r` of the fold
 **Writes are atomic and safe when processes race**: an entry is written into `.tmp-<key>-<pid>-<random>/`
 and renamed to `<key>/` when complete; a process that loses the race to another finds `<key>/` there and
 drops its copy. A killed build leaves only a `.tmp-*` folder, which no reader opens; the next build of that
-key removes it once it is a day old (younger, it could be another node's build in progress). Entries are read as memory maps: a batch reads its patches' pages, not whole volumes, so a
-run's memory does not grow with the number of cases.
+key removes it once it is a day old (younger, it could be another node's build in progress). Entries are
+read as memory maps: a batch reads its patches' pages, not whole volumes, so a run's memory does not grow
+with the number of cases.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ step never waits on the host: the loss is accumulated on the device and read bac
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -21,6 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from lesionseg.config import Config
+from lesionseg.data.batches import Prefetched
 from lesionseg.data.cache import train_batches, volume_dataset
 from lesionseg.data.preprocessing import load_datalist, split_train_val
 from lesionseg.devices import amp_dtype, autocast, resolve_device
@@ -191,30 +193,32 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     bar = tqdm(range(start, cfg.train.iterations + 1), desc=f"train {run_dir.name}", disable=not progress,
                leave=False, initial=start - 1, total=cfg.train.iterations)
     stop = StopRequest()
-    for it in bar:
-        image, label = to_memory_format(batches(it), cfg.train.channels_last)
-        if isinstance(parts.loss_fn, CrossEntropyTerm):
-            parts.loss_fn.iteration = it
-        loss_sum += train_step(parts.step_model, image, label, parts.loss_fn, parts.optimizer, parts.scaler,
-                               parts.dtype)
-        parts.scheduler.step()
-        loss_count += 1
-        if it % cfg.train.log_every == 0 or it == cfg.train.iterations:
-            bar.set_postfix(loss=f"{_log_loss(writer, loss_sum / loss_count, parts, it, run_dir):.4f}")
-            loss_sum.zero_()
-            loss_count = 0
-        if stop.requested:
-            save_checkpoint(paths.last, parts.state(it, last, best))
-            stop.restore()
-            raise LesionsegError(f"stopped by {stop.requested} after iteration {it}; the checkpoint {paths.last} "
-                                 "holds it. Run the same command again to resume.")
-        if it % cfg.train.val_every == 0 or it == cfg.train.iterations:
-            if val_data is not None:
-                last = _validate_logged(writer, parts.model, val_data, cfg, device, it, run_dir.name)
-                if last["dsc"] > best["dsc"]:
-                    best = {"iteration": it, **last}
-                    save_checkpoint(paths.best, parts.state(it, last))
-            save_checkpoint(paths.last, parts.state(it, last, best))
+    prefetch = device.type == "cuda" if cfg.data.prefetch == "auto" else cfg.data.prefetch
+    with Prefetched(batches, cfg.train.iterations) if prefetch else contextlib.nullcontext(batches) as fetch:
+        for it in bar:
+            image, label = to_memory_format(fetch(it), cfg.train.channels_last)
+            if isinstance(parts.loss_fn, CrossEntropyTerm):
+                parts.loss_fn.iteration = it
+            loss_sum += train_step(parts.step_model, image, label, parts.loss_fn, parts.optimizer, parts.scaler,
+                                   parts.dtype)
+            parts.scheduler.step()
+            loss_count += 1
+            if it % cfg.train.log_every == 0 or it == cfg.train.iterations:
+                bar.set_postfix(loss=f"{_log_loss(writer, loss_sum / loss_count, parts, it, run_dir):.4f}")
+                loss_sum.zero_()
+                loss_count = 0
+            if stop.requested:
+                save_checkpoint(paths.last, parts.state(it, last, best))
+                stop.restore()
+                raise LesionsegError(f"stopped by {stop.requested} after iteration {it}; the checkpoint {paths.last} "
+                                     "holds it. Run the same command again to resume.")
+            if it % cfg.train.val_every == 0 or it == cfg.train.iterations:
+                if val_data is not None:
+                    last = _validate_logged(writer, parts.model, val_data, cfg, device, it, run_dir.name)
+                    if last["dsc"] > best["dsc"]:
+                        best = {"iteration": it, **last}
+                        save_checkpoint(paths.best, parts.state(it, last))
+                save_checkpoint(paths.last, parts.state(it, last, best))
     stop.restore()
     writer.close()
     return _finish(paths, cfg, device, parts, best if val_data is not None else None, last)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lesionseg.data.batches import BatchSampler, Volume, batch_seed, crop_box
+from lesionseg.data.batches import BatchSampler, Prefetched, Volume, batch_seed, crop_box
 from lesionseg.data.cache import cache_device, train_batches, volume_dataset
 from lesionseg.data.preprocessing import BrainIndicesd, BrainZScored, load_datalist, read_datalist, split_train_val
 from lesionseg.errors import LesionsegError
@@ -60,6 +60,25 @@ def test_batch_is_a_function_of_seed_and_iteration_only(tiny_config):
     # Without the cache each case is preprocessed when drawn: the same batches, bit for bit.
     uncached = train_batches(train, tiny_config("train.batch_size=2", "data.cache=false"))(7)
     assert torch.equal(later[0]["image"], uncached["image"]) and torch.equal(later[0]["label"], uncached["label"])
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_prefetched_batches_are_the_samplers_in_any_order(tiny_config, cache):
+    """`data.prefetch`: batch it + 1 is cut in a background thread while it trains; a resume (a jump), a
+    repeated iteration and the last iteration still give the sampler's own batches, and none past the last."""
+    cfg = tiny_config(f"data.cache={cache}", "data.rotate_degrees=20", "data.spatial_prob=0.7")
+    sampler = train_batches(split_train_val(load_datalist(cfg)["training"], cfg)[0], cfg)
+    cut = []
+
+    def counted(it):
+        cut.append(it)
+        return sampler(it)
+
+    with Prefetched(counted, last=9) as fetch:
+        for it in (3, 4, 5, 8, 8, 9):
+            batch, own = fetch(it), sampler(it)
+            assert torch.equal(batch["image"], own["image"]) and torch.equal(batch["label"], own["label"])
+    assert max(cut) == 9 and sorted(set(cut)) == [3, 4, 5, 6, 8, 9]
 
 
 def test_cached_volumes_stay_on_the_cpu_for_cpu_training(tiny_config):
