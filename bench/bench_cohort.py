@@ -55,7 +55,7 @@ CHILD = textwrap.dedent("""
     sampler = train_batches(train, cfg, "cpu", say=told.append)
     ready = time.perf_counter() - t0
     model = build_model(cfg)
-    loss_fn = build_loss(cfg.loss)
+    loss_fn = build_loss(cfg.loss, cfg.data.samples_per_volume)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     dtype = amp_dtype(torch.device("cpu"), cfg.train.amp)

@@ -147,7 +147,7 @@ def run(cfg: Config, train: list[dict], device: torch.device, args: argparse.Nam
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     step_model = torch.compile(model) if args.compile else model
-    loss_fn = build_loss(cfg.loss)
+    loss_fn = build_loss(cfg.loss, cfg.data.samples_per_volume)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     dtype = amp_dtype(device, cfg.train.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

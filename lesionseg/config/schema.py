@@ -124,7 +124,9 @@ class LossConfig(Section):
     gamma: float | None = Field(None, gt=0.0, description="focal_tversky: (1 - T)^(1/gamma), default 4/3; "
                                                           "focal: (1 - p_t)^gamma, default 2")
     pos_weight: float | None = Field(None, gt=0.0, description="wce: weight of the lesion voxels' term")
-    batch: bool = Field(True, description="sum TP/FP/FN over the whole batch rather than per patch")
+    batch: bool | Literal["case"] = Field(
+        True, description="true: sum TP/FP/FN over the whole batch; case: over each training case's patches "
+                          "(data.samples_per_volume), the indices averaged; false: per patch, averaged")
     smooth: float = Field(1e-5, ge=0.0)
     ce_weight: float | Literal["auto"] = Field(
         "auto", description="weight of a binary cross-entropy term added to the loss for the whole run (nnU-Net "

@@ -40,7 +40,8 @@ def training_loss(cfg, swept: dict) -> str:
         text = LOSS_NAMES[loss.name]
         if loss.name in ("tversky", "focal_tversky"):
             text += " (α = 1 − β" if loss.alpha is None and "loss.alpha" not in swept else " (α as configured"
-            text += ", summed over the batch)" if loss.batch else ", per patch)"
+            text += {True: ", summed over the batch)", "case": ", summed over each training case's patches)",
+                     False: ", per patch)"}[loss.batch]
     if "loss.ce_weight" in swept:
         text += " + binary cross-entropy at each configuration's weight (loss.ce_weight)"
     elif "loss.name" in swept and loss.ce_weight == "auto":

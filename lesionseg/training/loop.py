@@ -135,7 +135,7 @@ def _build(cfg: Config, device: torch.device) -> _Parts:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     dtype = amp_dtype(device, cfg.train.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loss_fn = build_loss(cfg.loss)
+    loss_fn = build_loss(cfg.loss, cfg.data.samples_per_volume)
     if cfg.loss.resolved_ce_weight > 0 or cfg.loss.ce_warmup > 0:
         loss_fn = CrossEntropyTerm(loss_fn, cfg.loss.resolved_ce_weight,
                                    round(cfg.loss.ce_warmup * cfg.train.iterations))

@@ -29,11 +29,13 @@ Tversky index decides, CE's per-voxel gradient (mean over N voxels) against the 
 lesion voxels) is of the order of the lesion share G / N: a few per cent at MS loads (share ≈ 0.01), a
 quarter at tumour-like ones (≈ 0.05), so β still moves the operating point (bench/RESULTS.md, stop 24).
 
-`loss.batch` (the overlap losses): true sums TP/FP/FN over the whole batch (one index per batch); false
-computes the index per patch and averages. A summed index weighs every case by its lesion volume, so in a
-batch that mixes a heavy-load case with a light one the light one's lesions hardly count; the per-patch mean
-weighs patches alike, as the per-case mean DSC of the evaluation weighs patients alike (Eelbode et al. 2020
-make the same point for per-image vs batch Dice). On real MS scans (bench/RESULTS.md) the low-load
+`loss.batch` (the overlap losses): true sums TP/FP/FN over the whole batch (one index per batch); `case`
+sums them over each training case's patches in the batch (`data.samples_per_volume` of them, `PerCase`) and
+averages the cases' indices; false computes the index per patch and averages. A summed index weighs every
+case by its lesion volume, so in a batch that mixes a heavy-load case with a light one the light one's
+lesions hardly count; the per-case mean weighs cases alike, as the per-case mean DSC of the evaluation weighs
+patients alike (Eelbode et al. 2020 make the same point for per-image vs batch Dice), and the per-patch
+mean weighs patches alike — a patch with a few lesion voxels as much as one full of them. On real MS scans (bench/RESULTS.md) the low-load
 patient's lesions were found only with the per-patch index (and `model.prior` 0.5, which needs a long run).
 What the loss does to calibration: at its optimum a voxel whose lesion probability under the training
 patches is q is predicted lesion when q > α·T, T the Tversky index reached on the training patches
@@ -131,8 +133,32 @@ LOSSES: dict[str, Callable[[LossConfig], torch.nn.Module]] = {
 }
 
 
-def build_loss(cfg: LossConfig) -> torch.nn.Module:
-    """The configured loss as a module: `loss(logits, target)` with both shaped `(B, 1, D, H, W)`."""
+class PerCase(torch.nn.Module):
+    """`loss.batch: case`: `loss` (computed per item of its batch, averaged) with each training case's
+    `patches` consecutive patches of the batch (`batches.BatchSampler` orders them so) joined into one item
+    along the first spatial axis — one Tversky index per case over its patches' voxels, the indices averaged:
+    cases weigh alike, as in the per-case mean DSC of the evaluation, whatever their lesion volume."""
+
+    def __init__(self, loss: torch.nn.Module, patches: int):
+        super().__init__()
+        self.loss, self.patches = loss, patches
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(*(self.joined(t) for t in (logits, target)))
+
+    def joined(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, d, *rest = x.shape
+        if n % self.patches:
+            raise ValueError(f"a batch of {n} patches is not whole cases of {self.patches} patches each")
+        return x.reshape(n // self.patches, self.patches, c, d, *rest).transpose(1, 2).reshape(
+            n // self.patches, c, self.patches * d, *rest)
+
+
+def build_loss(cfg: LossConfig, patches_per_case: int = 1) -> torch.nn.Module:
+    """The configured loss as a module: `loss(logits, target)` with both shaped `(B, 1, D, H, W)`;
+    `patches_per_case` (`data.samples_per_volume`): for `loss.batch: case` (`PerCase`)."""
     if cfg.name not in LOSSES:
         raise ValueError(f"Unsupported loss: {cfg.name!r}, available options are {sorted(LOSSES)}.")
+    if cfg.batch == "case":
+        return PerCase(LOSSES[cfg.name](cfg.model_copy(update={"batch": False})), patches_per_case)
     return LOSSES[cfg.name](cfg)

@@ -32,6 +32,26 @@ def test_tversky_per_sample_is_the_mean_of_samples():
     assert float(build_loss(cfg)(logit(PROBS), LABEL)) == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.parametrize("name", ["tversky", "focal_tversky", "dice"])
+def test_per_case_is_the_mean_over_cases_of_the_index_over_their_patches(name):
+    """`loss.batch: case`: 3 cases × 2 patches (consecutive, as the sampler orders them); each case's index
+    sums TP, FP and FN over its two patches (Salehi's formula by hand), the indices averaged."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(6, 1, 3, 4, 2, generator=g, dtype=torch.float64).clamp(0.02, 0.98)
+    y = (torch.rand(6, 1, 3, 4, 2, generator=g) < 0.3).to(torch.float64)
+    y[4:] = 0  # the third case has no lesion in either patch
+    beta = 0.5 if name == "dice" else 0.8
+    per_case = [tversky_by_hand(p[2 * c: 2 * c + 2], y[2 * c: 2 * c + 2], 1 - beta, beta, 0.0) for c in range(3)]
+    if name == "focal_tversky":
+        per_case = [t ** 0.75 for t in per_case]
+    loss = build_loss(LossConfig(name=name, beta=beta, batch="case", smooth=0.0), patches_per_case=2)
+    assert float(loss(logit(p), y)) == pytest.approx(sum(per_case) / 3, rel=1e-9)
+    assert float(build_loss(LossConfig(name=name, beta=beta, batch="case", smooth=0.0), 1)(logit(p), y)) == \
+        pytest.approx(float(build_loss(LossConfig(name=name, beta=beta, batch=False, smooth=0.0))(logit(p), y)))
+    with pytest.raises(ValueError, match="not whole cases"):
+        build_loss(LossConfig(name=name, batch="case"), patches_per_case=4)(logit(p), y)
+
+
 def test_alpha_weighs_false_positives_and_beta_false_negatives():
     # One false positive (p = 1 where g = 0) and no false negative: only α can matter.
     p = torch.tensor([[[[1 - 1e-9, 1 - 1e-9], [1e-9, 1e-9]]]], dtype=torch.float64)
