@@ -98,8 +98,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny
 
     calls = []
 
-    def exploding_loss(cfg):
-        real = build_loss(cfg)
+    def exploding_loss(cfg, patches_per_case=1):
+        real = build_loss(cfg, patches_per_case)
 
         def loss(logits, label):
             calls.append(1)
