@@ -112,7 +112,7 @@ def predict_cases(
 
 
 def validation_tables(model: torch.nn.Module, cfg: Config, entries: list[dict], device: torch.device,
-                      progress: bool = True, sizes_ml: Sequence[float] = (), cohort: list[dict] | None = None
+                      progress: bool = True, sizes_ml: Sequence[float] = (), cache: tuple[str, str] | None = None
                       ) -> tuple[list[PRTable], np.ndarray, list[list[np.ndarray]]]:
     """Predict the validation cases (labelled) in the training geometry and reduce each to its
     precision-recall table (`metrics.pr_table`), from which thresholds are tuned (`operating_points`),
@@ -120,11 +120,11 @@ def validation_tables(model: torch.nn.Module, cfg: Config, entries: list[dict], 
     (`(cases, sizes)`; the size filter is tuned from it), and to its FROC counts (`froc.case_counts`) under
     `eval`'s lesion definition, per size of `sizes_ml` (or at `eval.min_component_ml` without sizes), from
     which the threshold of one false-positive lesion per scan is chosen. The volumes are read as training read
-    them (`cache.volume_dataset`: `cohort`, the run's training cases, decides for `data.cache: auto`)."""
+    them (`cache.volume_dataset`; `cache`: the `store.cache_mode` decision for the run's training cases)."""
     froc_sizes = list(sizes_ml) or [cfg.eval.min_component_ml]
     tables, dsc, froc_counts = [], [], []
-    for item in tqdm(volume_dataset(entries, cfg, with_label=True, cohort=cohort), desc="validation", disable=not progress,
-                     leave=False):
+    for item in tqdm(volume_dataset(entries, cfg, with_label=True, cache=cache), desc="validation",
+                     disable=not progress, leave=False):
         prob = infer_volume(model, item["image"], cfg, device, tta=cfg.eval.tta)[0]
         label = item["label"][0].to(device) > 0.5
         tables.append(pr_table(prob, label))

@@ -96,11 +96,11 @@ def build_store(entries: list[dict], cfg: Config, progress: bool = False) -> lis
 
 
 def train_batches(entries: list[dict], cfg: Config, device: torch.device | str = "cpu",
-                  say: Callable[[str], None] | None = None, cohort: list[dict] | None = None) -> BatchSampler:
+                  say: Callable[[str], None] | None = None, cache: tuple[str, str] | None = None) -> BatchSampler:
     """The training batches: `sampler(it)` is batch `it` (see `batches.py`), on `device`.
 
-    `data.cache` (`store.cache_mode`; `auto` from the size of `cohort`, the run's training and validation
-    cases, default `entries`): `memory` — every case preprocessed once here and its tensors moved to the
+    `data.cache` (`cache`: the run's `store.cache_mode` decision for its training and validation cases together,
+    default: made here for `entries`): `memory` — every case preprocessed once here and its tensors moved to the
     cache device; `disk` — every case from the preprocessed store (`store`, built here where missing), read
     as memory maps; `off` — cases preprocessed when a batch draws them. The same batches, bit for bit, from
     each. `say`: where the choice and its reason are told (the run's log).
@@ -108,7 +108,7 @@ def train_batches(entries: list[dict], cfg: Config, device: torch.device | str =
     device = torch.device(device)
     pre = preprocessing(cfg, with_label=True, with_indices=True)
     data = [_labelled(e) for e in entries]
-    mode, why = store.cache_mode(entries if cohort is None else cohort, cfg)
+    mode, why = store.cache_mode(entries, cfg) if cache is None else cache
     if mode == "memory":
         volumes: Sequence[Volume] = [_volume(pre(item)) for item in data]
         where = cache_device(cfg, sum(v.nbytes for v in volumes), device)
@@ -138,12 +138,12 @@ def train_batches(entries: list[dict], cfg: Config, device: torch.device | str =
     )
 
 
-def volume_dataset(entries: list[dict], cfg: Config, with_label: bool, cohort: list[dict] | None = None) -> Dataset:
-    """Whole preprocessed volumes (validation), each with its case id, kept as the training cases are
-    (`store.cache_mode`; `auto` from the size of `cohort`, default `entries`): in memory once read (`memory`),
+def volume_dataset(entries: list[dict], cfg: Config, with_label: bool, cache: tuple[str, str] | None = None) -> Dataset:
+    """Whole preprocessed volumes (validation), each with its case id, kept as the training cases are (`cache`:
+    the run's `store.cache_mode` decision, default: made here for `entries`): in memory once read (`memory`),
     read from the preprocessed store (`disk`, labelled volumes: the entries training uses, built where missing,
     cropped to the unpadded volume — the same arrays bit for bit), or preprocessed at every reading."""
-    mode = store.cache_mode(entries if cohort is None else cohort, cfg)[0]
+    mode = (store.cache_mode(entries, cfg) if cache is None else cache)[0]
     if with_label and mode == "disk":
         return store.StoredCases([e["case"] for e in entries], build_store(entries, cfg))
     data = [

@@ -19,6 +19,7 @@ import yaml
 from tqdm import tqdm
 
 from lesionseg.config import Config, validate
+from lesionseg.data import store
 from lesionseg.data.preprocessing import load_datalist, split_train_val
 from lesionseg.devices import resolve_device
 from lesionseg.errors import LesionsegError
@@ -102,7 +103,8 @@ def tune_thresholds(model, cfg: Config, lists: dict, run_dir: Path, device, prog
     sizes = operating_points.COMPONENT_SIZES_ML if tune_size else ()
     tables, dsc, froc_counts = ([], None, [])
     if val_cases:
-        tables, dsc, froc_counts = validation_tables(model, cfg, val_cases, device, progress, sizes, lists["training"])
+        tables, dsc, froc_counts = validation_tables(model, cfg, val_cases, device, progress, sizes,
+                                                     store.cache_mode(lists["training"], cfg))
     if tune_size:
         component = operating_points.tune_component_size(dsc, sizes)
     else:

@@ -22,6 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from lesionseg.config import Config
+from lesionseg.data import store
 from lesionseg.data.batches import Prefetched
 from lesionseg.data.cache import train_batches, volume_dataset
 from lesionseg.data.preprocessing import load_datalist, split_train_val
@@ -183,11 +184,11 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     if start == 1:
         _note_ce_weight(cfg, paths, run_dir.name)
 
-    batches = train_batches(train_cases, cfg, device, say=lambda text: tqdm.write(f"[{run_dir.name}] {text}"),
-                            cohort=lists["training"])
+    cache = store.cache_mode(lists["training"], cfg)  # one decision for the training and validation cases
+    batches = train_batches(train_cases, cfg, device, lambda text: tqdm.write(f"[{run_dir.name}] {text}"), cache)
     if parts.prior is None:  # a new run (or a checkpoint without it): measured, and set when new
         parts.prior = _start_offset(parts.model, batches, cfg, paths, run_dir.name, fresh=start == 1)
-    val_data = volume_dataset(val_cases, cfg, with_label=True, cohort=lists["training"]) if val_cases else None
+    val_data = volume_dataset(val_cases, cfg, with_label=True, cache=cache) if val_cases else None
     writer = SummaryWriter(log_dir=str(run_dir))
     loss_sum, loss_count = torch.zeros((), device=device), 0
     bar = tqdm(range(start, cfg.train.iterations + 1), desc=f"train {run_dir.name}", disable=not progress,
@@ -268,10 +269,8 @@ def _log_loss(writer: SummaryWriter, mean: torch.Tensor, parts: _Parts, it: int,
     """Read the mean loss back (the only host sync of the loop), stop on a NaN or infinite one, log it."""
     mean_loss = mean.item()
     if not math.isfinite(mean_loss):
-        raise LesionsegError(
-            f"training loss became {mean_loss} by iteration {it} in {run_dir}; lower train.lr or "
-            "check the data for NaN/infinite intensities (lesionseg check)"
-        )
+        raise LesionsegError(f"training loss became {mean_loss} by iteration {it} in {run_dir}; lower train.lr or "
+                             "check the data for NaN/infinite intensities (lesionseg check)")
     writer.add_scalar("train/loss", mean_loss, it)
     writer.add_scalar("train/lr", parts.scheduler.get_last_lr()[0], it)
     return mean_loss

@@ -35,8 +35,9 @@ averages the cases' indices; false computes the index per patch and averages. A 
 case by its lesion volume, so in a batch that mixes a heavy-load case with a light one the light one's
 lesions hardly count; the per-case mean weighs cases alike, as the per-case mean DSC of the evaluation weighs
 patients alike (Eelbode et al. 2020 make the same point for per-image vs batch Dice), and the per-patch
-mean weighs patches alike — a patch with a few lesion voxels as much as one full of them. On real MS scans (bench/RESULTS.md) the low-load
-patient's lesions were found only with the per-patch index (and `model.prior` 0.5, which needs a long run).
+mean weighs patches alike — a patch with a few lesion voxels as much as one full of them. On real MS scans
+(bench/RESULTS.md) the low-load patient's lesions were found only with the per-patch index (and
+`model.prior` 0.5, which needs a long run).
 What the loss does to calibration: at its optimum a voxel whose lesion probability under the training
 patches is q is predicted lesion when q > α·T, T the Tversky index reached on the training patches
 (for Dice, Lipton et al.'s F*/2) — a larger β lowers that bar, and so does a harder training set.

@@ -63,20 +63,32 @@ def test_validation_volumes_from_the_store_equal_those_from_the_files(tiny_confi
     assert sorted(p.name for p in store.store_root(cfg).iterdir()) == sorted(store.case_key(e, cfg) for e in entries)
 
 
-def test_a_run_validates_from_the_store_with_its_training_cases(tiny_config, monkeypatch):
-    """`auto` decides for the run's whole cohort, training and validation cases together: when it does not
+def test_a_run_validates_from_the_store_with_its_training_cases(tiny_config, monkeypatch, tmp_path):
+    """`auto` decides once for the run's whole cohort, training and validation cases together: when it does not
     fit, both are read from the store (validation no longer preprocesses its volumes at every validation)."""
+    from lesionseg.runs import start_run_dir
+    from lesionseg.training.loop import train_run
+
     monkeypatch.setattr(store, "usable_memory", lambda: (1, "a test's limit"))
+    decided, read = [], []
+    decide, get = store.cache_mode, store.StoredCases.__getitem__
+    monkeypatch.setattr(store, "cache_mode", lambda entries, cfg: decided.append(len(entries)) or decide(entries, cfg))
+    monkeypatch.setattr(store.StoredCases, "__getitem__", lambda self, i: read.append(self.cases[i]) or get(self, i))
     cfg = tiny_config()
     lists = load_datalist(cfg)
     train, val = split_train_val(lists["training"], cfg)
-    assert store.cache_mode(val, cfg)[0] == "disk"
+    assert decide(val, cfg)[0] == "disk"
+    train_run(cfg, start_run_dir(tmp_path / "run", cfg), progress=False)
+    assert decided == [len(lists["training"])]  # one decision, for the training and validation cases together
+    assert read and set(read) == {e["case"] for e in val}
     told = []
-    train_batches(train, cfg, say=told.append, cohort=lists["training"])
+    train_batches(train, cfg, say=told.append, cache=decide(lists["training"], cfg))
     assert "from the preprocessed store" in told[0]
-    assert isinstance(volume_dataset(val, cfg, with_label=True, cohort=lists["training"]), store.StoredCases)
+    assert isinstance(volume_dataset(val, cfg, with_label=True, cache=decide(lists["training"], cfg)),
+                      store.StoredCases)
     monkeypatch.setattr(store, "usable_memory", lambda: (2**40, "plenty"))
-    assert not isinstance(volume_dataset(val, cfg, with_label=True, cohort=lists["training"]), store.StoredCases)
+    assert not isinstance(volume_dataset(val, cfg, with_label=True, cache=decide(lists["training"], cfg)),
+                          store.StoredCases)
 
 
 def test_keys_follow_what_changes_the_arrays(tiny_config, tmp_path):
