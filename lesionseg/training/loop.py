@@ -36,7 +36,7 @@ from lesionseg.inference import infer_volume
 from lesionseg.model import LesionUNet, build_model
 from lesionseg.runs import RunPaths, read_checkpoint, record_split
 from lesionseg.training.checkpoint import StopRequest, rng_state, save_checkpoint, set_rng_state
-from lesionseg.training.losses import CrossEntropyTerm, build_loss
+from lesionseg.training.losses import CrossEntropyTerm, training_loss
 from lesionseg.training.offset import SHARE_BATCHES, lesion_share, starting_prior
 from lesionseg.training.tensorboard_log import log_validation_overlay, overlay_due
 
@@ -109,6 +109,7 @@ class _Parts:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     dtype: torch.dtype | None
+    ce_term: CrossEntropyTerm | None = None  # told the iteration before each step (its warm-up)
     prior: dict | None = None  # how the output offset started (`_start_offset`)
 
     def state(self, it: int, val: dict, best: dict | None = None) -> dict:
@@ -136,11 +137,8 @@ def _build(cfg: Config, device: torch.device) -> _Parts:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     dtype = amp_dtype(device, cfg.train.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loss_fn = build_loss(cfg.loss, cfg.data.samples_per_volume)
-    if cfg.loss.resolved_ce_weight > 0 or cfg.loss.ce_warmup > 0:
-        loss_fn = CrossEntropyTerm(loss_fn, cfg.loss.resolved_ce_weight,
-                                   round(cfg.loss.ce_warmup * cfg.train.iterations))
-    return _Parts(model, step_model, loss_fn, optimizer, scheduler, scaler, dtype)
+    loss_fn, ce_term = training_loss(cfg)
+    return _Parts(model, step_model, loss_fn, optimizer, scheduler, scaler, dtype, ce_term)
 
 
 def _resume(parts: _Parts, state: dict | None, checkpoint: Path, name: str) -> tuple[int, dict, dict]:
@@ -198,8 +196,8 @@ def train_run(cfg: Config, run_dir: Path, progress: bool = True, lists: dict | N
     with Prefetched(batches, cfg.train.iterations) if prefetch else contextlib.nullcontext(batches) as fetch:
         for it in bar:
             image, label = to_memory_format(fetch(it), cfg.train.channels_last)
-            if isinstance(parts.loss_fn, CrossEntropyTerm):
-                parts.loss_fn.iteration = it
+            if parts.ce_term is not None:
+                parts.ce_term.iteration = it
             loss_sum += train_step(parts.step_model, image, label, parts.loss_fn, parts.optimizer, parts.scaler,
                                    parts.dtype)
             parts.scheduler.step()

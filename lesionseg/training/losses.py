@@ -21,7 +21,8 @@ smoothing term (`loss.smooth`) and the means over voxels:
 
 `loss.ce_weight` adds w·`ce` to any of them (`CrossEntropyTerm`; default `auto`: 1 for the overlap losses, as
 nnU-Net pairs Dice with CE, 0 for `ce`, `wce`, `focal` and `dice_ce`, which have cross-entropy in them already;
-`loss.ce_warmup` adds a term that fades from 1 to that weight over a share of the run). Why a default: an
+`loss.ce_warmup` adds a term that fades from 1 to that weight over a share of the run; `training_loss` puts
+them together). Why a default: an
 overlap loss's gradient on a logit carries the sigmoid's p·(1 − p), so a voxel that is confidently wrong
 (the background of a start at 0.5, lesions left under a low start) hardly moves, and a decaying rate
 freezes it there; cross-entropy's gradient p − g does not vanish there. Near the threshold, where the
@@ -50,7 +51,7 @@ from collections.abc import Callable
 import torch
 from monai.losses import DiceCELoss, DiceLoss, FocalLoss, TverskyLoss
 
-from lesionseg.config import LossConfig
+from lesionseg.config import Config, LossConfig
 
 FOCAL_TVERSKY_GAMMA = 4.0 / 3.0  # Abraham & Khan 2019
 FOCAL_GAMMA = 2.0  # Lin et al. 2017
@@ -163,3 +164,14 @@ def build_loss(cfg: LossConfig, patches_per_case: int = 1) -> torch.nn.Module:
     if cfg.batch == "case":
         return PerCase(LOSSES[cfg.name](cfg.model_copy(update={"batch": False})), patches_per_case)
     return LOSSES[cfg.name](cfg)
+
+
+def training_loss(cfg: Config) -> tuple[torch.nn.Module, CrossEntropyTerm | None]:
+    """What a run steps on, and its cross-entropy term (None without one; the loop sets its `iteration`):
+    `build_loss`, + `CrossEntropyTerm` when `loss.ce_weight` or `loss.ce_warmup` asks for it."""
+    ce_term = None
+    loss = build_loss(cfg.loss, cfg.data.samples_per_volume)
+    if cfg.loss.resolved_ce_weight > 0 or cfg.loss.ce_warmup > 0:
+        loss = ce_term = CrossEntropyTerm(loss, cfg.loss.resolved_ce_weight,
+                                          round(cfg.loss.ce_warmup * cfg.train.iterations))
+    return loss, ce_term

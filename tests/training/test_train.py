@@ -92,7 +92,7 @@ def test_compiled_training_runs_and_saves_plain_weights(tiny_config, tmp_path, m
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
-    import lesionseg.training.loop as train_module
+    import lesionseg.training.losses as losses_module
     from lesionseg.errors import LesionsegError
     from lesionseg.training.losses import build_loss
 
@@ -108,7 +108,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny
 
         return loss
 
-    monkeypatch.setattr(train_module, "build_loss", exploding_loss)
+    monkeypatch.setattr(losses_module, "build_loss", exploding_loss)
     cfg = tiny_config()
     run_dir = start_run_dir(tmp_path / "run", cfg)
     with pytest.raises(LesionsegError, match=r"training loss became nan by iteration 4"):
