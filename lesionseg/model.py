@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from monai.networks.layers import SkipConnection
 from monai.networks.nets import UNet
 
 from lesionseg.config import Config
@@ -24,14 +25,34 @@ class LesionUNet(torch.nn.Module):
     the start at 0.5 (bench/RESULTS.md, stop 23, issue 24).
     """
 
-    def __init__(self, unet: torch.nn.Module, prior: float):
+    def __init__(self, unet: torch.nn.Module, prior: float, deep_supervision: bool = False):
         super().__init__()
         self.unet = unet
         self.offset = torch.nn.Parameter(torch.zeros(()))
         self.start_at(prior)
+        self._decoded: list[torch.Tensor] = []
+        self.heads: torch.nn.ModuleList | tuple = ()  # no module without deep supervision: checkpoints as before
+        if deep_supervision:
+            lower = decoder_layers(unet)[1:]  # level k's `up` returns `unet.channels[k]` maps
+            self.heads = torch.nn.ModuleList(torch.nn.Conv3d(unet.channels[k], 1, kernel_size=1)
+                                             for k in range(len(lower)))
+            for up in lower:
+                up.register_forward_hook(self._keep)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, D, H, W) → (B, 1, D, H, W) logits
-        return self.unet(x) + self.offset
+    def _keep(self, module, inputs, output: torch.Tensor) -> None:
+        if self.training:
+            self._decoded.append(output)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """`(B, C, D, H, W)` → `(B, 1, D, H, W)` logits; training with `model.deep_supervision`, a list: those,
+        then one logit map per lower decoder level, finest first (each through its 1×1×1 head and the offset)."""
+        self._decoded.clear()
+        logits = self.unet(x) + self.offset
+        if not (self.training and self.heads):
+            return logits
+        lower = self._decoded[::-1]  # the hooks fire coarsest first
+        self._decoded.clear()
+        return [logits] + [head(out) + self.offset for head, out in zip(self.heads, lower)]
 
     @torch.no_grad()
     def start_at(self, prior: float) -> None:
@@ -57,4 +78,13 @@ def build_model(cfg: Config) -> torch.nn.Module:
         dropout=cfg.model.dropout,
     )
     # `prior: auto` is set from the training batches before the first step (training/offset.py); until then 0.5
-    return LesionUNet(unet, 0.5 if cfg.model.prior == "auto" else cfg.model.prior)
+    return LesionUNet(unet, 0.5 if cfg.model.prior == "auto" else cfg.model.prior, cfg.model.deep_supervision)
+
+
+def decoder_layers(unet: UNet) -> list[torch.nn.Module]:
+    """MONAI's UNet nests `Sequential(down, SkipConnection(inner), up)` per level: its `up` layers, top first."""
+    ups, block = [], unet.model
+    while isinstance(block, torch.nn.Sequential) and len(block) == 3 and isinstance(block[1], SkipConnection):
+        ups.append(block[2])
+        block = block[1].submodule
+    return ups

@@ -89,6 +89,7 @@ class ModelConfig(Section):
     norm: Literal["instance", "batch"] = "instance"
     prior: float | Literal["auto"] = Field(
         "auto", description="initial lesion probability of the output; auto: the lesion share of the training patches")
+    deep_supervision: bool = False
 
     @field_validator("prior")
     @classmethod
@@ -104,6 +105,9 @@ class ModelConfig(Section):
                 f"model.strides has {len(self.strides)} entries; it needs len(model.channels) - 1 = "
                 f"{len(self.channels) - 1}"
             )
+        if self.deep_supervision and len(self.channels) < 3:
+            raise ValueError(f"model.deep_supervision needs a decoder level below the output to supervise: "
+                             f"model.channels has {len(self.channels)} levels, give it 3 or more or set it false")
         return self
 
 

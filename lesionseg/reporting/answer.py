@@ -31,8 +31,9 @@ LOSS_NAMES = {"tversky": "the Tversky index", "dice": "the soft Dice loss", "jac
 
 def training_loss(cfg, swept: dict) -> str:
     """What the sweep's runs were trained with, for the report's captions: the loss (`loss.name`, with α and
-    how the overlap is summed), and any cross-entropy term beside it (`loss.ce_weight`, `loss.ce_warmup`),
-    which every β shares and which a reader of a β study must know about. `swept`: the sweep's keys."""
+    how the overlap is summed), any cross-entropy term beside it (`loss.ce_weight`, `loss.ce_warmup`) and deep
+    supervision (`model.deep_supervision`), which every β shares and which a reader of a β study must know
+    about. `swept`: the sweep's keys."""
     loss = cfg.loss
     if "loss.name" in swept:
         text = "the loss of each configuration (loss.name)"
@@ -52,6 +53,10 @@ def training_loss(cfg, swept: dict) -> str:
     if loss.ce_warmup > 0:
         text += (f", with a cross-entropy warm-up over the first {loss.ce_warmup:.0%} of the iterations "
                  "(loss.ce_warmup)")
+    if "model.deep_supervision" in swept:
+        text += ", with or without deep supervision per configuration (model.deep_supervision)"
+    elif cfg.model.deep_supervision:
+        text += ", at the output and every lower decoder level (deep supervision, model.deep_supervision)"
     return f"Trained with {text}."
 
 

@@ -58,8 +58,8 @@ def train_step(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor,
                scaler: torch.amp.GradScaler, dtype: torch.dtype | None) -> torch.Tensor:
     """One optimiser step on one batch; the loss comes back detached, on the device (nothing is read back)."""
     with autocast(image.device, dtype):
-        logits = model(image)
-    loss = loss_fn(logits.float(), label)
+        logits = model(image)  # a list of maps, finest first, under `model.deep_supervision`
+    loss = loss_fn([x.float() for x in logits] if isinstance(logits, list) else logits.float(), label)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)

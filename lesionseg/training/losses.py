@@ -22,7 +22,7 @@ smoothing term (`loss.smooth`) and the means over voxels:
 `loss.ce_weight` adds w·`ce` to any of them (`CrossEntropyTerm`; default `auto`: 1 for the overlap losses, as
 nnU-Net pairs Dice with CE, 0 for `ce`, `wce`, `focal` and `dice_ce`, which have cross-entropy in them already;
 `loss.ce_warmup` adds a term that fades from 1 to that weight over a share of the run; `training_loss` puts
-them together). Why a default: an
+them together, at every decoder level under `model.deep_supervision`). Why a default: an
 overlap loss's gradient on a logit carries the sigmoid's p·(1 − p), so a voxel that is confidently wrong
 (the background of a start at 0.5, lesions left under a low start) hardly moves, and a decaying rate
 freezes it there; cross-entropy's gradient p − g does not vanish there. Near the threshold, where the
@@ -49,7 +49,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from monai.losses import DiceCELoss, DiceLoss, FocalLoss, TverskyLoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss, FocalLoss, TverskyLoss
 
 from lesionseg.config import Config, LossConfig
 
@@ -168,10 +168,12 @@ def build_loss(cfg: LossConfig, patches_per_case: int = 1) -> torch.nn.Module:
 
 def training_loss(cfg: Config) -> tuple[torch.nn.Module, CrossEntropyTerm | None]:
     """What a run steps on, and its cross-entropy term (None without one; the loop sets its `iteration`):
-    `build_loss`, + `CrossEntropyTerm` when `loss.ce_weight` or `loss.ce_warmup` asks for it."""
+    `build_loss`, + `CrossEntropyTerm` when `loss.ce_weight` or `loss.ce_warmup` asks for it, and under
+    `model.deep_supervision` the two at every decoder level (MONAI's `DeepSupervisionLoss`, as nnU-Net: the
+    label resized to each lower map by nearest neighbour, the terms weighted 1, 1/2, 1/4 … from the top)."""
     ce_term = None
     loss = build_loss(cfg.loss, cfg.data.samples_per_volume)
     if cfg.loss.resolved_ce_weight > 0 or cfg.loss.ce_warmup > 0:
         loss = ce_term = CrossEntropyTerm(loss, cfg.loss.resolved_ce_weight,
                                           round(cfg.loss.ce_warmup * cfg.train.iterations))
-    return loss, ce_term
+    return (DeepSupervisionLoss(loss, weight_mode="exp") if cfg.model.deep_supervision else loss), ce_term

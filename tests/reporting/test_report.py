@@ -452,6 +452,12 @@ def test_the_training_loss_names_a_cross_entropy_term_and_a_swept_loss():
     assert training_loss(cfg, {"loss.name": ["dice", "tversky"]}) == (
         "Trained with the loss of each configuration (loss.name), with a cross-entropy warm-up over the first "
         "25% of the iterations (loss.ce_warmup).")
+    cfg = Config.model_validate({"model": {"deep_supervision": True}})
+    assert training_loss(cfg, {"loss.beta": [0.5, 0.9]}) == (
+        "Trained with the Tversky index (α = 1 − β, summed over the batch) + 1 × binary cross-entropy "
+        "(loss.ce_weight), at the output and every lower decoder level (deep supervision, model.deep_supervision).")
+    assert training_loss(Config(), {"model.deep_supervision": [False, True]}).endswith(
+        ", with or without deep supervision per configuration (model.deep_supervision).")
 
 
 def test_every_comparison_carries_its_planning_and_the_answer_says_the_study_size(tmp_path):

@@ -128,3 +128,35 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     set_rng_state(torch.load(tmp_path / "c.pt")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+DEEP = ("model.channels=[4,8,16]", "model.strides=[2,2]", "model.deep_supervision=true")
+
+
+def test_deep_supervised_training_saves_weights_that_predict(tiny_config, tmp_path):
+    cfg = tiny_config(*DEEP, "train.iterations=2")
+    run_dir = start_run_dir(tmp_path / "run", cfg)
+    summary = train_run(cfg, run_dir, progress=False)
+    weights = torch.load(run_dir / "checkpoints" / "last.pt")["model"]
+    assert "heads.0.weight" in weights and "dsc" in summary["last"]
+    model = build_model(cfg)
+    model.load_state_dict(weights)
+    assert model.eval()(torch.randn(1, 3, 16, 16, 16)).shape == (1, 1, 16, 16, 16)
+
+
+def test_deep_supervision_adds_each_lower_map_at_half_the_weight_against_the_nearest_label(tiny_config):
+    from lesionseg.training.losses import training_loss
+
+    def index_plus_ce(logits, label):  # the default: the Tversky index (β 0.7, batch-summed) + 1 × BCE
+        p = torch.sigmoid(logits)
+        tp, fp, fn = (p * label).sum(), (p * (1 - label)).sum(), ((1 - p) * label).sum()
+        tversky = 1 - (tp + 1e-5) / (tp + 0.3 * fp + 0.7 * fn + 1e-5)
+        return tversky + torch.nn.functional.binary_cross_entropy_with_logits(logits, label)
+
+    torch.manual_seed(0)
+    top, lower = torch.randn(2, 1, 16, 16, 16), torch.randn(2, 1, 8, 8, 8)
+    label = (torch.rand(2, 1, 16, 16, 16) > 0.9).float()
+    loss = training_loss(tiny_config(*DEEP))[0]([top, lower], label)
+    # nearest-neighbour halving (sample centres, "nearest-exact") keeps the odd-indexed voxels
+    expected = index_plus_ce(top, label) + 0.5 * index_plus_ce(lower, label[..., 1::2, 1::2, 1::2])
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
