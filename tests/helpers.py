@@ -32,6 +32,13 @@ TINY = [
     "eval.sw_batch_size=2",
 ]
 
+def tversky_by_hand(p, g, alpha: float, beta: float, smooth: float) -> float:
+    """Salehi et al. 2017, eq. (3) for one foreground class: 1 − TP / (TP + α·FP + β·FN), on probabilities `p`
+    and a binary label `g` (tensors)."""
+    tp, fp, fn = (p * g).sum(), (p * (1 - g)).sum(), ((1 - p) * g).sum()
+    return float(1 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth))
+
+
 # Runs `lesionseg ARGS…` with writes past LIMIT bytes refused by the kernel (EFBIG; SIGXFSZ ignored so
 # that the write fails instead of killing the process).
 LIMITED = """\

@@ -1,14 +1,9 @@
 import pytest
 import torch
+from helpers import tversky_by_hand
 
 from lesionseg.config import LossConfig
 from lesionseg.training.losses import build_loss
-
-
-def tversky_by_hand(p: torch.Tensor, g: torch.Tensor, alpha: float, beta: float, smooth: float) -> float:
-    """Salehi et al. 2017, eq. (3) for one foreground class: 1 − TP / (TP + α·FP + β·FN)."""
-    tp, fp, fn = (p * g).sum(), (p * (1 - g)).sum(), ((1 - p) * g).sum()
-    return float(1 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth))
 
 
 def logit(p: torch.Tensor) -> torch.Tensor:

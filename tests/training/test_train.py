@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from helpers import tversky_by_hand
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lesionseg.config import Config
@@ -148,10 +149,8 @@ def test_deep_supervision_adds_each_lower_map_at_half_the_weight_against_the_nea
     from lesionseg.training.losses import training_loss
 
     def index_plus_ce(logits, label):  # the default: the Tversky index (β 0.7, batch-summed) + 1 × BCE
-        p = torch.sigmoid(logits)
-        tp, fp, fn = (p * label).sum(), (p * (1 - label)).sum(), ((1 - p) * label).sum()
-        tversky = 1 - (tp + 1e-5) / (tp + 0.3 * fp + 0.7 * fn + 1e-5)
-        return tversky + torch.nn.functional.binary_cross_entropy_with_logits(logits, label)
+        ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, label)
+        return tversky_by_hand(torch.sigmoid(logits), label, 0.3, 0.7, 1e-5) + float(ce)
 
     torch.manual_seed(0)
     top, lower = torch.randn(2, 1, 16, 16, 16), torch.randn(2, 1, 8, 8, 8)
@@ -159,4 +158,4 @@ def test_deep_supervision_adds_each_lower_map_at_half_the_weight_against_the_nea
     loss = training_loss(tiny_config(*DEEP))[0]([top, lower], label)
     # nearest-neighbour halving (sample centres, "nearest-exact") keeps the odd-indexed voxels
     expected = index_plus_ce(top, label) + 0.5 * index_plus_ce(lower, label[..., 1::2, 1::2, 1::2])
-    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
